@@ -1,0 +1,371 @@
+"""The ``hrlm`` command line: thin wrappers over the library.
+
+Exit status: 0 on success, 1 for a user error (one line on stderr, no traceback unless
+``--debug``), 2 for bad usage.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import logging
+import sys
+from collections.abc import Callable
+from enum import Enum, StrEnum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hrlm import __version__
+from hrlm.errors import HrlmError
+
+app = typer.Typer(
+    name="hrlm",
+    help="Fine-tune, evaluate and serve BERT-style models on HR text.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out_console = Console()
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _handles_errors(func: F) -> F:
+    """Turn an HrlmError into one line on stderr and exit status 1 (a traceback with --debug)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except HrlmError as exc:
+            if _state["debug"]:
+                raise
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out_console.print(f"hrlm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    _state["debug"] = debug
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("hrlm").setLevel(logging.INFO if not debug else logging.DEBUG)
+
+
+class Truncate(StrEnum):
+    none = "none"
+    head = "head"
+    head_tail = "head+tail"
+
+
+class Aggregate(StrEnum):
+    mean = "mean"
+    max = "max"
+
+
+class Precision(StrEnum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def _value(x: Any) -> Any:
+    return x.value if isinstance(x, Enum) else x
+
+
+@app.command()
+@_handles_errors
+def train(
+    data: Annotated[Path, typer.Argument(help="Training data: CSV, TSV, JSONL or Parquet (optionally .gz).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
+    config: Annotated[Path | None, typer.Option("--config", help="TOML file of settings; flags override it.")] = None,
+    text_col: Annotated[str | None, typer.Option(help="Column holding the text. [default: text]")] = None,
+    label_col: Annotated[str | None, typer.Option(help="Column holding the label(s). [default: label]")] = None,
+    label_sep: Annotated[
+        str | None, typer.Option(help="Separator of several labels in one cell (multi-label).")
+    ] = None,
+    split_col: Annotated[str | None, typer.Option(help="Column giving train/validation/test per row.")] = None,
+    group_col: Annotated[str | None, typer.Option(help="Column of groups kept on one side of the split.")] = None,
+    strict: Annotated[
+        bool | None, typer.Option("--strict", help="Fail on empty texts or labels instead of dropping them.")
+    ] = None,
+    base: Annotated[
+        str | None, typer.Option(help="Local BERT-family model folder. [default: packaged all-MiniLM-L6-v2]")
+    ] = None,
+    epochs: Annotated[float | None, typer.Option(help="Passes over the training data. [default: 4]")] = None,
+    max_length: Annotated[
+        int | None, typer.Option(help="Tokens per window, special tokens included. [default: 256]")
+    ] = None,
+    stride: Annotated[
+        int | None, typer.Option(help="Tokens shared by consecutive windows. [default: max-length / 4]")
+    ] = None,
+    truncate: Annotated[
+        Truncate | None, typer.Option(help="none = overlapping windows; head or head+tail keep one window.")
+    ] = None,
+    aggregate: Annotated[
+        Aggregate | None, typer.Option(help="How window logits combine per document. [default: mean]")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Samples per batch. [default: 32]")] = None,
+    grad_accum: Annotated[int | None, typer.Option(help="Batches per optimizer step. [default: 1]")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate of AdamW. [default: 1e-4]")] = None,
+    warmup_ratio: Annotated[
+        float | None, typer.Option(help="Fraction of steps of linear warmup. [default: 0.06]")
+    ] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay. [default: 0.01]")] = None,
+    dropout: Annotated[
+        float | None, typer.Option(help="Dropout of the encoder and head. [default: the encoder's]")
+    ] = None,
+    class_weights: Annotated[
+        str | None, typer.Option(help="none or balanced (weights classes by inverse frequency).")
+    ] = None,
+    patience: Annotated[
+        int | None, typer.Option(help="Evaluations without improvement before stopping; 0 = never.")
+    ] = None,
+    metric: Annotated[
+        str | None, typer.Option(help="Validation metric: macro_f1, weighted_f1, micro_f1, accuracy, loss.")
+    ] = None,
+    eval_steps: Annotated[
+        int | None, typer.Option(help="Evaluate every N optimizer steps. [default: every epoch]")
+    ] = None,
+    freeze_layers: Annotated[int | None, typer.Option(help="Freeze the embeddings and the bottom N layers.")] = None,
+    freeze_encoder: Annotated[
+        bool | None, typer.Option("--freeze-encoder", help="Train the head only, on cached features.")
+    ] = None,
+    val_size: Annotated[float | None, typer.Option(help="Fraction held out for validation. [default: 0.1]")] = None,
+    test_size: Annotated[
+        float | None, typer.Option(help="Fraction held out for the test report. [default: 0.1]")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed. [default: 42]")] = None,
+    precision: Annotated[
+        Precision | None, typer.Option(help="auto = bf16 where the hardware computes it natively.")
+    ] = None,
+    device: Annotated[Device | None, typer.Option(help="auto = CUDA when present.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads. [default: the cores this process may use]")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out folder.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Fine-tune a model on labelled text and write a model folder with its report."""
+    from hrlm.config import TrainConfig
+    from hrlm.training import train as run_train
+
+    cfg = TrainConfig.from_sources(
+        config,
+        text_col=text_col,
+        label_col=label_col,
+        label_sep=label_sep,
+        split_col=split_col,
+        group_col=group_col,
+        strict=strict,
+        base=base,
+        epochs=epochs,
+        max_length=max_length,
+        stride=stride,
+        truncate=_value(truncate),
+        aggregate=_value(aggregate),
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        lr=lr,
+        warmup_ratio=warmup_ratio,
+        weight_decay=weight_decay,
+        dropout=dropout,
+        class_weights=class_weights,
+        early_stopping_patience=patience,
+        metric=metric,
+        eval_steps=eval_steps,
+        freeze_layers=freeze_layers,
+        freeze_encoder=freeze_encoder,
+        val_size=val_size,
+        test_size=test_size,
+        seed=seed,
+        precision=_value(precision),
+        device=_value(device),
+        threads=threads,
+    )
+    result = run_train(data, out, cfg, overwrite=overwrite, progress=not quiet)
+    for note in result.notes:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+    _print_summary(result.metrics, f"{result.evaluated_on} split", out)
+    if result.interrupted:
+        err_console.print("[yellow]training was interrupted; the best model so far was saved.[/]")
+    out_console.print(f"train time {result.train_seconds:.0f}s, {result.train_samples_per_s:.1f} samples/s")
+
+
+def _print_summary(metrics: dict[str, Any], what: str, folder: Path | None) -> None:
+    table = Table(title=f"metrics on the {what}", show_header=True)
+    for name in ("n", "accuracy", "macro_f1", "weighted_f1", "micro_f1", "roc_auc", "ece"):
+        if metrics.get(name) is not None:
+            table.add_column(name, justify="right")
+    table.add_row(
+        *[
+            str(metrics[n]) if n == "n" else f"{metrics[n]:.4f}"
+            for n in ("n", "accuracy", "macro_f1", "weighted_f1", "micro_f1", "roc_auc", "ece")
+            if metrics.get(n) is not None
+        ]
+    )
+    out_console.print(table)
+    if folder is not None:
+        out_console.print(f"model:  {folder}")
+        out_console.print(f"report: {folder / 'report' / 'report.html'}")
+
+
+@app.command()
+@_handles_errors
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="Model folder written by `hrlm train`.")],
+    data: Annotated[Path, typer.Argument(help="Labelled data file.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Report folder. [default: ./report-<model>-<data>]")
+    ] = None,
+    text_col: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
+    label_col: Annotated[str | None, typer.Option(help="Column holding the label(s). [default: the model's]")] = None,
+    label_sep: Annotated[str | None, typer.Option(help="Separator of several labels in one cell.")] = None,
+    split: Annotated[str | None, typer.Option(help="Only rows whose --split-col value is this (e.g. test).")] = None,
+    split_col: Annotated[str | None, typer.Option(help="Column giving the split per row.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+) -> None:
+    """Score a model on labelled data and write metrics.json, plots and report.html."""
+    from hrlm.evaluation import evaluate as run_evaluate
+
+    target = out or Path(f"report-{model.name}-{data.name.split('.')[0]}")
+    metrics = run_evaluate(
+        model,
+        data,
+        target,
+        text_col=text_col,
+        label_col=label_col,
+        label_sep=label_sep,
+        split=split,
+        split_col=split_col,
+        threads=threads,
+    )
+    _print_summary(metrics, data.name, None)
+    out_console.print(f"report: {target / 'report.html'}")
+
+
+@app.command()
+@_handles_errors
+def predict(
+    model: Annotated[Path, typer.Argument(help="Model folder written by `hrlm train`.")],
+    input: Annotated[str, typer.Argument(help="Data file, or - for stdin (one text per line, or JSONL).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output .csv or .jsonl. [default: JSONL on stdout]")
+    ] = None,
+    text_col: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
+    threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+) -> None:
+    """Predict labels and every class probability for a file or stdin."""
+    import pandas as pd
+
+    from hrlm._fs import atomic_file
+    from hrlm.data import read_table
+    from hrlm.errors import DataError
+    from hrlm.inference import Predictor
+
+    predictor = Predictor.from_dir(model, threads=threads)
+    frame = _read_stdin(text_col) if input == "-" else read_table(input)
+    if text_col not in frame.columns:
+        raise DataError(
+            f"column {text_col!r} not found in {input}; columns are {sorted(frame.columns)}. "
+            "Pass --text-col to name the text column."
+        )
+    texts = ["" if v is None or (isinstance(v, float) and v != v) else str(v) for v in frame[text_col].tolist()]
+    preds = predictor.predict(texts)
+    records = []
+    for row, pred in zip(frame.to_dict(orient="records"), preds, strict=True):
+        records.append({**row, **_flatten(pred.to_dict())})
+    fmt = "csv" if out is not None and ".csv" in out.suffixes else "jsonl"
+    if out is not None and fmt == "csv":
+        with atomic_file(out) as fh:
+            pd.DataFrame(records).to_csv(fh, index=False)
+    else:
+        buffer = io.StringIO()
+        for rec in records:
+            buffer.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+        if out is None:
+            sys.stdout.write(buffer.getvalue())
+        else:
+            with atomic_file(out) as fh:
+                fh.write(buffer.getvalue())
+    if out is not None:
+        err_console.print(f"wrote {len(records)} predictions to {out}")
+
+
+def _flatten(pred: dict[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    label = pred["label"]
+    flat["label"] = "|".join(label) if isinstance(label, list) else label
+    flat["score"] = pred["score"]
+    for lab, p in pred["probabilities"].items():
+        flat[f"p_{lab}"] = p
+    for task, sub in pred.get("tasks", {}).items():
+        for k, v in _flatten(sub).items():
+            flat[f"{task}.{k}"] = v
+    return flat
+
+
+def _read_stdin(text_col: str) -> Any:
+    import pandas as pd
+
+    from hrlm.errors import DataError
+
+    lines = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not lines:
+        raise DataError("stdin is empty; pipe one text per line, or JSON objects with a text field.")
+    if lines[0].lstrip().startswith("{"):
+        try:
+            return pd.DataFrame([json.loads(line) for line in lines])
+        except ValueError as exc:
+            raise DataError(f"stdin looks like JSONL but a line is not valid JSON ({exc}).") from None
+    return pd.DataFrame({text_col: lines})
+
+
+@app.command()
+@_handles_errors
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo model and report.")] = Path(
+        "demo-output"
+    ),
+    epochs: Annotated[float, typer.Option(help="Passes over the sample tickets.")] = 8.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Train a helpdesk-ticket router on the packaged sample tickets, report, and predict."""
+    from hrlm.demo import run_demo
+
+    run_demo(out, epochs=epochs, progress=not quiet, console=out_console)
+
+
+def main() -> None:
+    """Entry point of the ``hrlm`` script."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,390 @@
+"""Load and validate labelled text: CSV, TSV, JSONL or Parquet, gzip allowed.
+
+A :class:`Dataset` holds texts, their labels (one per text, or several for multi-label data), and
+optionally a group and a given split per text. Every problem with a file becomes one
+:class:`~hrlm.errors.DataError` line that names the file, the column or the row, and what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+
+from hrlm.errors import DataError, LabelError
+
+log = logging.getLogger("hrlm")
+
+FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".txt": "txt",
+}
+SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "val": "validation",
+    "dev": "validation",
+    "test": "test",
+    "testing": "test",
+    "holdout": "test",
+}
+
+
+@dataclass
+class Dataset:
+    """Texts with their labels, and optionally a group and a given split for each text.
+
+    ``labels`` holds a string per text for single-label data, a list of strings per text for
+    multi-label data, and is ``None`` for unlabelled text.
+    """
+
+    texts: list[str]
+    labels: list[Any] | None = None
+    multi_label: bool = False
+    groups: list[str] | None = None
+    splits: list[str] | None = None
+    source: str = "<memory>"
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def label_names(self) -> list[str]:
+        """Sorted distinct labels."""
+        if self.labels is None:
+            return []
+        if self.multi_label:
+            return sorted({lab for labs in self.labels for lab in labs})
+        return sorted(set(self.labels))
+
+    def label_counts(self) -> Counter[str]:
+        """How many texts carry each label."""
+        if self.labels is None:
+            return Counter()
+        if self.multi_label:
+            return Counter(lab for labs in self.labels for lab in labs)
+        return Counter(self.labels)
+
+    def subset(self, indices: Sequence[int]) -> Dataset:
+        """The rows at ``indices``, in that order."""
+
+        def pick(values: list[Any] | None) -> list[Any] | None:
+            return None if values is None else [values[i] for i in indices]
+
+        return replace(
+            self,
+            texts=[self.texts[i] for i in indices],
+            labels=pick(self.labels),
+            groups=pick(self.groups),
+            splits=pick(self.splits),
+            notes=[],
+        )
+
+    def fingerprint(self) -> str:
+        """A stable digest of the rows' texts, labels and groups, independent of row order."""
+        rows = []
+        for i, text in enumerate(self.texts):
+            label = None if self.labels is None else self.labels[i]
+            if self.multi_label and label is not None:
+                label = sorted(label)
+            group = None if self.groups is None else self.groups[i]
+            rows.append(hashlib.sha256(json.dumps([text, label, group]).encode()).hexdigest())
+        digest = hashlib.sha256("\n".join(sorted(rows)).encode()).hexdigest()
+        return f"sha256:{digest[:32]}"
+
+
+def _format_of(path: Path) -> tuple[str, Literal["gzip"] | None]:
+    suffixes = [s.lower() for s in path.suffixes]
+    compression: Literal["gzip"] | None = None
+    if suffixes and suffixes[-1] == ".gz":
+        compression = "gzip"
+        suffixes = suffixes[:-1]
+    fmt = FORMATS.get(suffixes[-1]) if suffixes else None
+    if fmt is None:
+        raise DataError(f"{path}: unknown file type; use .csv, .tsv, .jsonl, .json, .parquet or .txt (optionally .gz).")
+    return fmt, compression
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a data file into a DataFrame of strings (lists kept for JSON list columns).
+
+    Raises:
+        DataError: the file is missing, unreadable, not UTF-8, or malformed.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"data file {str(p)!r} not found; check the path.")
+    if p.is_dir():
+        raise DataError(f"{str(p)!r} is a folder; pass a data file (.csv, .tsv, .jsonl, .parquet).")
+    fmt, compression = _format_of(p)
+    try:
+        if fmt in ("csv", "tsv"):
+            frame = pd.read_csv(
+                p,
+                sep="," if fmt == "csv" else "\t",
+                dtype=str,
+                keep_default_na=False,
+                compression=compression,
+                encoding="utf-8",
+            )
+        elif fmt == "jsonl":
+            frame = pd.read_json(p, lines=True, dtype=False, compression=compression, encoding="utf-8")
+        elif fmt == "json":
+            frame = pd.read_json(p, dtype=False, compression=compression, encoding="utf-8")
+        elif fmt == "parquet":
+            frame = pd.read_parquet(p)
+        else:
+            import gzip
+
+            opener: Any = gzip.open if compression else open
+            with opener(p, "rt", encoding="utf-8") as fh:
+                frame = pd.DataFrame({"text": [line.rstrip("\n") for line in fh if line.strip()]})
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{p}: not UTF-8 text (byte {exc.start}: {exc.reason}); re-save the file as UTF-8.") from None
+    except PermissionError:
+        raise DataError(f"{p}: permission denied; check the file's permissions.") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{p}: the file is empty; it needs a header row and at least one data row.") from None
+    except (ValueError, pd.errors.ParserError, OSError, ImportError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{p}: cannot read it as {fmt.upper()} ({first}); check the file's format.") from None
+    frame.columns = [str(c) for c in frame.columns]
+    return frame
+
+
+def _column(frame: pd.DataFrame, name: str, path: Path, flag: str) -> pd.Series:
+    if name not in frame.columns:
+        raise DataError(
+            f"column {name!r} not found in {path}; columns are {sorted(frame.columns)}. "
+            f"Pass {flag} to name the right column."
+        )
+    return frame[name]
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and value != value:
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def _parse_labels(value: Any, sep: str | None) -> list[str]:
+    if isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
+        items = list(value.tolist() if hasattr(value, "tolist") else value)
+    elif isinstance(value, str) and value.strip().startswith("["):
+        try:
+            items = json.loads(value)
+        except ValueError:
+            items = [value]
+    elif sep is not None:
+        items = str(value).split(sep)
+    else:
+        items = [value]
+    return sorted({str(v).strip() for v in items if str(v).strip()})
+
+
+def load_dataset(
+    path: str | Path,
+    *,
+    text_col: str = "text",
+    label_col: str | None = "label",
+    label_sep: str | None = None,
+    split_col: str | None = None,
+    group_col: str | None = None,
+    strict: bool = False,
+) -> Dataset:
+    """Read and validate a labelled (or, with ``label_col=None``, unlabelled) data file.
+
+    Rows with an empty text or an empty label are dropped and counted in ``Dataset.notes``; with
+    ``strict=True`` they are an error. A label column holding lists (JSONL, Parquet, or a JSON list
+    in a CSV cell) or ``label_sep`` makes the dataset multi-label.
+
+    Example:
+        >>> ds = load_dataset("tickets.csv", label_col="category")  # doctest: +SKIP
+
+    Raises:
+        DataError: for a missing or unreadable file, an unknown column or an empty dataset.
+    """
+    p = Path(path)
+    frame = read_table(p)
+    if len(frame) == 0:
+        raise DataError(f"{p}: no data rows; the dataset is empty.")
+    texts_raw = _column(frame, text_col, p, "--text-col")
+    labels_raw = _column(frame, label_col, p, "--label-col") if label_col else None
+    groups_raw = _column(frame, group_col, p, "--group-col") if group_col else None
+    splits_raw = _column(frame, split_col, p, "--split-col") if split_col else None
+
+    multi = label_sep is not None or (
+        labels_raw is not None
+        and any(
+            isinstance(v, (list, tuple)) or hasattr(v, "tolist") or (isinstance(v, str) and v.strip().startswith("["))
+            for v in labels_raw.head(100)
+        )
+    )
+    keep: list[int] = []
+    empty_text: list[int] = []
+    empty_label: list[int] = []
+    texts: list[str] = []
+    labels: list[Any] = []
+    for i, raw in enumerate(texts_raw.tolist()):
+        if _is_missing(raw):
+            empty_text.append(i)
+            continue
+        if labels_raw is not None:
+            value = labels_raw.iat[i]
+            parsed = [] if _is_missing(value) and not hasattr(value, "tolist") else _parse_labels(value, label_sep)
+            if not parsed and not multi:
+                empty_label.append(i)
+                continue
+            labels.append(parsed if multi else parsed[0] if len(parsed) == 1 else str(value).strip())
+        keep.append(i)
+        texts.append(str(raw))
+
+    notes = []
+    for rows, what, col in ((empty_text, "text", text_col), (empty_label, "label", label_col)):
+        if not rows:
+            continue
+        where = f"{len(rows)} row(s) with an empty {what} in column {col!r} (first: data row {rows[0] + 1})"
+        if strict:
+            raise DataError(f"{p}: {where}; fill or remove them, or drop --strict to skip them.")
+        notes.append(f"dropped {where}")
+        log.warning("%s: dropped %s", p, where)
+    if not texts:
+        raise DataError(f"{p}: every row has an empty text or label; the dataset is empty.")
+
+    splits = None
+    if splits_raw is not None:
+        splits = []
+        for i in keep:
+            raw_split = str(splits_raw.iat[i]).strip().lower()
+            if raw_split not in SPLIT_NAMES:
+                raise DataError(
+                    f"{p}: split {splits_raw.iat[i]!r} in column {split_col!r} (data row {i + 1}) is not one of "
+                    f"train, validation (val, dev), test; fix the value or drop --split-col."
+                )
+            splits.append(SPLIT_NAMES[raw_split])
+    groups = None if groups_raw is None else [str(groups_raw.iat[i]) for i in keep]
+    return Dataset(
+        texts=texts,
+        labels=labels if labels_raw is not None else None,
+        multi_label=bool(multi and labels_raw is not None),
+        groups=groups,
+        splits=splits,
+        source=str(p),
+        notes=notes,
+    )
+
+
+def check_label_counts(ds: Dataset, minimum: int = 2) -> None:
+    """Fail when a class has fewer than ``minimum`` examples, or when there is only one class."""
+    counts = ds.label_counts()
+    if not counts:
+        raise LabelError(f"{ds.source}: no labels found; a training file needs a label column.")
+    rare = sorted(k for k, v in counts.items() if v < minimum)
+    if rare:
+        shown = ", ".join(f"{k!r} ({counts[k]})" for k in rare[:5])
+        more = f" and {len(rare) - 5} more" if len(rare) > 5 else ""
+        raise LabelError(
+            f"{ds.source}: class(es) {shown}{more} have fewer than {minimum} examples; "
+            "add examples or merge or remove those classes."
+        )
+    if len(counts) < 2 and not ds.multi_label:
+        raise LabelError(f"{ds.source}: only one class ({next(iter(counts))!r}); a classifier needs at least two.")
+
+
+def _stratum(ds: Dataset, i: int, counts: Counter[str]) -> str:
+    assert ds.labels is not None
+    if ds.multi_label:
+        labs = ds.labels[i]
+        return min(labs, key=lambda lab: counts[lab]) if labs else ""
+    return str(ds.labels[i])
+
+
+def split_dataset(ds: Dataset, *, val_size: float = 0.1, test_size: float = 0.1, seed: int = 42) -> dict[str, Dataset]:
+    """Split into ``train``, ``validation`` and ``test``.
+
+    A given split column wins (a missing validation part is carved from train). Otherwise the split
+    is seeded and stratified by label; with groups, every group stays on one side.
+    """
+    rng = random.Random(seed)
+    parts: dict[str, list[int]] = {"train": [], "validation": [], "test": []}
+    if ds.splits is not None:
+        for i, s in enumerate(ds.splits):
+            parts[s].append(i)
+        if not parts["train"]:
+            raise DataError(f"{ds.source}: the split column marks no row as 'train'.")
+        if not parts["validation"] and val_size > 0:
+            sub = ds.subset(parts["train"])
+            inner = _split_indices(sub, rng, val_size, 0.0)
+            parts["validation"] = [parts["train"][j] for j in inner["validation"]]
+            parts["train"] = [parts["train"][j] for j in inner["train"]]
+    else:
+        parts = _split_indices(ds, rng, val_size, test_size)
+    return {name: ds.subset(idx) for name, idx in parts.items()}
+
+
+def _split_indices(ds: Dataset, rng: random.Random, val_size: float, test_size: float) -> dict[str, list[int]]:
+    parts: dict[str, list[int]] = {"train": [], "validation": [], "test": []}
+    if ds.groups is not None:
+        members: dict[str, list[int]] = defaultdict(list)
+        for i, g in enumerate(ds.groups):
+            members[g].append(i)
+        names = sorted(members)
+        rng.shuffle(names)
+        n = len(ds)
+        targets = {"test": test_size * n, "validation": val_size * n}
+        filled = {"test": 0, "validation": 0}
+        for g in names:
+            side = next((s for s in ("test", "validation") if filled[s] + len(members[g]) / 2 < targets[s]), "train")
+            parts[side].extend(members[g])
+            if side != "train":
+                filled[side] += len(members[g])
+        return {k: sorted(v) for k, v in parts.items()}
+    counts = ds.label_counts()
+    strata: dict[str, list[int]] = defaultdict(list)
+    for i in range(len(ds)):
+        strata[_stratum(ds, i, counts) if ds.labels is not None else ""].append(i)
+    for key in sorted(strata):
+        idx = strata[key]
+        rng.shuffle(idx)
+        n_test = round(len(idx) * test_size)
+        n_val = round(len(idx) * val_size)
+        while n_test + n_val >= len(idx) and (n_test or n_val):
+            if n_test >= n_val and n_test:
+                n_test -= 1
+            else:
+                n_val -= 1
+        parts["test"].extend(idx[:n_test])
+        parts["validation"].extend(idx[n_test : n_test + n_val])
+        parts["train"].extend(idx[n_test + n_val :])
+    return {k: sorted(v) for k, v in parts.items()}
+
+
+def dataset_from_records(texts: Sequence[str], labels: Sequence[Any] | None = None, **kwargs: Any) -> Dataset:
+    """Build a :class:`Dataset` in memory; a label that is a list makes it multi-label."""
+    labs = None if labels is None else list(labels)
+    multi = labs is not None and len(labs) > 0 and isinstance(labs[0], (list, tuple))
+    if multi and labs is not None:
+        labs = [sorted(set(map(str, x))) for x in labs]
+    elif labs is not None:
+        labs = [str(x) for x in labs]
+    return Dataset(texts=list(texts), labels=labs, multi_label=multi, **kwargs)

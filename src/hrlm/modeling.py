@@ -1,0 +1,287 @@
+"""An encoder with task heads: build, freeze, save and load.
+
+One shared BERT-family encoder feeds one linear head per task. A single-task model is saved under
+the key names of Hugging Face's ``BertForSequenceClassification`` (``bert.*``, ``classifier.*``)
+so that ``AutoModelForSequenceClassification.from_pretrained(folder)`` loads it and gives the same
+logits; further task heads are saved as ``hrlm_heads.<task>.*``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hrlm.errors import ConfigError, ModelError, ModelNotFound
+
+META_FILE = "hrlm.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class TaskSpec:
+    """One prediction task: its labels, whether several can apply, and decision thresholds."""
+
+    name: str
+    labels: list[str]
+    multi_label: bool = False
+    thresholds: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.labels) < 1:
+            raise ConfigError(f"task {self.name!r} has no labels.")
+        if self.thresholds is not None and len(self.thresholds) != len(self.labels):
+            raise ConfigError(f"task {self.name!r}: {len(self.thresholds)} thresholds for {len(self.labels)} labels.")
+
+
+@dataclass
+class ModelMeta:
+    """What ``hrlm.json`` records beside the weights."""
+
+    tasks: list[TaskSpec]
+    pooling: str
+    max_length: int
+    stride: int
+    truncate: str
+    aggregate: str
+    base_encoder: str
+    hrlm_version: str = ""
+    data_fingerprint: str | None = None
+    train_config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    format: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelMeta:
+        data = dict(data)
+        data["tasks"] = [TaskSpec(**t) for t in data.get("tasks", [])]
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
+    """The list of transformer blocks of a BERT-family encoder."""
+    for path in ("encoder.layer", "transformer.layer", "encoder.layers", "layers"):
+        obj: Any = encoder
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList):
+            return obj
+    raise ModelError(f"cannot find the transformer layers of a {type(encoder).__name__}.")
+
+
+class HrlmModel(nn.Module):
+    """A BERT-family encoder with one linear head per task.
+
+    ``forward`` returns a dict of logits by task name. ``pool`` returns the document vectors the
+    heads read, so that a frozen encoder's output can be computed once and cached.
+    """
+
+    def __init__(self, encoder: Any, tasks: list[TaskSpec], *, pooling: str, dropout: float = 0.1) -> None:
+        super().__init__()
+        if pooling == "pooler" and getattr(encoder, "pooler", None) is None:
+            raise ConfigError(
+                f"pooling = 'pooler' but the {type(encoder).__name__} has no pooler; use 'cls' or 'mean'."
+            )
+        self.encoder = encoder
+        self.tasks = list(tasks)
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        hidden = int(encoder.config.hidden_size)
+        heads = {t.name: nn.Linear(hidden, len(t.labels)) for t in self.tasks}
+        for head in heads.values():
+            nn.init.normal_(head.weight, std=getattr(encoder.config, "initializer_range", 0.02))
+            nn.init.zeros_(head.bias)
+        self.heads = nn.ModuleDict(heads)
+
+    @property
+    def config(self) -> Any:
+        return self.encoder.config
+
+    def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Document vectors, one per row of ``input_ids``."""
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        if self.pooling == "pooler":
+            return out.pooler_output
+        hidden = out.last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    def head(self, task: str) -> nn.Linear:
+        """The linear head of ``task``."""
+        head = self.heads[task]
+        assert isinstance(head, nn.Linear)
+        return head
+
+    def head_logits(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits of every task from pooled features."""
+        x = self.dropout(features)
+        return {name: head(x) for name, head in self.heads.items()}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.head_logits(self.pool(input_ids, attention_mask))
+
+    def freeze(self, layers: int = 0, *, encoder: bool = False) -> None:
+        """Stop gradients through the embeddings and the bottom ``layers`` blocks, or the whole encoder."""
+        if encoder:
+            for p in self.encoder.parameters():
+                p.requires_grad_(False)
+            return
+        if layers <= 0:
+            return
+        blocks = encoder_layers(self.encoder)
+        if layers > len(blocks):
+            raise ConfigError(f"freeze_layers = {layers} but the encoder has only {len(blocks)} layers.")
+        embeddings = getattr(self.encoder, "embeddings", None)
+        if embeddings is not None:
+            for p in embeddings.parameters():
+                p.requires_grad_(False)
+        for block in blocks[:layers]:
+            for p in block.parameters():
+                p.requires_grad_(False)
+
+
+def default_pooling(encoder: nn.Module, requested: str, *, freeze_encoder: bool = False) -> str:
+    """``auto`` means BERT's trained pooler when the encoder has one, mean pooling otherwise.
+
+    A frozen encoder uses mean pooling: an untuned pooler on top of a sentence encoder throws
+    information away that a linear head cannot recover.
+    """
+    if requested != "auto":
+        return requested
+    if freeze_encoder or getattr(encoder, "pooler", None) is None:
+        return "mean"
+    return "pooler"
+
+
+def _quiet_transformers() -> None:
+    """No per-file progress bars from transformers: hrlm shows its own progress."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def build_model(
+    base_dir: str | os.PathLike[str],
+    tasks: list[TaskSpec],
+    *,
+    pooling: str = "auto",
+    dropout: float | None = None,
+    freeze_encoder: bool = False,
+) -> HrlmModel:
+    """A fresh model: pretrained encoder from ``base_dir`` and newly initialised heads."""
+    from transformers import AutoConfig, AutoModel
+
+    _quiet_transformers()
+    config = AutoConfig.from_pretrained(str(base_dir), local_files_only=True)
+    if dropout is not None:
+        for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
+            if hasattr(config, key):
+                setattr(config, key, dropout)
+    encoder = AutoModel.from_pretrained(str(base_dir), config=config, local_files_only=True)
+    chosen = default_pooling(encoder, pooling, freeze_encoder=freeze_encoder)
+    head_dropout = dropout if dropout is not None else float(getattr(config, "hidden_dropout_prob", 0.1) or 0.1)
+    return HrlmModel(encoder, tasks, pooling=chosen, dropout=head_dropout)
+
+
+def _hf_compatible(model: HrlmModel) -> bool:
+    return model.pooling == "pooler" and model.config.model_type == "bert" and len(model.tasks) == 1
+
+
+def _state_for_save(model: HrlmModel) -> dict[str, torch.Tensor]:
+    prefix = model.encoder.base_model_prefix
+    state = {f"{prefix}.{k}": v for k, v in model.encoder.state_dict().items()}
+    for i, task in enumerate(model.tasks):
+        name = "classifier" if i == 0 else f"hrlm_heads.{task.name}"
+        head = model.head(task.name)
+        state[f"{name}.weight"] = head.weight
+        state[f"{name}.bias"] = head.bias
+    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
+
+
+def save_model(model: HrlmModel, tokenizer: Any, meta: ModelMeta, folder: str | os.PathLike[str]) -> None:
+    """Write weights, configs, tokenizer and ``hrlm.json`` into an existing (temporary) folder."""
+    from safetensors.torch import save_file
+
+    out = Path(folder)
+    config = model.config.__class__.from_dict(model.config.to_dict())
+    first = model.tasks[0]
+    config.id2label = dict(enumerate(first.labels))
+    config.label2id = {lab: i for i, lab in enumerate(first.labels)}
+    config.problem_type = "multi_label_classification" if first.multi_label else "single_label_classification"
+    if _hf_compatible(model):
+        config.architectures = ["BertForSequenceClassification"]
+    else:
+        config.architectures = [type(model.encoder).__name__]
+    config.save_pretrained(str(out))
+    save_file(_state_for_save(model), str(out / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save_pretrained(str(out))
+    from hrlm._fs import write_json
+
+    write_json(out / META_FILE, meta.to_dict())
+
+
+def read_meta(folder: str | os.PathLike[str]) -> ModelMeta:
+    """Read ``hrlm.json`` of a model folder."""
+    path = Path(folder)
+    if not path.exists():
+        raise ModelNotFound(f"model folder {str(path)!r} not found; pass the --out folder of `hrlm train`.")
+    meta_path = path / META_FILE
+    if not meta_path.is_file():
+        raise ModelError(f"{str(path)!r} is not an hrlm model folder (no {META_FILE}); train one with `hrlm train`.")
+    try:
+        data = json.loads(meta_path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ModelError(f"{meta_path} is damaged ({exc}); retrain or restore the model folder.") from None
+    if int(data.get("format", 0)) > FORMAT_VERSION:
+        raise ModelError(f"{path} was written by a newer hrlm (format {data['format']}); upgrade hrlm to load it.")
+    return ModelMeta.from_dict(data)
+
+
+def load_model(folder: str | os.PathLike[str]) -> tuple[HrlmModel, Any, ModelMeta]:
+    """Load a model folder written by :func:`save_model`: model (eval mode), tokenizer, metadata."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModel
+
+    from hrlm.encoders import load_tokenizer
+
+    _quiet_transformers()
+    path = Path(folder)
+    meta = read_meta(path)
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise ModelError(f"{path} has no model.safetensors; the folder is incomplete.")
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    encoder = AutoModel.from_config(config)
+    model = HrlmModel(encoder, meta.tasks, pooling=meta.pooling)
+    state = load_file(str(weights))
+    prefix = encoder.base_model_prefix + "."
+    enc_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    missing, _ = encoder.load_state_dict(enc_state, strict=False)
+    missing = [m for m in missing if not m.endswith("position_ids")]
+    if missing:
+        raise ModelError(f"{weights} lacks encoder weights ({missing[:3]}...); the folder is damaged.")
+    for i, task in enumerate(meta.tasks):
+        name = "classifier" if i == 0 else f"hrlm_heads.{task.name}"
+        try:
+            head = model.head(task.name)
+            head.weight.data.copy_(state[f"{name}.weight"])
+            head.bias.data.copy_(state[f"{name}.bias"])
+        except KeyError:
+            raise ModelError(f"{weights} lacks the head of task {task.name!r}; the folder is damaged.") from None
+    model.eval()
+    return model, load_tokenizer(path), meta

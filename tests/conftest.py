@@ -1,0 +1,93 @@
+"""Shared fixtures: a tiny random-weight BERT with a tiny WordPiece vocabulary, and small data files."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import pytest
+
+WORDS = {
+    "payroll": ["salary", "payslip", "overtime", "tax", "paid", "wage", "bonus", "deposit"],
+    "leave": ["vacation", "sick", "holiday", "absence", "parental", "days", "off", "leave"],
+    "it": ["password", "laptop", "vpn", "login", "account", "locked", "email", "access"],
+}
+FILLER = ["my", "the", "is", "not", "please", "help", "with", "i", "need", "a", "for", "this", "month", "week"]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def make_texts(n_per_class: int, seed: int = 0, length: tuple[int, int] = (4, 12)) -> list[tuple[str, str]]:
+    """Separable toy tickets: each class draws most of its words from its own list."""
+    rng = random.Random(seed)
+    rows = []
+    for label, words in WORDS.items():
+        for _ in range(n_per_class):
+            n = rng.randint(*length)
+            toks = [rng.choice(words) if rng.random() < 0.6 else rng.choice(FILLER) for _ in range(n)]
+            rows.append((" ".join(toks), label))
+    rng.shuffle(rows)
+    return rows
+
+
+def write_csv(path: Path, rows: list[tuple[str, ...]], header: tuple[str, ...] = ("text", "label")) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer BERT of width 32 with random weights and a ~45-token WordPiece vocabulary."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = SPECIAL + sorted({w for ws in WORDS.values() for w in ws} | set(FILLER)) + ["##s", "##ed", "##ing"]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab={tok: i for i, tok in enumerate(vocab)}, do_lower_case=True)
+    tokenizer.save_pretrained(str(folder))
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tickets_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """120 separable toy tickets over three classes."""
+    folder = tmp_path_factory.mktemp("data")
+    return write_csv(folder / "tickets.csv", make_texts(40))
+
+
+@pytest.fixture(scope="session")
+def trained_model(tiny_bert: Path, tickets_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model trained once per session on the toy tickets."""
+    from hrlm.config import TrainConfig
+    from hrlm.training import train
+
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    # Mean pooling: a random-weight [CLS] + tanh pooler learns too slowly for a test.
+    cfg = TrainConfig(
+        base=str(tiny_bert), max_length=16, stride=4, epochs=5, batch_size=8, lr=3e-3, seed=1, pooling="mean"
+    )
+    train(tickets_csv, out, cfg, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real data folder beside the project; tests that need it skip when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (it sits beside the project in CI)")
+    return SHARED_DATA
