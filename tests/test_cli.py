@@ -100,3 +100,24 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
 
 def test_version() -> None:
     assert "hrlm" in _ok(["--version"])
+
+
+def test_every_setting_has_a_train_flag() -> None:
+    import typer.main
+
+    from hrlm.config import TrainConfig
+
+    command = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
+    flags = {opt for p in command.params for opt in p.opts}
+    renamed = {"early_stopping_patience": "--patience"}
+    for key in TrainConfig.keys():
+        flag = renamed.get(key, "--" + key.replace("_", "-"))
+        assert flag in flags, f"TrainConfig.{key} has no `hrlm train {flag}`"
+
+
+def test_readme_documents_every_command() -> None:
+    import typer.main
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    for name in typer.main.get_command(app).commands:  # type: ignore[attr-defined]
+        assert f"hrlm {name}" in readme, f"`hrlm {name}` is not in the README"

@@ -53,3 +53,18 @@ def test_frozen_encoder_head_on_sample_tickets() -> None:
     cfg = TrainConfig(freeze_encoder=True, max_length=128, epochs=4, seed=0)
     result = fit(cfg, splits, progress=False)
     assert result.metrics["macro_f1"] > 0.7  # 8 classes: chance is 0.125
+
+
+def test_demo_trains_reports_and_predicts(tmp_path: Path) -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from hrlm.demo import run_demo
+
+    buffer = StringIO()
+    result = run_demo(tmp_path, epochs=1, progress=False, console=Console(file=buffer, width=120))
+    text = buffer.getvalue()
+    assert "report.html" in text and "predictions on new tickets" in text
+    assert (result["model_dir"] / "report" / "report.html").exists()
+    assert len(result["predictions"]) == 6 and result["metrics"]["n"] == 48

@@ -133,6 +133,10 @@ def train(
     aggregate: Annotated[
         Aggregate | None, typer.Option(help="How window logits combine per document. [default: mean]")
     ] = None,
+    pooling: Annotated[
+        str | None,
+        typer.Option(help="Document vector: pooler (BERT's), cls, mean, or auto (pooler; mean when frozen)."),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Samples per batch. [default: 32]")] = None,
     grad_accum: Annotated[int | None, typer.Option(help="Batches per optimizer step. [default: 1]")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate of AdamW. [default: 1e-4]")] = None,
@@ -140,6 +144,9 @@ def train(
         float | None, typer.Option(help="Fraction of steps of linear warmup. [default: 0.06]")
     ] = None,
     weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay. [default: 0.01]")] = None,
+    max_grad_norm: Annotated[
+        float | None, typer.Option(help="Gradient norm clipping threshold. [default: 1.0]")
+    ] = None,
     dropout: Annotated[
         float | None, typer.Option(help="Dropout of the encoder and head. [default: the encoder's]")
     ] = None,
@@ -190,11 +197,13 @@ def train(
         stride=stride,
         truncate=_value(truncate),
         aggregate=_value(aggregate),
+        pooling=pooling,
         batch_size=batch_size,
         grad_accum=grad_accum,
         lr=lr,
         warmup_ratio=warmup_ratio,
         weight_decay=weight_decay,
+        max_grad_norm=max_grad_norm,
         dropout=dropout,
         class_weights=class_weights,
         early_stopping_patience=patience,

@@ -37,9 +37,10 @@ def run_demo(out: Path, *, epochs: float = 8.0, progress: bool = True, console: 
     console = console or Console()
     data = sample_path("helpdesk_tickets.csv")
     model_dir = Path(out) / "ticket-router"
+    n_tickets = len(pd.read_csv(data))
     console.print(
-        f"[bold]hrlm demo[/]: training a helpdesk-ticket router on {data.name} "
-        f"({sum(1 for _ in data.open(encoding='utf-8')) - 1} lines) with the packaged all-MiniLM-L6-v2"
+        f"[bold]hrlm demo[/]: training a helpdesk-ticket router on {n_tickets} sample tickets "
+        f"({data.name}) with the packaged all-MiniLM-L6-v2"
     )
     result = train(data, model_dir, demo_config(epochs), overwrite=True, progress=progress)
     m = result.metrics

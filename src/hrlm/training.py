@@ -27,13 +27,15 @@ from hrlm.config import TrainConfig
 from hrlm.data import Dataset, check_label_counts, load_dataset, split_dataset
 from hrlm.encoders import load_tokenizer, resolve_base
 from hrlm.errors import ConfigError, LabelError
-from hrlm.evaluation import compute_metrics, tune_thresholds, write_report
+from hrlm.evaluation import compute_metrics, evaluate_dataset, tune_thresholds, write_report
 from hrlm.inference import (
     Predictor,
     aggregate,
     autocast,
     collate,
+    decide,
     default_threads,
+    length_batches,
     probabilities,
     resolve_device,
     resolve_precision,
@@ -217,8 +219,6 @@ class _Evaluator:
         if self.cfg.metric == "loss":
             return -loss, loss
         probs = probabilities(logits, self.task.multi_label)
-        from hrlm.inference import decide
-
         metrics = compute_metrics(
             self.ds.labels, decide(probs, self.task), probs, self.task.labels, multi_label=self.task.multi_label
         )
@@ -329,8 +329,6 @@ def fit(
     report_on = "test" if test_ds is not None and len(test_ds) > 0 else "validation" if has_val else "train"
     report_ds = {"test": test_ds, "validation": val_ds, "train": train_ds}[report_on]
     assert report_ds is not None
-    from hrlm.evaluation import evaluate_dataset
-
     metrics = evaluate_dataset(predictor, report_ds)
     meta.metrics = {
         "split": report_on,
@@ -604,8 +602,6 @@ def _train_head_only(
 def _pooled_features(
     model: HrlmModel, windows: Sequence[Sequence[int]], pad_id: int, device: torch.device, precision: str
 ) -> torch.Tensor:
-    from hrlm.inference import length_batches
-
     out = torch.zeros((len(windows), int(model.config.hidden_size)), dtype=torch.float32, device=device)
     for batch in length_batches([len(w) for w in windows], max_tokens=16384, max_batch=128):
         ids, mask = collate([windows[i] for i in batch], pad_id)
