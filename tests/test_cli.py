@@ -110,7 +110,7 @@ def test_every_setting_has_a_train_flag() -> None:
     command = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
     flags = {opt for p in command.params for opt in p.opts}
     renamed = {"early_stopping_patience": "--patience"}
-    for key in TrainConfig.keys():
+    for key in TrainConfig.names():
         flag = renamed.get(key, "--" + key.replace("_", "-"))
         assert flag in flags, f"TrainConfig.{key} has no `hrlm train {flag}`"
 

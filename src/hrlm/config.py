@@ -136,7 +136,7 @@ class TrainConfig:
             raise ConfigError("label_sep must not be empty; omit it for single-label data.")
 
     @classmethod
-    def keys(cls) -> list[str]:
+    def names(cls) -> list[str]:
         """Names of every setting."""
         return [f.name for f in fields(cls)]
 
@@ -158,7 +158,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build a config from a mapping; unknown keys raise :class:`ConfigError`."""
-        known = set(cls.keys())
+        known = set(cls.names())
         unknown = {k: v for k, v in values.items() if k not in known}
         if unknown:
             raise ConfigError(f"unknown setting(s) {sorted(unknown)}; valid keys are {sorted(known)}.")
