@@ -84,6 +84,16 @@ def test_multi_label_from_separator_list_column_and_json_cell(tmp_path: Path) ->
     assert load_dataset(path).labels == [["x", "y"], ["y"]]
 
 
+def test_integer_labels_become_strings(tmp_path: Path) -> None:
+    path = tmp_path / "int.jsonl"
+    path.write_text('{"text": "a", "label": 0}\n{"text": "b", "label": 1}\n{"text": "c", "label": 1}\n')
+    ds = load_dataset(path)
+    assert ds.labels == ["0", "1", "1"] and not ds.multi_label
+    frame = pd.DataFrame({"text": ["a", "b"], "label": [["x"], ["x", "y"]]})
+    frame.to_parquet(tmp_path / "list.parquet")
+    assert load_dataset(tmp_path / "list.parquet").labels == [["x"], ["x", "y"]]
+
+
 def test_rare_class_and_single_class_errors() -> None:
     ds = dataset_from_records(["a", "b", "c"], ["x", "x", "y"])
     with pytest.raises(LabelError, match="'y' \\(1\\)"):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 
 from hrlm.errors import DataError, LabelError
@@ -187,9 +188,13 @@ def _is_missing(value: Any) -> bool:
     return isinstance(value, str) and not value.strip()
 
 
+def _is_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple, np.ndarray))
+
+
 def _parse_labels(value: Any, sep: str | None) -> list[str]:
-    if isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
-        items = list(value.tolist() if hasattr(value, "tolist") else value)
+    if _is_list(value):
+        items = list(value)
     elif isinstance(value, str) and value.strip().startswith("["):
         try:
             items = json.loads(value)
@@ -235,10 +240,7 @@ def load_dataset(
 
     multi = label_sep is not None or (
         labels_raw is not None
-        and any(
-            isinstance(v, (list, tuple)) or hasattr(v, "tolist") or (isinstance(v, str) and v.strip().startswith("["))
-            for v in labels_raw.head(100)
-        )
+        and any(_is_list(v) or (isinstance(v, str) and v.strip().startswith("[")) for v in labels_raw.head(100))
     )
     keep: list[int] = []
     empty_text: list[int] = []
@@ -251,7 +253,7 @@ def load_dataset(
             continue
         if labels_raw is not None:
             value = labels_raw.iat[i]
-            parsed = [] if _is_missing(value) and not hasattr(value, "tolist") else _parse_labels(value, label_sep)
+            parsed = [] if not _is_list(value) and _is_missing(value) else _parse_labels(value, label_sep)
             if not parsed and not multi:
                 empty_label.append(i)
                 continue
