@@ -54,12 +54,13 @@ def test_train_evaluate_predict_round_trip(tiny_bert: Path, tickets_csv: Path, t
     preds = tmp_path / "preds.csv"
     _ok(["predict", str(out), str(tickets_csv), "--out", str(preds)])
     header = preds.read_text().splitlines()[0].split(",")
-    assert header[:2] == ["text", "label"] and {"p_it", "p_leave", "p_payroll", "score"} <= set(header)
+    assert header[:3] == ["text", "label", "predicted_label"]
+    assert {"p_it", "p_leave", "p_payroll", "score"} <= set(header)
 
     jsonl = tmp_path / "preds.jsonl"
     _ok(["predict", str(out), str(tickets_csv), "--out", str(jsonl)])
     first = json.loads(jsonl.read_text().splitlines()[0])
-    assert first["label"] in ("it", "leave", "payroll")
+    assert first["predicted_label"] in ("it", "leave", "payroll") and "label" in first
 
     stdout = _ok(["predict", str(out), "-"], input="vpn login locked\nmy salary is late\n")
     lines = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]

@@ -330,7 +330,8 @@ def predict(
 def _flatten(pred: dict[str, Any]) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     label = pred["label"]
-    flat["label"] = "|".join(label) if isinstance(label, list) else label
+    # "predicted_label", not "label": an input file's own label column must survive next to the prediction
+    flat["predicted_label"] = "|".join(label) if isinstance(label, list) else label
     flat["score"] = pred["score"]
     for lab, p in pred["probabilities"].items():
         flat[f"p_{lab}"] = p
