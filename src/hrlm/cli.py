@@ -363,7 +363,7 @@ def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo model and report.")] = Path(
         "demo-output"
     ),
-    epochs: Annotated[float, typer.Option(help="Passes over the sample tickets.")] = 8.0,
+    epochs: Annotated[float, typer.Option(help="Passes over the sample tickets.")] = 6.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Train a helpdesk-ticket router on the packaged sample tickets, report, and predict."""

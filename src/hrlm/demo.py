@@ -14,14 +14,14 @@ def sample_path(name: str) -> Path:
     return Path(str(resources.files("hrlm").joinpath(SAMPLES, name)))
 
 
-def demo_config(epochs: float = 8.0) -> Any:
+def demo_config(epochs: float = 6.0) -> Any:
     """Settings that train the sample router in a minute or two on two CPU cores."""
     from hrlm.config import TrainConfig
 
     return TrainConfig(max_length=128, stride=32, epochs=epochs, batch_size=16, lr=1e-4, early_stopping_patience=3)
 
 
-def run_demo(out: Path, *, epochs: float = 8.0, progress: bool = True, console: Any = None) -> dict[str, Any]:
+def run_demo(out: Path, *, epochs: float = 6.0, progress: bool = True, console: Any = None) -> dict[str, Any]:
     """Train, evaluate and predict on the sample tickets; print what a new user wants to see.
 
     Returns:
