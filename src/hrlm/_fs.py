@@ -42,19 +42,9 @@ def atomic_dir(target: str | os.PathLike[str], *, overwrite: bool = False) -> It
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
     """Write JSON atomically (temporary file, fsync, rename)."""
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, ensure_ascii=False, default=str)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as fh:
+        json.dump(data, fh, indent=2, ensure_ascii=False, default=str)
+        fh.write("\n")
 
 
 @contextlib.contextmanager

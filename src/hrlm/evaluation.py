@@ -9,13 +9,11 @@ per-label decision threshold for multi-label models.
 from __future__ import annotations
 
 import base64
-import contextlib
 import html
 import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +27,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from hrlm._fs import write_json
+from hrlm._fs import atomic_file, write_json
 from hrlm.errors import DataError, LabelError
 
 if TYPE_CHECKING:
@@ -337,17 +335,8 @@ def write_report(
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path, "wb") as fh:
+        fh.write(data)
 
 
 def _png(fig: Figure) -> bytes:
