@@ -121,7 +121,7 @@ def main() -> None:
     result = fit(cfg, {"train": splits["train"], "validation": splits["validation"]}, out, overwrite=True)
     predictor = Predictor.from_dir(out)
     t0 = time.perf_counter()
-    metrics = evaluate_dataset(predictor, splits["test"])
+    metrics = evaluate_dataset(predictor, splits["test"], progress=True)
     test_s = time.perf_counter() - t0
     mode = "frozen encoder + head" if args.freeze_encoder else f"fine-tuned {args.epochs:g} epoch(s)"
     long_mode = args.truncate if args.truncate != "none" else f"windows stride {args.stride}"

@@ -274,6 +274,7 @@ def evaluate(
         split=split,
         split_col=split_col,
         threads=threads,
+        progress=True,
     )
     _print_summary(metrics, data.name, None)
     out_console.print(f"report: {target / 'report.html'}")
@@ -306,7 +307,7 @@ def predict(
             "Pass --text-col to name the text column."
         )
     texts = ["" if v is None or (isinstance(v, float) and v != v) else str(v) for v in frame[text_col].tolist()]
-    preds = predictor.predict(texts)
+    preds = predictor.predict(texts, progress=True)
     records = []
     for row, pred in zip(frame.to_dict(orient="records"), preds, strict=True):
         records.append({**row, **_flatten(pred.to_dict())})

@@ -636,7 +636,7 @@ def format_report(metrics: dict[str, Any], *, digits: int = 2) -> str:
     return "\n".join(lines) + "\n"
 
 
-def evaluate_dataset(predictor: Any, ds: Any) -> dict[str, Any]:
+def evaluate_dataset(predictor: Any, ds: Any, *, progress: bool = False) -> dict[str, Any]:
     """Metrics of a :class:`~hrlm.inference.Predictor` on a labelled :class:`~hrlm.data.Dataset` (first task)."""
     from hrlm.inference import decide
 
@@ -646,7 +646,7 @@ def evaluate_dataset(predictor: Any, ds: Any) -> dict[str, Any]:
     if ds.multi_label != task.multi_label:
         kind = "multi-label" if task.multi_label else "single-label"
         raise DataError(f"{ds.source}: the model is {kind} but the data is not; pass --label-sep for multi-label data.")
-    probs = predictor.predict_proba(ds.texts)[task.name]
+    probs = predictor.predict_proba(ds.texts, progress=progress)[task.name]
     return compute_metrics(ds.labels, decide(probs, task), probs, task.labels, multi_label=task.multi_label)
 
 
@@ -661,6 +661,7 @@ def evaluate(
     split: str | None = None,
     split_col: str | None = None,
     threads: int | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Score a model folder on a labelled data file; with ``out``, write the report there.
 
@@ -700,7 +701,7 @@ def evaluate(
         ds = ds.subset([i for i, s in enumerate(ds.splits) if s == wanted])
         if len(ds) == 0:
             raise DataError(f"{data}: no row is in the {wanted!r} split.")
-    metrics = evaluate_dataset(predictor, ds)
+    metrics = evaluate_dataset(predictor, ds, progress=progress)
     if out is not None:
         write_report(
             out,

@@ -16,6 +16,7 @@ from typing import Any, overload
 import numpy as np
 import torch
 
+from hrlm._progress import ProgressBar
 from hrlm.errors import ConfigError
 from hrlm.modeling import HrlmModel, ModelMeta, TaskSpec, load_model
 from hrlm.text import Encoded, encode_documents
@@ -237,12 +238,23 @@ class Predictor:
             self.tokenizer, texts, max_length=self.meta.max_length, stride=self.meta.stride, truncate=self.meta.truncate
         )
 
-    def logits(self, texts: Sequence[str], progress: Any = None) -> dict[str, np.ndarray]:
-        """Document logits for every task, shape ``(len(texts), n_labels)``."""
+    def logits(self, texts: Sequence[str], *, progress: bool = False) -> dict[str, np.ndarray]:
+        """Document logits for every task, shape ``(len(texts), n_labels)``.
+
+        With ``progress``, inputs of 512 windows or more show a progress bar.
+        """
         if not texts:
             return {t.name: np.zeros((0, len(t.labels)), dtype=np.float32) for t in self.tasks}
         enc = self.encode(texts)
-        per_window = window_logits(
+        bar = ProgressBar(len(enc.windows), "predicting", unit="windows", enabled=progress and len(enc.windows) >= 512)
+        try:
+            per_window = self._window_logits(enc, bar)
+        finally:
+            bar.close()
+        return {name: aggregate(v, enc.doc_index, enc.n_docs, self.meta.aggregate) for name, v in per_window.items()}
+
+    def _window_logits(self, enc: Encoded, bar: ProgressBar) -> dict[str, np.ndarray]:
+        return window_logits(
             self.model,
             enc.windows,
             pad_id=self.pad_id,
@@ -250,28 +262,28 @@ class Predictor:
             precision=self.precision,
             max_tokens=self.max_tokens,
             max_batch=self.max_batch,
-            progress=progress,
+            progress=lambda n: bar.update(advance=n),
         )
-        return {name: aggregate(v, enc.doc_index, enc.n_docs, self.meta.aggregate) for name, v in per_window.items()}
 
-    def predict_proba(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    def predict_proba(self, texts: Sequence[str], *, progress: bool = False) -> dict[str, np.ndarray]:
         """Class probabilities for every task."""
         by_task = {t.name: t for t in self.tasks}
-        return {name: probabilities(v, by_task[name].multi_label) for name, v in self.logits(texts).items()}
+        logits = self.logits(texts, progress=progress)
+        return {name: probabilities(v, by_task[name].multi_label) for name, v in logits.items()}
 
     @overload
-    def predict(self, texts: str) -> Prediction: ...
+    def predict(self, texts: str, *, progress: bool = False) -> Prediction: ...
     @overload
-    def predict(self, texts: list[str]) -> list[Prediction]: ...
+    def predict(self, texts: list[str], *, progress: bool = False) -> list[Prediction]: ...
 
-    def predict(self, texts: str | list[str]) -> Prediction | list[Prediction]:
+    def predict(self, texts: str | list[str], *, progress: bool = False) -> Prediction | list[Prediction]:
         """Predict one text (returns one :class:`Prediction`) or a list (returns a list)."""
         single = isinstance(texts, str)
         batch = [texts] if isinstance(texts, str) else list(texts)
         for i, t in enumerate(batch):
             if not isinstance(t, str):
                 raise ConfigError(f"texts[{i}] is a {type(t).__name__}; every text must be a string.")
-        probs = self.predict_proba(batch)
+        probs = self.predict_proba(batch, progress=progress)
         per_task = {t.name: _predictions(probs[t.name], t) for t in self.tasks}
         results = []
         for i in range(len(batch)):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from torch import nn
 
 import hrlm
 from hrlm._fs import atomic_dir
+from hrlm._progress import ProgressBar
 from hrlm.config import TrainConfig
 from hrlm.data import Dataset, check_label_counts, load_dataset, split_dataset
 from hrlm.encoders import load_tokenizer, resolve_base
@@ -132,54 +132,6 @@ def _doc_loss(logits: np.ndarray, ds: Dataset, task: TaskSpec) -> float:
     if task.multi_label:
         return float(nn.functional.binary_cross_entropy_with_logits(x, targets))
     return float(nn.functional.cross_entropy(x, targets))
-
-
-class _Progress:
-    """A rich progress bar on a terminal; a log line every 5% elsewhere (CI, background runs)."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total = max(total, 1)
-        self.enabled = enabled
-        self.start = time.perf_counter()
-        self.fields: dict[str, str] = {"loss": "-", "metric": "-"}
-        self._bar: Any = None
-        self._last_logged = -1
-        if enabled and sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._bar = Progress(
-                TextColumn("[bold]training"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]} · val {task.fields[metric]}"),
-                TimeRemainingColumn(),
-                transient=False,
-            )
-            self._bar.start()
-            self._task = self._bar.add_task("train", total=self.total, **self.fields)
-
-    def update(self, step: int, **fields: str) -> None:
-        self.fields.update(fields)
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.update(self._task, completed=step, **self.fields)
-            return
-        bucket = step * 20 // self.total
-        if bucket != self._last_logged:
-            self._last_logged = bucket
-            elapsed = time.perf_counter() - self.start
-            left = elapsed / max(step, 1) * (self.total - step)
-            print(
-                f"training {step}/{self.total} steps · loss {self.fields['loss']} · val {self.fields['metric']} · "
-                f"{elapsed:.0f}s elapsed, ~{left:.0f}s left",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
 
 
 class _Evaluator:
@@ -466,7 +418,7 @@ def _train_full(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
     )
     state = _RunState(best_state=_snapshot(model))
-    bar = _Progress(total, show)
+    bar = ProgressBar(total, "training", unit="steps", fields={"loss": "-", "val": "-"}, enabled=show)
     stream = _batches_forever(enc.lengths, cfg.batch_size, cfg.seed)
     model.train()
     running, running_n = 0.0, 0
@@ -501,7 +453,7 @@ def _train_full(
                 model.train()
                 stop = state.record(model, entry, metric, cfg.early_stopping_patience)
                 if entry["val_metric"] is not None:
-                    bar.update(step, metric=f"{cfg.metric} {entry['val_metric']:.4f}")
+                    bar.update(step, val=f"{cfg.metric} {entry['val_metric']:.4f}")
                 if on_eval is not None:
                     on_eval(entry)
                 if stop:
@@ -554,7 +506,7 @@ def _train_head_only(
     )
     l2 = cfg.weight_decay / max(len(features), 1)
     state = _RunState(best_state=_snapshot(model))
-    bar = _Progress(rounds, show)
+    bar = ProgressBar(rounds, "training head", unit="rounds", fields={"loss": "-", "val": "-"}, enabled=show)
     model.eval()
 
     def closure() -> torch.Tensor:
@@ -586,7 +538,7 @@ def _train_head_only(
                 entry["val_loss"] = round(vloss, 6)
                 entry["val_metric"] = round(vloss if cfg.metric == "loss" else metric, 6)
             stop = state.record(model, entry, metric, cfg.early_stopping_patience)
-            bar.update(r, loss=f"{loss:.4f}", metric=f"{entry['val_metric']}")
+            bar.update(r, loss=f"{loss:.4f}", val=f"{cfg.metric} {entry['val_metric']}")
             if on_eval is not None:
                 on_eval(entry)
             if stop:
