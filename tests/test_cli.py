@@ -71,7 +71,7 @@ def test_train_evaluate_predict_round_trip(tiny_bert: Path, tickets_csv: Path, t
     ("args", "message"),
     [
         (["train", "{missing}", "--out", "{tmp}/m"], "not found"),
-        (["train", "{bad_col}", "--out", "{tmp}/m"], "column 'text' not found"),
+        (["train", "{bad_col}", "--out", "{tmp}/m"], "columns are ['body', 'label']"),
         (["train", "{tickets}", "--out", "{tmp}/m", "--base", "bert-base-uncased"], "never downloads"),
         (["train", "{tickets}", "--out", "{tmp}/m", "--truncate", "head+tail", "--stride", "900"], "stride"),
         (["evaluate", "{tmp}/no-model", "{tickets}"], "not found"),

@@ -18,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hrlm import __version__
@@ -47,7 +48,7 @@ def _handles_errors(func: F) -> F:
         except HrlmError as exc:
             if _state["debug"]:
                 raise
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
@@ -220,7 +221,7 @@ def train(
     )
     result = run_train(data, out, cfg, overwrite=overwrite, progress=not quiet)
     for note in result.notes:
-        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     _print_summary(result.metrics, f"{result.evaluated_on} split", out)
     if result.interrupted:
         err_console.print("[yellow]training was interrupted; the best model so far was saved.[/]")
