@@ -87,4 +87,4 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
         table.add_row(
             *[f"{row[k]:.4f}" if isinstance(row.get(k), float) and row[k] < 1.5 else str(row.get(k, "")) for k in keys]
         )
-    Console().print(table)
+    Console(width=200).print(table)

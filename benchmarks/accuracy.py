@@ -22,7 +22,7 @@ from _common import print_table, write_result
 
 
 def load_splits(folder: Path, train_limit: int | None, val_size: int, seed: int):
-    from hrlm.data import dataset_from_records, load_dataset
+    from hrlm.data import load_dataset
 
     name = folder.name
     if name == "imdb":
@@ -46,7 +46,6 @@ def load_splits(folder: Path, train_limit: int | None, val_size: int, seed: int)
         if train_limit:
             parts["train"] = parts["train"].subset(random.Random(seed).sample(range(len(parts["train"])), train_limit))
         desc = "suggested_split: " + " / ".join(f"{k} {len(v)}" for k, v in parts.items())
-        _ = dataset_from_records
         return "onet_tasks", parts, desc
     raise SystemExit(f"unknown data folder {folder}; expected .../imdb or .../onet_tasks")
 
@@ -124,7 +123,7 @@ def main() -> None:
     metrics = evaluate_dataset(predictor, splits["test"], progress=True)
     test_s = time.perf_counter() - t0
     mode = "frozen encoder + head" if args.freeze_encoder else f"fine-tuned {args.epochs:g} epoch(s)"
-    long_mode = args.truncate if args.truncate != "none" else f"windows stride {args.stride}"
+    long_mode = args.truncate if args.truncate != "none" else f"windows stride {cfg.stride}"
     rows.append(
         {
             "system": f"hrlm all-MiniLM-L6-v2 {mode}, {predictor.precision}, {long_mode} {args.max_length}",
