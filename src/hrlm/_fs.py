@@ -14,6 +14,17 @@ from typing import Any
 from hrlm.errors import HrlmError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _usual_mode(path: Path, *, folder: bool) -> None:
+    """Give a file or folder made by mkstemp/mkdtemp (0600/0700) the permissions the umask would."""
+    path.chmod((0o777 if folder else 0o666) & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``target``; rename it to ``target`` when the block succeeds.
@@ -28,6 +39,7 @@ def atomic_dir(target: str | os.PathLike[str], *, overwrite: bool = False) -> It
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         yield tmp
+        _usual_mode(tmp, folder=True)
         if final.exists():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             os.replace(final, old)
@@ -58,6 +70,7 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        _usual_mode(Path(tmp), folder=False)
         os.replace(tmp, p)
     except BaseException:
         with contextlib.suppress(OSError):
