@@ -97,17 +97,17 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _window_targets(enc: Encoded, ds: Dataset, task: TaskSpec) -> torch.Tensor:
+def _doc_targets(ds: Dataset, task: TaskSpec) -> torch.Tensor:
+    """Class ids per document, or a multi-hot row per document for multi-label tasks."""
     assert ds.labels is not None
     index = {lab: i for i, lab in enumerate(task.labels)}
     if task.multi_label:
-        doc = torch.zeros((len(ds), len(task.labels)), dtype=torch.float32)
+        multi_hot = torch.zeros((len(ds), len(task.labels)), dtype=torch.float32)
         for row, labs in enumerate(ds.labels):
             for lab in labs:
-                doc[row, index[lab]] = 1.0
-        return doc[enc.doc_index]
-    doc_ids = torch.tensor([index[lab] for lab in ds.labels], dtype=torch.long)
-    return doc_ids[enc.doc_index]
+                multi_hot[row, index[lab]] = 1.0
+        return multi_hot
+    return torch.tensor([index[lab] for lab in ds.labels], dtype=torch.long)
 
 
 def _loss_fn(task: TaskSpec, ds: Dataset, mode: str, device: torch.device) -> nn.Module:
@@ -127,7 +127,7 @@ def _loss_fn(task: TaskSpec, ds: Dataset, mode: str, device: torch.device) -> nn
 
 def _doc_loss(logits: np.ndarray, ds: Dataset, task: TaskSpec) -> float:
     """Unweighted loss of aggregated document logits, for the learning curves."""
-    targets = _window_targets(Encoded([], list(range(len(ds))), len(ds)), ds, task)
+    targets = _doc_targets(ds, task)
     x = torch.from_numpy(logits)
     if task.multi_label:
         return float(nn.functional.binary_cross_entropy_with_logits(x, targets))
@@ -241,7 +241,7 @@ def fit(
         )
 
     enc_train = encode(train_ds)
-    targets = _window_targets(enc_train, train_ds, task)
+    targets = _doc_targets(train_ds, task)[enc_train.doc_index]  # every window carries its document's label
     has_val = val_ds is not None and len(val_ds) > 0
     evaluator = _Evaluator(
         val_ds if has_val else None,
