@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -56,6 +57,10 @@ def test_train_evaluate_predict_round_trip(tiny_bert: Path, tickets_csv: Path, t
     header = preds.read_text().splitlines()[0].split(",")
     assert header[:3] == ["text", "label", "predicted_label"]
     assert {"p_it", "p_leave", "p_payroll", "score"} <= set(header)
+
+    gz = tmp_path / "preds.csv.gz"
+    _ok(["predict", str(out), str(tickets_csv), "--out", str(gz)])
+    assert len(pd.read_csv(gz)) == len(pd.read_csv(tickets_csv))
 
     jsonl = tmp_path / "preds.jsonl"
     _ok(["predict", str(out), str(tickets_csv), "--out", str(jsonl)])

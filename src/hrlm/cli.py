@@ -7,7 +7,7 @@ Exit status: 0 on success, 1 for a user error (one line on stderr, no traceback 
 from __future__ import annotations
 
 import functools
-import io
+import gzip
 import json
 import logging
 import sys
@@ -300,7 +300,6 @@ def predict(
     from hrlm.errors import DataError
     from hrlm.inference import Predictor
 
-    predictor = Predictor.from_dir(model, threads=threads)
     frame = _read_stdin(text_col) if input == "-" else read_table(input)
     if text_col not in frame.columns:
         raise DataError(
@@ -308,25 +307,20 @@ def predict(
             "Pass --text-col to name the text column."
         )
     texts = ["" if v is None or (isinstance(v, float) and v != v) else str(v) for v in frame[text_col].tolist()]
+    predictor = Predictor.from_dir(model, threads=threads)
     preds = predictor.predict(texts, progress=True)
-    records = []
-    for row, pred in zip(frame.to_dict(orient="records"), preds, strict=True):
-        records.append({**row, **_flatten(pred.to_dict())})
-    fmt = "csv" if out is not None and ".csv" in out.suffixes else "jsonl"
-    if out is not None and fmt == "csv":
-        with atomic_file(out) as fh:
-            pd.DataFrame(records).to_csv(fh, index=False)
+    records = [{**row, **_flatten(p.to_dict())} for row, p in zip(frame.to_dict(orient="records"), preds, strict=True)]
+    if out is not None and ".csv" in out.suffixes:
+        text = pd.DataFrame(records).to_csv(index=False)
     else:
-        buffer = io.StringIO()
-        for rec in records:
-            buffer.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
-        if out is None:
-            sys.stdout.write(buffer.getvalue())
-        else:
-            with atomic_file(out) as fh:
-                fh.write(buffer.getvalue())
-    if out is not None:
-        err_console.print(f"wrote {len(records)} predictions to {out}")
+        text = "".join(json.dumps(rec, ensure_ascii=False, default=str) + "\n" for rec in records)
+    if out is None:
+        sys.stdout.write(text)
+        return
+    data = text.encode("utf-8")
+    with atomic_file(out, "wb") as fh:
+        fh.write(gzip.compress(data) if out.suffix == ".gz" else data)
+    err_console.print(f"wrote {len(records)} predictions to {out}")
 
 
 def _flatten(pred: dict[str, Any]) -> dict[str, Any]:
