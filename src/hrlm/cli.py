@@ -108,8 +108,8 @@ def train(
     data: Annotated[Path, typer.Argument(help="Training data: CSV, TSV, JSONL or Parquet (optionally .gz).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
     config: Annotated[Path | None, typer.Option("--config", help="TOML file of settings; flags override it.")] = None,
-    text_col: Annotated[str | None, typer.Option(help="Column holding the text. [default: text]")] = None,
-    label_col: Annotated[str | None, typer.Option(help="Column holding the label(s). [default: label]")] = None,
+    text_col: Annotated[str | None, typer.Option(help="Column holding the text. (default: text)")] = None,
+    label_col: Annotated[str | None, typer.Option(help="Column holding the label(s). (default: label)")] = None,
     label_sep: Annotated[
         str | None, typer.Option(help="Separator of several labels in one cell (multi-label).")
     ] = None,
@@ -119,37 +119,37 @@ def train(
         bool | None, typer.Option("--strict", help="Fail on empty texts or labels instead of dropping them.")
     ] = None,
     base: Annotated[
-        str | None, typer.Option(help="Local BERT-family model folder. [default: packaged all-MiniLM-L6-v2]")
+        str | None, typer.Option(help="Local BERT-family model folder. (default: packaged all-MiniLM-L6-v2)")
     ] = None,
-    epochs: Annotated[float | None, typer.Option(help="Passes over the training data. [default: 4]")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Passes over the training data. (default: 4)")] = None,
     max_length: Annotated[
-        int | None, typer.Option(help="Tokens per window, special tokens included. [default: 256]")
+        int | None, typer.Option(help="Tokens per window, special tokens included. (default: 256)")
     ] = None,
     stride: Annotated[
-        int | None, typer.Option(help="Tokens shared by consecutive windows. [default: max-length / 4]")
+        int | None, typer.Option(help="Tokens shared by consecutive windows. (default: max-length / 4)")
     ] = None,
     truncate: Annotated[
         Truncate | None, typer.Option(help="none = overlapping windows; head or head+tail keep one window.")
     ] = None,
     aggregate: Annotated[
-        Aggregate | None, typer.Option(help="How window logits combine per document. [default: mean]")
+        Aggregate | None, typer.Option(help="How window logits combine per document. (default: mean)")
     ] = None,
     pooling: Annotated[
         str | None,
         typer.Option(help="Document vector: pooler (BERT's), cls, mean, or auto (pooler; mean when frozen)."),
     ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Samples per batch. [default: 32]")] = None,
-    grad_accum: Annotated[int | None, typer.Option(help="Batches per optimizer step. [default: 1]")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate of AdamW. [default: 1e-4]")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Samples per batch. (default: 32)")] = None,
+    grad_accum: Annotated[int | None, typer.Option(help="Batches per optimizer step. (default: 1)")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate of AdamW. (default: 1e-4)")] = None,
     warmup_ratio: Annotated[
-        float | None, typer.Option(help="Fraction of steps of linear warmup. [default: 0.06]")
+        float | None, typer.Option(help="Fraction of steps of linear warmup. (default: 0.06)")
     ] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay. [default: 0.01]")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay. (default: 0.01)")] = None,
     max_grad_norm: Annotated[
-        float | None, typer.Option(help="Gradient norm clipping threshold. [default: 1.0]")
+        float | None, typer.Option(help="Gradient norm clipping threshold. (default: 1.0)")
     ] = None,
     dropout: Annotated[
-        float | None, typer.Option(help="Dropout of the encoder and head. [default: the encoder's]")
+        float | None, typer.Option(help="Dropout of the encoder and head. (default: the encoder's)")
     ] = None,
     class_weights: Annotated[
         str | None, typer.Option(help="none or balanced (weights classes by inverse frequency).")
@@ -161,22 +161,22 @@ def train(
         str | None, typer.Option(help="Validation metric: macro_f1, weighted_f1, micro_f1, accuracy, loss.")
     ] = None,
     eval_steps: Annotated[
-        int | None, typer.Option(help="Evaluate every N optimizer steps. [default: every epoch]")
+        int | None, typer.Option(help="Evaluate every N optimizer steps. (default: every epoch)")
     ] = None,
     freeze_layers: Annotated[int | None, typer.Option(help="Freeze the embeddings and the bottom N layers.")] = None,
     freeze_encoder: Annotated[
         bool | None, typer.Option("--freeze-encoder", help="Train the head only, on cached features.")
     ] = None,
-    val_size: Annotated[float | None, typer.Option(help="Fraction held out for validation. [default: 0.1]")] = None,
+    val_size: Annotated[float | None, typer.Option(help="Fraction held out for validation. (default: 0.1)")] = None,
     test_size: Annotated[
-        float | None, typer.Option(help="Fraction held out for the test report. [default: 0.1]")
+        float | None, typer.Option(help="Fraction held out for the test report. (default: 0.1)")
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed. [default: 42]")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed. (default: 42)")] = None,
     precision: Annotated[
         Precision | None, typer.Option(help="auto = bf16 where the hardware computes it natively.")
     ] = None,
     device: Annotated[Device | None, typer.Option(help="auto = CUDA when present.")] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads. [default: the cores this process may use]")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads. (default: the cores this process may use)")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out folder.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -252,10 +252,10 @@ def evaluate(
     model: Annotated[Path, typer.Argument(help="Model folder written by `hrlm train`.")],
     data: Annotated[Path, typer.Argument(help="Labelled data file.")],
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Report folder. [default: ./report-<model>-<data>]")
+        Path | None, typer.Option("--out", "-o", help="Report folder. (default: ./report-<model>-<data>)")
     ] = None,
     text_col: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
-    label_col: Annotated[str | None, typer.Option(help="Column holding the label(s). [default: the model's]")] = None,
+    label_col: Annotated[str | None, typer.Option(help="Column holding the label(s). (default: the model's)")] = None,
     label_sep: Annotated[str | None, typer.Option(help="Separator of several labels in one cell.")] = None,
     split: Annotated[str | None, typer.Option(help="Only rows whose --split-col value is this (e.g. test).")] = None,
     split_col: Annotated[str | None, typer.Option(help="Column giving the split per row.")] = None,
@@ -287,7 +287,7 @@ def predict(
     model: Annotated[Path, typer.Argument(help="Model folder written by `hrlm train`.")],
     input: Annotated[str, typer.Argument(help="Data file, or - for stdin (one text per line, or JSONL).")],
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Output .csv or .jsonl. [default: JSONL on stdout]")
+        Path | None, typer.Option("--out", "-o", help="Output .csv or .jsonl. (default: JSONL on stdout)")
     ] = None,
     text_col: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
