@@ -60,6 +60,14 @@ def test_long_documents_are_windowed_and_aggregated(trained_model: Path) -> None
     assert p.predict(long).label == "it"
 
 
+def test_truncation_can_be_overridden_at_inference(trained_model: Path) -> None:
+    long = " ".join(["vpn login locked password"] * 20)
+    assert len(Predictor.from_dir(trained_model).encode([long]).windows) > 1
+    assert len(Predictor.from_dir(trained_model, truncate="head+tail").encode([long]).windows) == 1
+    with pytest.raises(ConfigError, match="truncate"):
+        Predictor.from_dir(trained_model, truncate="tail")
+
+
 def test_precision_choice() -> None:
     import torch
 

@@ -260,6 +260,10 @@ def evaluate(
     split: Annotated[str | None, typer.Option(help="Only rows whose --split-col value is this (e.g. test).")] = None,
     split_col: Annotated[str | None, typer.Option(help="Column giving the split per row.")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+    truncate: Annotated[
+        Truncate | None,
+        typer.Option(help="Read long texts differently from training: none (windows), head, head+tail."),
+    ] = None,
 ) -> None:
     """Score a model on labelled data and write metrics.json, plots and report.html."""
     from hrlm.evaluation import evaluate as run_evaluate
@@ -276,6 +280,7 @@ def evaluate(
         split_col=split_col,
         threads=threads,
         progress=True,
+        truncate=_value(truncate),
     )
     _print_summary(metrics, data.name, None)
     out_console.print(f"report: {target / 'report.html'}")
@@ -291,6 +296,10 @@ def predict(
     ] = None,
     text_col: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+    truncate: Annotated[
+        Truncate | None,
+        typer.Option(help="Read long texts differently from training: none (windows), head, head+tail."),
+    ] = None,
 ) -> None:
     """Predict labels and every class probability for a file or stdin."""
     import pandas as pd
@@ -307,7 +316,7 @@ def predict(
             "Pass --text-col to name the text column."
         )
     texts = ["" if v is None or (isinstance(v, float) and v != v) else str(v) for v in frame[text_col].tolist()]
-    predictor = Predictor.from_dir(model, threads=threads)
+    predictor = Predictor.from_dir(model, threads=threads, truncate=_value(truncate))
     preds = predictor.predict(texts, progress=True)
     records = [{**row, **_flatten(p.to_dict())} for row, p in zip(frame.to_dict(orient="records"), preds, strict=True)]
     if out is not None and ".csv" in out.suffixes:

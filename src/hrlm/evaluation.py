@@ -662,6 +662,7 @@ def evaluate(
     split_col: str | None = None,
     threads: int | None = None,
     progress: bool = False,
+    truncate: str | None = None,
 ) -> dict[str, Any]:
     """Score a model folder on a labelled data file; with ``out``, write the report there.
 
@@ -670,6 +671,7 @@ def evaluate(
         data: labelled data file; the label column defaults to the one the model was trained on.
         out: report folder (``metrics.json``, ``confusion.png``, ``report.html``).
         split: keep only the rows whose ``split_col`` value is this split (``test``, ``validation``...).
+        truncate: read long texts differently from training (``none`` = windows, ``head``, ``head+tail``).
 
     Raises:
         LabelError: the data holds a label the model never saw.
@@ -677,7 +679,7 @@ def evaluate(
     from hrlm.data import load_dataset
     from hrlm.inference import Predictor
 
-    predictor = Predictor.from_dir(model, threads=threads)
+    predictor = Predictor.from_dir(model, threads=threads, truncate=truncate)
     tc = predictor.meta.train_config
     task = predictor.tasks[0]
     sep = label_sep if label_sep is not None else (tc.get("label_sep") if task.multi_label else None)
@@ -713,6 +715,7 @@ def evaluate(
                 "rows": len(ds),
                 "data_fingerprint": ds.fingerprint(),
                 "backend": predictor.precision,
+                "truncate": predictor.truncate,
             },
         )
     return metrics

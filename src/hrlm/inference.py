@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from hrlm._progress import ProgressBar
+from hrlm.config import TRUNCATE_MODES
 from hrlm.errors import ConfigError
 from hrlm.modeling import HrlmModel, ModelMeta, TaskSpec, load_model
 from hrlm.text import Encoded, encode_documents
@@ -205,7 +206,10 @@ class Predictor:
         threads: int | None = None,
         max_tokens: int = 16384,
         max_batch: int = 128,
+        truncate: str | None = None,
     ) -> None:
+        if truncate is not None and truncate not in TRUNCATE_MODES:
+            raise ConfigError(f"truncate = {truncate!r} is not valid; choose one of {', '.join(TRUNCATE_MODES)}.")
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         if self.device.type == "cpu":
@@ -216,6 +220,7 @@ class Predictor:
         self.max_tokens = max_tokens
         self.max_batch = max_batch
         self.pad_id = int(tokenizer.pad_token_id or 0)
+        self.truncate = truncate or meta.truncate
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike[str], **kwargs: Any) -> Predictor:
@@ -233,9 +238,9 @@ class Predictor:
         return self.meta.tasks[0].labels
 
     def encode(self, texts: Sequence[str]) -> Encoded:
-        """Token windows of ``texts`` as the model was trained to read them."""
+        """Token windows of ``texts``: as the model was trained to read them, unless ``truncate`` was overridden."""
         return encode_documents(
-            self.tokenizer, texts, max_length=self.meta.max_length, stride=self.meta.stride, truncate=self.meta.truncate
+            self.tokenizer, texts, max_length=self.meta.max_length, stride=self.meta.stride, truncate=self.truncate
         )
 
     def logits(self, texts: Sequence[str], *, progress: bool = False) -> dict[str, np.ndarray]:
