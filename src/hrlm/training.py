@@ -254,8 +254,8 @@ def fit(
     )
     loss_fn = _loss_fn(task, train_ds, cfg.class_weights, device)
 
-    runner = _train_head_only if cfg.freeze_encoder else _train_full
-    state = runner(model, cfg, enc_train, targets, evaluator, loss_fn, pad_id, device, precision, progress, on_eval)
+    job = _Job(model, cfg, enc_train, targets, evaluator, loss_fn, pad_id, device, precision, progress, on_eval)
+    state = _train_head_only(job) if cfg.freeze_encoder else _train_full(job)
 
     model.load_state_dict(state.best_state)
     model.eval()
@@ -379,6 +379,23 @@ def _history_entry(
     return entry, metric
 
 
+@dataclass
+class _Job:
+    """What a training runner works with."""
+
+    model: HrlmModel
+    cfg: TrainConfig
+    enc: Encoded
+    targets: torch.Tensor
+    evaluator: _Evaluator
+    loss_fn: nn.Module
+    pad_id: int
+    device: torch.device
+    precision: str
+    show: bool
+    on_eval: Callable[[dict[str, Any]], None] | None
+
+
 def _batches_forever(lengths: Sequence[int], batch_size: int, seed: int) -> Iterator[tuple[int, list[int]]]:
     epoch = 0
     while True:
@@ -387,20 +404,10 @@ def _batches_forever(lengths: Sequence[int], batch_size: int, seed: int) -> Iter
         epoch += 1
 
 
-def _train_full(
-    model: HrlmModel,
-    cfg: TrainConfig,
-    enc: Encoded,
-    targets: torch.Tensor,
-    evaluator: _Evaluator,
-    loss_fn: nn.Module,
-    pad_id: int,
-    device: torch.device,
-    precision: str,
-    show: bool,
-    on_eval: Callable[[dict[str, Any]], None] | None,
-) -> _RunState:
+def _train_full(job: _Job) -> _RunState:
     """Fine-tune the (partly frozen) encoder and the heads with AdamW and a linear schedule."""
+    model, cfg, enc, evaluator = job.model, job.cfg, job.enc, job.evaluator
+    targets, loss_fn, pad_id, device, precision = job.targets, job.loss_fn, job.pad_id, job.device, job.precision
     task = model.tasks[0]
     batches_per_epoch = math.ceil(len(enc.windows) / cfg.batch_size)
     steps_per_epoch = max(1, math.ceil(batches_per_epoch / cfg.grad_accum))
@@ -418,7 +425,7 @@ def _train_full(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
     )
     state = _RunState(best_state=_snapshot(model))
-    bar = ProgressBar(total, "training", unit="steps", fields={"loss": "-", "val": "-"}, enabled=show)
+    bar = ProgressBar(total, "training", unit="steps", fields={"loss": "-", "val": "-"}, enabled=job.show)
     stream = _batches_forever(enc.lengths, cfg.batch_size, cfg.seed)
     model.train()
     running, running_n = 0.0, 0
@@ -454,8 +461,8 @@ def _train_full(
                 stop = state.record(model, entry, metric, cfg.early_stopping_patience)
                 if entry["val_metric"] is not None:
                     bar.update(step, val=f"{cfg.metric} {entry['val_metric']:.4f}")
-                if on_eval is not None:
-                    on_eval(entry)
+                if job.on_eval is not None:
+                    job.on_eval(entry)
                 if stop:
                     log.info("early stopping at step %d: no improvement in %d evaluations", step, state.bad_evals)
                     break
@@ -472,25 +479,15 @@ def _train_full(
     return state
 
 
-def _train_head_only(
-    model: HrlmModel,
-    cfg: TrainConfig,
-    enc: Encoded,
-    targets: torch.Tensor,
-    evaluator: _Evaluator,
-    loss_fn: nn.Module,
-    pad_id: int,
-    device: torch.device,
-    precision: str,
-    show: bool,
-    on_eval: Callable[[dict[str, Any]], None] | None,
-) -> _RunState:
+def _train_head_only(job: _Job) -> _RunState:
     """Train the heads on encoder features computed once.
 
     With the encoder frozen, its output never changes: it is computed once per window and the
     head, a linear model, is fitted on the cached vectors with L-BFGS, which converges in seconds.
     Each round of 10 L-BFGS iterations is one entry of the learning curves.
     """
+    model, cfg, enc, evaluator = job.model, job.cfg, job.enc, job.evaluator
+    targets, loss_fn, pad_id, device, precision = job.targets, job.loss_fn, job.pad_id, job.device, job.precision
     task = model.tasks[0]
     t0 = time.perf_counter()
     features = _pooled_features(model, enc.windows, pad_id, device, precision)
@@ -507,7 +504,7 @@ def _train_head_only(
     l2 = cfg.weight_decay / max(len(features), 1)
     # Throughput counts each window once: the encoder pass is the cost, the head fit is negligible.
     state = _RunState(best_state=_snapshot(model), samples=len(features))
-    bar = ProgressBar(rounds, "training head", unit="rounds", fields={"loss": "-", "val": "-"}, enabled=show)
+    bar = ProgressBar(rounds, "training head", unit="rounds", fields={"loss": "-", "val": "-"}, enabled=job.show)
     model.eval()
 
     def closure() -> torch.Tensor:
@@ -539,8 +536,8 @@ def _train_head_only(
                 entry["val_metric"] = round(vloss if cfg.metric == "loss" else metric, 6)
             stop = state.record(model, entry, metric, cfg.early_stopping_patience)
             bar.update(r, loss=f"{loss:.4f}", val=f"{cfg.metric} {entry['val_metric']}")
-            if on_eval is not None:
-                on_eval(entry)
+            if job.on_eval is not None:
+                job.on_eval(entry)
             if stop:
                 break
     except KeyboardInterrupt:
