@@ -24,7 +24,8 @@ CLASS_WEIGHTS = ("none", "balanced")
 METRICS = ("macro_f1", "weighted_f1", "micro_f1", "accuracy", "loss")
 
 
-def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    """Raise :class:`ConfigError` naming the setting when ``value`` is not one of ``allowed``."""
     if value not in allowed:
         raise ConfigError(f"{name} = {value!r} is not valid; choose one of {', '.join(allowed)}.")
 
@@ -92,13 +93,13 @@ class TrainConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        _choice("truncate", self.truncate, TRUNCATE_MODES)
-        _choice("aggregate", self.aggregate, AGGREGATIONS)
-        _choice("pooling", self.pooling, POOLINGS)
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("device", self.device, DEVICES)
-        _choice("class_weights", self.class_weights, CLASS_WEIGHTS)
-        _choice("metric", self.metric, METRICS)
+        check_choice("truncate", self.truncate, TRUNCATE_MODES)
+        check_choice("aggregate", self.aggregate, AGGREGATIONS)
+        check_choice("pooling", self.pooling, POOLINGS)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("device", self.device, DEVICES)
+        check_choice("class_weights", self.class_weights, CLASS_WEIGHTS)
+        check_choice("metric", self.metric, METRICS)
         _at_least("max_length", self.max_length, 8)
         if self.max_length > 8192:
             raise ConfigError(f"max_length = {self.max_length} is too large; use at most 8192.")

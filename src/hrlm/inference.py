@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from hrlm._progress import ProgressBar
-from hrlm.config import TRUNCATE_MODES
+from hrlm.config import AGGREGATIONS, DEVICES, PRECISIONS, TRUNCATE_MODES, check_choice
 from hrlm.errors import ConfigError
 from hrlm.modeling import HrlmModel, ModelMeta, TaskSpec, load_model
 from hrlm.text import Encoded, encode_documents
@@ -40,10 +40,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` is CUDA when present, else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check_choice("device", name, DEVICES)
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device = 'cuda' but no CUDA GPU is visible; use --device cpu or auto.")
-    if name not in ("cpu", "cuda"):
-        raise ConfigError(f"device = {name!r} is not valid; choose auto, cpu or cuda.")
     return torch.device(name)
 
 
@@ -56,8 +55,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
         return "bf16" if cpu_has_fast_bf16() else "fp32"
-    if precision not in ("fp32", "bf16"):
-        raise ConfigError(f"precision = {precision!r} is not valid; choose auto, fp32 or bf16.")
+    check_choice("precision", precision, PRECISIONS)
     return precision
 
 
@@ -134,17 +132,16 @@ def window_logits(
 
 def aggregate(logits: np.ndarray, doc_index: Sequence[int], n_docs: int, how: str = "mean") -> np.ndarray:
     """Per-document logits from per-window logits (mean or max over a document's windows)."""
+    check_choice("aggregate", how, AGGREGATIONS)
     index = np.asarray(doc_index)
     if how == "mean":
         sums = np.zeros((n_docs, logits.shape[1]), dtype=np.float64)
         np.add.at(sums, index, logits)
         counts = np.bincount(index, minlength=n_docs).reshape(-1, 1)
         return (sums / np.maximum(counts, 1)).astype(np.float32)
-    if how == "max":
-        result = np.full((n_docs, logits.shape[1]), -np.inf, dtype=np.float32)
-        np.maximum.at(result, index, logits)
-        return result
-    raise ConfigError(f"aggregate = {how!r} is not valid; choose mean or max.")
+    result = np.full((n_docs, logits.shape[1]), -np.inf, dtype=np.float32)
+    np.maximum.at(result, index, logits)
+    return result
 
 
 def probabilities(logits: np.ndarray, multi_label: bool) -> np.ndarray:
@@ -208,8 +205,8 @@ class Predictor:
         max_batch: int = 128,
         truncate: str | None = None,
     ) -> None:
-        if truncate is not None and truncate not in TRUNCATE_MODES:
-            raise ConfigError(f"truncate = {truncate!r} is not valid; choose one of {', '.join(TRUNCATE_MODES)}.")
+        if truncate is not None:
+            check_choice("truncate", truncate, TRUNCATE_MODES)
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         if self.device.type == "cpu":
@@ -253,22 +250,19 @@ class Predictor:
         enc = self.encode(texts)
         bar = ProgressBar(len(enc.windows), "predicting", unit="windows", enabled=progress and len(enc.windows) >= 512)
         try:
-            per_window = self._window_logits(enc, bar)
+            per_window = window_logits(
+                self.model,
+                enc.windows,
+                pad_id=self.pad_id,
+                device=self.device,
+                precision=self.precision,
+                max_tokens=self.max_tokens,
+                max_batch=self.max_batch,
+                progress=lambda n: bar.update(advance=n),
+            )
         finally:
             bar.close()
         return {name: aggregate(v, enc.doc_index, enc.n_docs, self.meta.aggregate) for name, v in per_window.items()}
-
-    def _window_logits(self, enc: Encoded, bar: ProgressBar) -> dict[str, np.ndarray]:
-        return window_logits(
-            self.model,
-            enc.windows,
-            pad_id=self.pad_id,
-            device=self.device,
-            precision=self.precision,
-            max_tokens=self.max_tokens,
-            max_batch=self.max_batch,
-            progress=lambda n: bar.update(advance=n),
-        )
 
     def predict_proba(self, texts: Sequence[str], *, progress: bool = False) -> dict[str, np.ndarray]:
         """Class probabilities for every task."""
