@@ -126,7 +126,7 @@ def main() -> None:
     long_mode = args.truncate if args.truncate != "none" else f"windows stride {cfg.stride}"
     rows.append(
         {
-            "system": f"hrlm all-MiniLM-L6-v2 {mode}, {predictor.precision}, {long_mode} {args.max_length}",
+            "system": f"hrlm all-MiniLM-L6-v2 {mode}, {predictor.backend_name}, {long_mode} {args.max_length}",
             "accuracy": round(metrics["accuracy"], 4),
             "macro_f1": round(metrics["macro_f1"], 4),
             "weighted_f1": round(metrics["weighted_f1"], 4),

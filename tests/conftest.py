@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,25 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent (it sits beside the project in CI)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Exported ONNX models go to a temporary cache, never to ~/.cache."""
+    old = os.environ.get("HRLM_CACHE_DIR")
+    os.environ["HRLM_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("HRLM_CACHE_DIR", None)
+    else:
+        os.environ["HRLM_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def compressed_model(trained_model: Path, tickets_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model through `compress --quantize int8 --onnx`, checked on the toy tickets."""
+    from hrlm.compress import compress
+
+    out = tmp_path_factory.mktemp("compressed") / "tiny-int8"
+    compress(trained_model, out, quantize="int8", onnx=True, data=tickets_csv)
+    return out

@@ -144,3 +144,30 @@ def test_fingerprint_is_stable_and_order_independent() -> None:
     c = dataset_from_records(["x", "y"], ["2", "1"])
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
     assert a.fingerprint().startswith("sha256:")
+
+
+def test_several_label_columns_make_a_multi_task_dataset(tmp_path: Path) -> None:
+    path = tmp_path / "survey.csv"
+    path.write_text(
+        "text,topic,sentiment\n"
+        "pay is late,pay|process,neg\n"
+        "great manager,people,pos\n"
+        "no topic here,,neg\n"
+        "missing sentiment,people,\n",
+        encoding="utf-8",
+    )
+    ds = load_dataset(path, label_col="topic,sentiment", label_sep="|")
+    assert ds.task_names == ["topic", "sentiment"]
+    assert ds.multi_label and ds.labels == [["pay", "process"], ["people"], []]
+    sentiment = ds.for_task("sentiment")
+    assert not sentiment.multi_label and sentiment.labels == ["neg", "pos", "neg"]
+    assert any("empty label in column 'sentiment'" in n for n in ds.notes)
+    sub = ds.subset([1, 0])
+    assert sub.for_task("sentiment").labels == ["pos", "neg"] and sub.labels == [["people"], ["pay", "process"]]
+    assert ds.fingerprint() != load_dataset(path, label_col="topic", label_sep="|").fingerprint()
+    with pytest.raises(DataError, match="no task 'mood'"):
+        ds.for_task("mood")
+    with pytest.raises(DataError, match="twice"):
+        load_dataset(path, label_col="topic,topic")
+    with pytest.raises(LabelError, match="task 'topic'"):
+        check_label_counts(ds)

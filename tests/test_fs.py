@@ -42,3 +42,14 @@ def test_atomic_dir_replaces_only_on_success(tmp_path: Path) -> None:
         (tmp / "new").write_text("2")
     assert [p.name for p in target.iterdir()] == ["new"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_atomic_dir_gives_files_made_private_the_usual_permissions(tmp_path: Path) -> None:
+    with atomic_dir(tmp_path / "model") as tmp:
+        (tmp / "weights").write_bytes(b"x")
+        (tmp / "weights").chmod(0o600)  # as safetensors writes them
+        (tmp / "sub").mkdir(mode=0o700)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "model" / "weights").stat().st_mode & 0o777 == 0o666 & ~mask
+    assert (tmp_path / "model" / "sub").stat().st_mode & 0o777 == 0o777 & ~mask

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from hrlm.config import TrainConfig
 from hrlm.data import dataset_from_records, split_dataset
@@ -127,3 +128,45 @@ def test_class_with_one_example_is_an_error(tiny_bert: Path, tmp_path: Path) -> 
     path = write_csv(tmp_path / "rare.csv", [*make_texts(5), ("lonely text", "rare")])
     with pytest.raises(LabelError, match="'rare' \\(1\\)"):
         train(path, tmp_path / "m", _cfg(tiny_bert), progress=False)
+
+
+def test_encoder_split_at_any_layer_gives_the_same_logits(trained_model: Path) -> None:
+    from hrlm.inference import collate
+    from hrlm.modeling import load_model
+
+    model, _, _ = load_model(trained_model)
+    ids, mask = collate([[2, 10, 11, 12, 3], [2, 14, 3], [2, 9, 9, 9, 9, 9, 3]], pad_id=0)
+    with torch.no_grad():
+        full = model(ids, mask)["label"]
+        for layers in (0, 1, 2):
+            split = model.upper(model.lower(ids, mask, layers), mask, layers)["label"]
+            torch.testing.assert_close(split, full, atol=1e-5, rtol=1e-5)
+
+
+def test_frozen_layer_cache_trains_exactly_like_the_uncached_loop(
+    tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hrlm import frozen
+    from hrlm.modeling import HrlmModel
+
+    cfg = _cfg(tiny_bert, freeze_layers=1, dropout=0.0, epochs=2, precision="fp32", early_stopping_patience=0)
+    monkeypatch.setattr(frozen, "CACHE_DTYPE", torch.float32)  # fp16 storage would round
+    calls = {"forward": 0, "upper": 0}
+    for name in calls:
+        original = getattr(HrlmModel, name)
+
+        def counted(self: Any, *args: Any, _name: str = name, _original: Any = original) -> Any:
+            if self.training:
+                calls[_name] += 1
+            return _original(self, *args)
+
+        monkeypatch.setattr(HrlmModel, name, counted)
+    cached = fit(cfg, _splits(), progress=False)
+    assert calls["upper"] > 0 and calls["forward"] == 0  # training steps ran only the layers above the cache
+    monkeypatch.setattr(frozen.FrozenCache, "build", classmethod(lambda cls, *a, **k: None))
+    uncached = fit(cfg, _splits(), progress=False)
+    assert calls["forward"] == calls["upper"]  # the same number of steps, now through the whole encoder
+    assert len(cached.history) == len(uncached.history) == 2
+    for a, b in zip(cached.history, uncached.history, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)

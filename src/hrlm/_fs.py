@@ -39,6 +39,9 @@ def atomic_dir(target: str | os.PathLike[str], *, overwrite: bool = False) -> It
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         yield tmp
+        # Some writers (safetensors, mkstemp) create 0600 files; give everything the umask's permissions.
+        for path in tmp.rglob("*"):
+            _usual_mode(path, folder=path.is_dir())
         _usual_mode(tmp, folder=True)
         if final.exists():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")

@@ -63,6 +63,23 @@ class Dataset:
     splits: list[str] | None = None
     source: str = "<memory>"
     notes: list[str] = field(default_factory=list)
+    task_name: str = "label"
+    extra_tasks: dict[str, tuple[list[Any], bool]] = field(default_factory=dict)
+    """Labels of further tasks on the same texts (multi-task data): name -> (labels, multi_label)."""
+
+    @property
+    def task_names(self) -> list[str]:
+        """The first task's name, then those of :attr:`extra_tasks`."""
+        return [self.task_name, *self.extra_tasks]
+
+    def for_task(self, name: str) -> Dataset:
+        """The same texts labelled for one task only."""
+        if name == self.task_name:
+            return replace(self, extra_tasks={})
+        if name not in self.extra_tasks:
+            raise DataError(f"no task {name!r} in {self.source}; tasks are {self.task_names}.")
+        labels, multi = self.extra_tasks[name]
+        return replace(self, labels=labels, multi_label=multi, task_name=name, extra_tasks={})
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -97,6 +114,7 @@ class Dataset:
             groups=pick(self.groups),
             splits=pick(self.splits),
             notes=[],
+            extra_tasks={k: ([v[i] for i in indices], multi) for k, (v, multi) in self.extra_tasks.items()},
         )
 
     def fingerprint(self) -> str:
@@ -107,7 +125,10 @@ class Dataset:
             if self.multi_label and label is not None:
                 label = sorted(label)
             group = None if self.groups is None else self.groups[i]
-            rows.append(hashlib.sha256(json.dumps([text, label, group]).encode()).hexdigest())
+            row: list[Any] = [text, label, group]
+            for values, multi in self.extra_tasks.values():
+                row.append(sorted(values[i]) if multi else values[i])
+            rows.append(hashlib.sha256(json.dumps(row).encode()).hexdigest())
         digest = hashlib.sha256("\n".join(sorted(rows)).encode()).hexdigest()
         return f"sha256:{digest[:32]}"
 
@@ -234,35 +255,48 @@ def load_dataset(
     if len(frame) == 0:
         raise DataError(f"{p}: no data rows; the dataset is empty.")
     texts_raw = _column(frame, text_col, p, "--text-col")
-    labels_raw = _column(frame, label_col, p, "--label-col") if label_col else None
+    label_cols = [c.strip() for c in label_col.split(",") if c.strip()] if label_col else []
+    if len(set(label_cols)) != len(label_cols):
+        raise DataError(f"label columns {label_cols} name a column twice; list each task's column once.")
+    columns = {c: _column(frame, c, p, "--label-col") for c in label_cols}
     groups_raw = _column(frame, group_col, p, "--group-col") if group_col else None
     splits_raw = _column(frame, split_col, p, "--split-col") if split_col else None
 
-    multi = label_sep is not None or (
-        labels_raw is not None
-        and any(_is_list(v) or (isinstance(v, str) and v.strip().startswith("[")) for v in labels_raw.head(100))
-    )
+    def is_multi(values: pd.Series) -> bool:
+        if any(_is_list(v) or (isinstance(v, str) and v.strip().startswith("[")) for v in values.head(100)):
+            return True
+        if label_sep is None:
+            return False
+        # One label column: --label-sep makes it multi-label. Several: those whose cells use the separator.
+        return len(label_cols) == 1 or any(isinstance(v, str) and label_sep in v for v in values)
+
+    multi = {c: is_multi(v) for c, v in columns.items()}
     keep: list[int] = []
     empty_text: list[int] = []
-    empty_label: list[int] = []
+    empty_label: dict[str, list[int]] = {c: [] for c in label_cols}
     texts: list[str] = []
-    labels: list[Any] = []
+    labels: dict[str, list[Any]] = {c: [] for c in label_cols}
     for i, raw in enumerate(texts_raw.tolist()):
         if _is_missing(raw):
             empty_text.append(i)
             continue
-        if labels_raw is not None:
-            value = labels_raw.iat[i]
+        row: dict[str, Any] = {}
+        for col, values in columns.items():
+            value = values.iat[i]
             parsed = [] if not _is_list(value) and _is_missing(value) else _parse_labels(value, label_sep)
-            if not parsed and not multi:
-                empty_label.append(i)
-                continue
-            labels.append(parsed if multi else parsed[0] if len(parsed) == 1 else str(value).strip())
-        keep.append(i)
-        texts.append(str(raw))
+            if not parsed and not multi[col]:
+                empty_label[col].append(i)
+                break
+            row[col] = parsed if multi[col] else parsed[0] if len(parsed) == 1 else str(value).strip()
+        else:
+            for col, value in row.items():
+                labels[col].append(value)
+            keep.append(i)
+            texts.append(str(raw))
 
     notes = []
-    for rows, what, col in ((empty_text, "text", text_col), (empty_label, "label", label_col)):
+    missing = [(empty_text, "text", text_col)] + [(rows, "label", col) for col, rows in empty_label.items()]
+    for rows, what, col in missing:
         if not rows:
             continue
         where = f"{len(rows)} row(s) with an empty {what} in column {col!r} (first: data row {rows[0] + 1})"
@@ -285,19 +319,30 @@ def load_dataset(
                 )
             splits.append(SPLIT_NAMES[raw_split])
     groups = None if groups_raw is None else [str(groups_raw.iat[i]) for i in keep]
+    first = label_cols[0] if label_cols else "label"
     return Dataset(
         texts=texts,
-        labels=labels if labels_raw is not None else None,
-        multi_label=bool(multi and labels_raw is not None),
+        labels=labels[first] if label_cols else None,
+        multi_label=bool(label_cols and multi[first]),
         groups=groups,
         splits=splits,
         source=str(p),
         notes=notes,
+        task_name=first,
+        extra_tasks={c: (labels[c], multi[c]) for c in label_cols[1:]},
     )
 
 
 def check_label_counts(ds: Dataset, minimum: int = 2) -> None:
-    """Fail when a class has fewer than ``minimum`` examples, or when there is only one class."""
+    """Fail when a class has fewer than ``minimum`` examples, or when there is only one class (every task)."""
+    if ds.extra_tasks:
+        for name in ds.task_names:
+            _check_counts(ds.for_task(name), minimum, f" (task {name!r})")
+    else:
+        _check_counts(ds, minimum, "")
+
+
+def _check_counts(ds: Dataset, minimum: int, task: str) -> None:
     counts = ds.label_counts()
     if not counts:
         raise LabelError(f"{ds.source}: no labels found; a training file needs a label column.")
@@ -306,11 +351,13 @@ def check_label_counts(ds: Dataset, minimum: int = 2) -> None:
         shown = ", ".join(f"{k!r} ({counts[k]})" for k in rare[:5])
         more = f" and {len(rare) - 5} more" if len(rare) > 5 else ""
         raise LabelError(
-            f"{ds.source}: class(es) {shown}{more} have fewer than {minimum} examples; "
+            f"{ds.source}{task}: class(es) {shown}{more} have fewer than {minimum} examples; "
             "add examples or merge or remove those classes."
         )
     if len(counts) < 2 and not ds.multi_label:
-        raise LabelError(f"{ds.source}: only one class ({next(iter(counts))!r}); a classifier needs at least two.")
+        raise LabelError(
+            f"{ds.source}{task}: only one class ({next(iter(counts))!r}); a classifier needs at least two."
+        )
 
 
 def _stratum(ds: Dataset, i: int, counts: Counter[str]) -> str:

@@ -9,8 +9,17 @@ code the CLI ends with::
     ├── DataError              422   a data file is missing, unreadable or malformed
     │   └── LabelError         422   a label is unknown to the model or too rare to learn
     ├── EncoderError           422   the base encoder cannot be found or is not BERT-family
-    └── ModelError             422   a model folder is missing or damaged
-        └── ModelNotFound      404
+    ├── ModelError             422   a model folder is missing or damaged
+    │   └── ModelNotFound      404
+    ├── NotFound               404   a named thing (a user, a model version) does not exist
+    ├── StoreError             503   the database cannot be reached, migrated or written
+    └── ServiceError           500   the REST service refuses a request (hrlm.service)
+        ├── Unauthorized       401   no valid API token
+        ├── Forbidden          403   the token's role may not use this route
+        ├── PayloadTooLarge    413   the request body is over the size limit
+        ├── RateLimited        429   the token sent too many requests (retry_after seconds)
+        ├── Overloaded         503   too many texts are waiting for the model (retry_after seconds)
+        └── RequestTimeout     504   the answer took longer than the request timeout
 """
 
 from __future__ import annotations
@@ -62,3 +71,65 @@ class ModelNotFound(ModelError):
     """No model exists at the given path."""
 
     status = 404
+
+
+class NotFound(HrlmError):
+    """A named thing (a user, a model version) does not exist."""
+
+    status = 404
+
+
+class StoreError(HrlmError):
+    """The database cannot be reached, migrated or written."""
+
+    status = 503
+
+
+class ServiceError(HrlmError):
+    """The REST service refuses a request; ``retry_after`` (seconds) becomes a Retry-After header."""
+
+    retry_after: float | None = None
+
+
+class Unauthorized(ServiceError):
+    """No valid API token came with the request."""
+
+    status = 401
+
+
+class Forbidden(ServiceError):
+    """The token is valid but its role may not use this route."""
+
+    status = 403
+
+
+class PayloadTooLarge(ServiceError):
+    """The request body is larger than the configured limit."""
+
+    status = 413
+
+
+class RateLimited(ServiceError):
+    """The token sent more requests than its rate limit allows."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Overloaded(ServiceError):
+    """More texts wait for the model than the queue holds."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RequestTimeout(ServiceError):
+    """The answer took longer than the request timeout."""
+
+    status = 504

@@ -331,6 +331,8 @@ def write_report(
         images.append(("Learning curves", png))
 
     _write_bytes(out / "report.html", _html(title, metrics, images, settings).encode("utf-8"))
+    for name, task_metrics in (metrics.get("tasks") or {}).items():
+        write_report(out / "tasks" / name, task_metrics, title=f"{title}: task {name}", settings=settings)
     return out
 
 
@@ -637,16 +639,39 @@ def format_report(metrics: dict[str, Any], *, digits: int = 2) -> str:
 
 
 def evaluate_dataset(predictor: Any, ds: Any, *, progress: bool = False) -> dict[str, Any]:
-    """Metrics of a :class:`~hrlm.inference.Predictor` on a labelled :class:`~hrlm.data.Dataset` (first task)."""
-    from hrlm.inference import decide
+    """Metrics of a :class:`~hrlm.inference.Predictor` on a labelled :class:`~hrlm.data.Dataset`.
 
+    A multi-task model is scored on every task the data has a column for, from one forward pass:
+    the first task's metrics are at the top level and every task's are under ``"tasks"``.
+    """
     if ds.labels is None:
         raise DataError(f"{ds.source}: no labels; evaluation needs a label column.")
-    task = predictor.tasks[0]
+    tasks = predictor.tasks
+    probs = predictor.predict_proba(ds.texts, progress=progress)
+    if len(tasks) == 1:
+        return _task_metrics(ds, tasks[0], probs[tasks[0].name])
+    per_task: dict[str, dict[str, Any]] = {}
+    for i, task in enumerate(tasks):
+        if task.name in ds.task_names:
+            part = ds.for_task(task.name)
+        elif i == 0:
+            part = ds  # a single label column scores the first task
+        else:
+            continue
+        per_task[task.name] = _task_metrics(part, task, probs[task.name])
+    first = next(iter(per_task.values()))
+    return {**first, "tasks": per_task}
+
+
+def _task_metrics(ds: Any, task: Any, probs: np.ndarray) -> dict[str, Any]:
+    from hrlm.inference import decide
+
     if ds.multi_label != task.multi_label:
         kind = "multi-label" if task.multi_label else "single-label"
-        raise DataError(f"{ds.source}: the model is {kind} but the data is not; pass --label-sep for multi-label data.")
-    probs = predictor.predict_proba(ds.texts, progress=progress)[task.name]
+        raise DataError(
+            f"{ds.source}: task {task.name!r} of the model is {kind} but the data is not; "
+            "pass --label-sep for multi-label data."
+        )
     return compute_metrics(ds.labels, decide(probs, task), probs, task.labels, multi_label=task.multi_label)
 
 
@@ -663,6 +688,7 @@ def evaluate(
     threads: int | None = None,
     progress: bool = False,
     truncate: str | None = None,
+    backend: str = "auto",
 ) -> dict[str, Any]:
     """Score a model folder on a labelled data file; with ``out``, write the report there.
 
@@ -672,6 +698,7 @@ def evaluate(
         out: report folder (``metrics.json``, ``confusion.png``, ``report.html``).
         split: keep only the rows whose ``split_col`` value is this split (``test``, ``validation``...).
         truncate: read long texts differently from training (``none`` = windows, ``head``, ``head+tail``).
+        backend: the inference backend (see :mod:`hrlm.backends`); ``auto`` by default.
 
     Raises:
         LabelError: the data holds a label the model never saw.
@@ -679,7 +706,7 @@ def evaluate(
     from hrlm.data import load_dataset
     from hrlm.inference import Predictor
 
-    predictor = Predictor.from_dir(model, threads=threads, truncate=truncate)
+    predictor = Predictor.from_dir(model, threads=threads, truncate=truncate, backend=backend)
     tc = predictor.meta.train_config
     task = predictor.tasks[0]
     sep = label_sep if label_sep is not None else (tc.get("label_sep") if task.multi_label else None)
@@ -688,7 +715,7 @@ def evaluate(
     ds = load_dataset(
         Path(data),
         text_col=text_col,
-        label_col=label_col or tc.get("label_col", "label"),
+        label_col=label_col or tc.get("label_col", "label"),  # "topic,sentiment" for a multi-task model
         label_sep=sep,
         split_col=split_col,
     )
@@ -714,7 +741,7 @@ def evaluate(
                 "data": str(data),
                 "rows": len(ds),
                 "data_fingerprint": ds.fingerprint(),
-                "backend": predictor.precision,
+                "backend": predictor.backend_name,
                 "truncate": predictor.truncate,
             },
         )

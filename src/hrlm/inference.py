@@ -17,23 +17,13 @@ import numpy as np
 import torch
 
 from hrlm._progress import ProgressBar
+from hrlm.backends import Backend, build_backend, choose_backend
+from hrlm.backends import autocast as autocast  # re-exported: training and pretraining use it
+from hrlm.backends import cpu_has_fast_bf16 as cpu_has_fast_bf16
 from hrlm.config import AGGREGATIONS, DEVICES, PRECISIONS, TRUNCATE_MODES, check_choice
 from hrlm.errors import ConfigError
 from hrlm.modeling import HrlmModel, ModelMeta, TaskSpec, load_model
 from hrlm.text import Encoded, encode_documents
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively (AVX-512 BF16 or AMX)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -67,13 +57,13 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def autocast(device: torch.device, precision: str) -> Any:
-    """An autocast context for ``precision`` (a no-op for fp32)."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def length_batches(lengths: Sequence[int], *, max_tokens: int, max_batch: int) -> list[list[int]]:
+def length_batches(
+    lengths: Sequence[int], *, max_tokens: int, max_batch: int, max_padding: float = 0.2
+) -> list[list[int]]:
     """Indices grouped into batches of similar length whose padded size stays under ``max_tokens``.
+
+    A batch of at least 8 rows also closes rather than let padding exceed ``max_padding`` of its
+    tokens: padding is compute spent on nothing.
 
     Example:
         >>> length_batches([5, 100, 6, 98], max_tokens=200, max_batch=8)
@@ -82,12 +72,18 @@ def length_batches(lengths: Sequence[int], *, max_tokens: int, max_batch: int) -
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     batches: list[list[int]] = []
     current: list[int] = []
+    real = 0
     for i in order:
         longest = lengths[i]  # ascending order: the newcomer is the longest
-        if current and (len(current) + 1 > max_batch or (len(current) + 1) * longest > max_tokens):
-            batches.append(current)
-            current = []
+        if current:
+            padded = (len(current) + 1) * longest
+            too_big = len(current) + 1 > max_batch or padded > max_tokens
+            wasteful = len(current) >= 8 and padded - real - longest > max_padding * padded
+            if too_big or wasteful:
+                batches.append(current)
+                current, real = [], 0
         current.append(i)
+        real += longest
     if current:
         batches.append(current)
     return batches
@@ -104,27 +100,28 @@ def collate(windows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor
     return ids, mask
 
 
-@torch.inference_mode()
 def window_logits(
-    model: HrlmModel,
+    backend: Backend,
     windows: Sequence[Sequence[int]],
     *,
     pad_id: int,
-    device: torch.device,
-    precision: str = "fp32",
     max_tokens: int = 16384,
     max_batch: int = 128,
     progress: Any = None,
 ) -> dict[str, np.ndarray]:
-    """Logits of every window for every task, in the windows' order."""
+    """Logits of every window for every task, in the windows' order.
+
+    Windows are sorted by length and packed into batches under a token budget, each padded only
+    to its own longest window.
+    """
     lengths = [len(w) for w in windows]
-    out = {t.name: np.zeros((len(windows), len(t.labels)), dtype=np.float32) for t in model.tasks}
+    out: dict[str, np.ndarray] = {}
     for batch in length_batches(lengths, max_tokens=max_tokens, max_batch=max_batch):
         ids, mask = collate([windows[i] for i in batch], pad_id)
-        with autocast(device, precision):
-            logits = model(ids.to(device), mask.to(device))
-        for name, value in logits.items():
-            out[name][batch] = value.float().cpu().numpy()
+        for name, value in backend(ids, mask).items():
+            if name not in out:
+                out[name] = np.zeros((len(windows), value.shape[1]), dtype=np.float32)
+            out[name][batch] = value
         if progress is not None:
             progress(len(batch))
     return out
@@ -184,12 +181,26 @@ class Prediction:
 
 
 class Predictor:
-    """Predicts labels for texts with a trained model.
+    """Predicts labels for texts with a trained model, on one of several backends.
+
+    Args:
+        model, tokenizer, meta: what :func:`hrlm.modeling.load_model` returns.
+        backend: ``auto`` or one of :data:`hrlm.config.BACKENDS` (see :mod:`hrlm.backends`).
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        threads: CPU threads for the torch and ONNX Runtime backends (default: the cores this
+            process may use).
+        max_tokens, max_batch: the token budget and the row limit of one batch (default budget: 4,096
+            tokens on a CPU, where larger batches only spill out of the caches; 16,384 on a GPU).
+        truncate: read long texts differently from training (``none`` = windows, ``head``, ``head+tail``).
+        max_length: tokens per window (default: the model's).
+        folder: the model folder, where exported ONNX files are looked for.
 
     Example:
         >>> p = Predictor.from_dir("runs/tickets")  # doctest: +SKIP
         >>> p.predict("My payslip is missing overtime").label  # doctest: +SKIP
         'payroll'
+        >>> Predictor.from_dir("runs/tickets", backend="onnx-int8").backend_name  # doctest: +SKIP
+        'onnx-int8'
     """
 
     def __init__(
@@ -198,32 +209,53 @@ class Predictor:
         tokenizer: Any,
         meta: ModelMeta,
         *,
+        backend: str = "auto",
         device: str = "auto",
-        precision: str = "auto",
         threads: int | None = None,
-        max_tokens: int = 16384,
+        max_tokens: int | None = None,
         max_batch: int = 128,
         truncate: str | None = None,
+        max_length: int | None = None,
+        folder: str | os.PathLike[str] | None = None,
     ) -> None:
         if truncate is not None:
             check_choice("truncate", truncate, TRUNCATE_MODES)
-        self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
-        if self.device.type == "cpu":
-            torch.set_num_threads(threads or default_threads())
-        self.model = model.to(self.device).eval()
+        limit = int(getattr(model.config, "max_position_embeddings", 512))
+        if max_length is not None and not 8 <= max_length <= limit:
+            raise ConfigError(f"max_length = {max_length} must be between 8 and the encoder's {limit} positions.")
+        if threads is not None and threads < 1:
+            raise ConfigError(f"threads = {threads} must be at least 1.")
+        self.threads = threads or default_threads()
+        choice = choose_backend(backend, meta, resolve_device(device), device_given=device != "auto")
+        if choice.device.type == "cpu":
+            torch.set_num_threads(self.threads)
+        self._scratch: list[Any] = []  # keeps a temporary ONNX export alive as long as the predictor
+        self.backend = build_backend(
+            choice, model, meta, folder=Path(folder) if folder else None, threads=self.threads, scratch=self._scratch
+        )
+        self.backend_reason = choice.reason
+        self.device = choice.device
+        self.model = model
         self.tokenizer = tokenizer
         self.meta = meta
-        self.max_tokens = max_tokens
+        self.max_tokens = max_tokens or (4096 if self.device.type == "cpu" else 16384)
         self.max_batch = max_batch
         self.pad_id = int(tokenizer.pad_token_id or 0)
         self.truncate = truncate or meta.truncate
+        self.max_length = max_length or meta.max_length
+        # Windows overlap by the model's stride, unless a shorter max_length leaves no room for it.
+        self.stride = meta.stride if meta.stride < self.max_length - 2 else self.max_length // 4
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike[str], **kwargs: Any) -> Predictor:
-        """Load a model folder written by ``hrlm train``."""
+        """Load a model folder written by ``hrlm train`` or ``hrlm compress``."""
         model, tokenizer, meta = load_model(Path(path))
-        return cls(model, tokenizer, meta, **kwargs)
+        return cls(model, tokenizer, meta, folder=path, **kwargs)
+
+    @property
+    def backend_name(self) -> str:
+        """The backend in use (``auto`` resolved)."""
+        return self.backend.name
 
     @property
     def tasks(self) -> list[TaskSpec]:
@@ -235,9 +267,9 @@ class Predictor:
         return self.meta.tasks[0].labels
 
     def encode(self, texts: Sequence[str]) -> Encoded:
-        """Token windows of ``texts``: as the model was trained to read them, unless ``truncate`` was overridden."""
+        """Token windows of ``texts``: as the model was trained to read them, unless overridden here."""
         return encode_documents(
-            self.tokenizer, texts, max_length=self.meta.max_length, stride=self.meta.stride, truncate=self.truncate
+            self.tokenizer, texts, max_length=self.max_length, stride=self.stride, truncate=self.truncate
         )
 
     def logits(self, texts: Sequence[str], *, progress: bool = False) -> dict[str, np.ndarray]:
@@ -251,11 +283,9 @@ class Predictor:
         bar = ProgressBar(len(enc.windows), "predicting", unit="windows", enabled=progress and len(enc.windows) >= 512)
         try:
             per_window = window_logits(
-                self.model,
+                self.backend,
                 enc.windows,
                 pad_id=self.pad_id,
-                device=self.device,
-                precision=self.precision,
                 max_tokens=self.max_tokens,
                 max_batch=self.max_batch,
                 progress=lambda n: bar.update(advance=n),

@@ -55,6 +55,8 @@ class ModelMeta:
     train_config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    # backend name -> agreement check with fp32 on held-out data (see hrlm.backends.check_passes)
+    backend_checks: dict[str, dict[str, Any]] = field(default_factory=dict)
     format: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,13 +114,47 @@ class HrlmModel(nn.Module):
     def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Document vectors, one per row of ``input_ids``."""
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        return self._pool_hidden(out.last_hidden_state, attention_mask, out.pooler_output)
+
+    def _pool_hidden(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor, pooler_output: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if self.pooling == "pooler":
-            return out.pooler_output
-        hidden = out.last_hidden_state
+            return pooler_output if pooler_output is not None else self.encoder.pooler(hidden)
         if self.pooling == "cls":
             return hidden[:, 0]
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    @property
+    def splits_at_layers(self) -> bool:
+        """Whether :meth:`lower` and :meth:`upper` can run this encoder in two parts (BERT-style layout)."""
+        layers = getattr(getattr(self.encoder, "encoder", None), "layer", None)
+        return hasattr(self.encoder, "embeddings") and isinstance(layers, nn.ModuleList)
+
+    def _block_mask(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+        from transformers.masking_utils import create_bidirectional_mask
+
+        return create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask)
+
+    def lower(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: int) -> torch.Tensor:
+        """Hidden states after the embeddings and the bottom ``layers`` blocks (see :meth:`upper`)."""
+        hidden = self.encoder.embeddings(input_ids=input_ids)
+        mask = self._block_mask(hidden, attention_mask)
+        for block in self.encoder.encoder.layer[:layers]:
+            hidden = block(hidden, mask)
+        return hidden
+
+    def upper(self, hidden: torch.Tensor, attention_mask: torch.Tensor, layers: int) -> dict[str, torch.Tensor]:
+        """Logits from the hidden states after the bottom ``layers`` blocks.
+
+        ``upper(lower(ids, mask, n), mask, n)`` equals ``forward(ids, mask)``: training with frozen
+        bottom layers computes ``lower`` once per window and only ``upper`` in every epoch.
+        """
+        mask = self._block_mask(hidden, attention_mask)
+        for block in self.encoder.encoder.layer[layers:]:
+            hidden = block(hidden, mask)
+        return self.head_logits(self._pool_hidden(hidden, attention_mask))
 
     def head(self, task: str) -> nn.Linear:
         """The linear head of ``task``."""
@@ -152,6 +188,59 @@ class HrlmModel(nn.Module):
         for block in blocks[:layers]:
             for p in block.parameters():
                 p.requires_grad_(False)
+
+
+def _slice_linear(layer: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
+    """A smaller copy of ``layer`` keeping output rows (``dim=0``) or input columns (``dim=1``) ``index``."""
+    weight = layer.weight.detach().index_select(dim, index.to(layer.weight.device)).clone()
+    bias = layer.bias.detach() if layer.bias is not None else None
+    if bias is not None and dim == 0:
+        bias = bias.index_select(0, index.to(bias.device))
+    out_features, in_features = weight.shape
+    new = nn.Linear(in_features, out_features, bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    new.weight.data.copy_(weight)
+    if bias is not None:
+        assert new.bias is not None
+        new.bias.data.copy_(bias)
+    return new
+
+
+def attention_heads(encoder: Any) -> list[int]:
+    """Number of attention heads of each transformer block (BERT-style encoders)."""
+    blocks: list[Any] = list(encoder_layers(encoder))
+    return [int(block.attention.self.num_attention_heads) for block in blocks]
+
+
+def prune_heads(encoder: Any, heads: dict[int, list[int]]) -> None:
+    """Remove attention heads in place: ``heads[layer]`` lists the heads to drop, by current index.
+
+    transformers 5 no longer prunes heads, so this slices the query, key and value rows and the
+    output projection's columns of the dropped heads: the layer then computes fewer heads. The heads
+    kept per layer are recorded in the config (``hrlm_kept_heads``) so that the folder reloads with
+    the smaller shapes.
+
+    Raises:
+        ConfigError: every head of a layer would be removed, or the encoder is not BERT-style.
+    """
+    blocks: list[Any] = list(encoder_layers(encoder))
+    for index, drop in heads.items():
+        try:
+            attn = blocks[index].attention
+            self_attn = attn.self
+            size, count = int(self_attn.attention_head_size), int(self_attn.num_attention_heads)
+        except AttributeError:
+            kind = type(encoder).__name__
+            raise ConfigError(f"cannot prune attention heads of a {kind}; only BERT-style encoders.") from None
+        keep = [h for h in range(count) if h not in set(drop)]
+        if not keep:
+            raise ConfigError(f"cannot remove all {count} attention heads of layer {index}; keep at least one.")
+        rows = torch.cat([torch.arange(h * size, (h + 1) * size) for h in keep])
+        for name in ("query", "key", "value"):
+            setattr(self_attn, name, _slice_linear(getattr(self_attn, name), rows, dim=0))
+        attn.output.dense = _slice_linear(attn.output.dense, rows, dim=1)
+        self_attn.num_attention_heads = len(keep)
+        self_attn.all_head_size = len(keep) * size
+    encoder.config.hrlm_kept_heads = attention_heads(encoder)
 
 
 def default_pooling(encoder: nn.Module, requested: str, *, freeze_encoder: bool = False) -> str:
@@ -199,7 +288,9 @@ def build_model(
 
 
 def _hf_compatible(model: HrlmModel) -> bool:
-    return model.pooling == "pooler" and model.config.model_type == "bert" and len(model.tasks) == 1
+    # A head-pruned encoder has per-layer shapes that plain transformers 5 cannot rebuild.
+    pruned = getattr(model.config, "hrlm_kept_heads", None)
+    return model.pooling == "pooler" and model.config.model_type == "bert" and len(model.tasks) == 1 and not pruned
 
 
 def _state_for_save(model: HrlmModel) -> dict[str, torch.Tensor]:
@@ -267,6 +358,10 @@ def load_model(folder: str | os.PathLike[str]) -> tuple[HrlmModel, Any, ModelMet
         raise ModelError(f"{path} has no model.safetensors; the folder is incomplete.")
     config = AutoConfig.from_pretrained(str(path), local_files_only=True)
     encoder = AutoModel.from_config(config)
+    kept = getattr(config, "hrlm_kept_heads", None)
+    if kept:  # a head-pruned model: shrink the layers to the saved shapes before loading the weights
+        full = attention_heads(encoder)
+        prune_heads(encoder, {i: list(range(k, n)) for i, (k, n) in enumerate(zip(kept, full, strict=True))})
     model = HrlmModel(encoder, meta.tasks, pooling=meta.pooling)
     state = load_file(str(weights))
     prefix = encoder.base_model_prefix + "."

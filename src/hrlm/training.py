@@ -23,11 +23,15 @@ from torch import nn
 import hrlm
 from hrlm._fs import atomic_dir
 from hrlm._progress import ProgressBar
+from hrlm.augment import augment_dataset
+from hrlm.backends import TorchBackend
 from hrlm.config import TrainConfig
 from hrlm.data import Dataset, check_label_counts, load_dataset, split_dataset
 from hrlm.encoders import load_tokenizer, resolve_base
 from hrlm.errors import ConfigError, LabelError
 from hrlm.evaluation import compute_metrics, evaluate_dataset, tune_thresholds, write_report
+from hrlm.fewshot import choose_method, train_contrastive
+from hrlm.frozen import FrozenCache
 from hrlm.inference import (
     Predictor,
     aggregate,
@@ -42,6 +46,7 @@ from hrlm.inference import (
     window_logits,
 )
 from hrlm.modeling import HrlmModel, ModelMeta, TaskSpec, build_model, save_model
+from hrlm.multitask import MultiEvaluator, MultiTaskLoss, pack_targets, parse_weights
 from hrlm.text import Encoded, encode_documents
 
 log = logging.getLogger("hrlm")
@@ -158,9 +163,8 @@ class _Evaluator:
         assert self.enc is not None
         was_training = model.training
         model.eval()
-        per_window = window_logits(
-            model, self.enc.windows, pad_id=self.pad_id, device=self.device, precision=self.precision
-        )[self.task.name]
+        backend = TorchBackend(model, self.device, self.precision)
+        per_window = window_logits(backend, self.enc.windows, pad_id=self.pad_id)[self.task.name]
         model.train(was_training)
         return aggregate(per_window, self.enc.doc_index, self.enc.n_docs, self.cfg.aggregate)
 
@@ -226,47 +230,37 @@ def fit(
         torch.set_num_threads(cfg.threads or default_threads())
     base_dir = resolve_base(cfg.base)
     tokenizer = load_tokenizer(base_dir)
-    task = TaskSpec(name=cfg.label_col, labels=labels, multi_label=train_ds.multi_label)
-    model = build_model(base_dir, [task], pooling=cfg.pooling, dropout=cfg.dropout, freeze_encoder=cfg.freeze_encoder)
+    method = choose_method(cfg, train_ds)
+    run_notes = [f"few-shot: {len(train_ds) / len(labels):.1f} labelled texts per class, SetFit method"] * (
+        method == "setfit" and cfg.method == "auto"
+    )
+    if cfg.augment != "none":
+        train_ds = augment_dataset(
+            train_ds,
+            cfg.augment,
+            copies=cfg.augment_copies,
+            seed=cfg.augment_seed,
+            mlm=cfg.augment_mlm,
+            progress=progress,
+            device=device.type,
+        )
+        run_notes += train_ds.notes[-1:]
+    tasks = _tasks(cfg, train_ds, val_ds, test_ds, method)
+    # SetFit reads mean-pooled vectors, as sentence encoders are trained to produce them.
+    pooling = "mean" if method == "setfit" and cfg.pooling == "auto" else cfg.pooling
+    model = build_model(base_dir, tasks, pooling=pooling, dropout=cfg.dropout, freeze_encoder=cfg.freeze_encoder)
     limit = int(getattr(model.config, "max_position_embeddings", 512))
     if cfg.max_length > limit:
         raise ConfigError(f"max_length = {cfg.max_length} exceeds the encoder's limit of {limit} positions.")
     model.freeze(cfg.freeze_layers, encoder=cfg.freeze_encoder)
     model.to(device)
-    pad_id = int(tokenizer.pad_token_id or 0)
-
-    def encode(ds: Dataset) -> Encoded:
-        return encode_documents(
-            tokenizer, ds.texts, max_length=cfg.max_length, stride=cfg.stride or 0, truncate=cfg.truncate
-        )
-
-    enc_train = encode(train_ds)
-    targets = _doc_targets(train_ds, task)[enc_train.doc_index]  # every window carries its document's label
-    has_val = val_ds is not None and len(val_ds) > 0
-    evaluator = _Evaluator(
-        val_ds if has_val else None,
-        encode(val_ds) if has_val and val_ds else None,
-        task,
-        cfg,
-        pad_id,
-        device,
-        precision,
-    )
-    loss_fn = _loss_fn(task, train_ds, cfg.class_weights, device)
-
-    job = _Job(model, cfg, enc_train, targets, evaluator, loss_fn, pad_id, device, precision, progress, on_eval)
-    state = _train_head_only(job) if cfg.freeze_encoder else _train_full(job)
-
-    model.load_state_dict(state.best_state)
-    model.eval()
-    if task.multi_label and evaluator.available:
-        assert val_ds is not None and val_ds.labels is not None
-        probs = probabilities(evaluator.doc_logits(model), True)
-        truth = np.array([[lab in labs for lab in task.labels] for labs in val_ds.labels], dtype=np.int64)
-        task.thresholds = tune_thresholds(truth, probs)
+    state, evaluator = _run(model, tokenizer, cfg, train_ds, val_ds, device, precision, progress, on_eval, method)
+    has_val = evaluator.available
+    if has_val and val_ds is not None:
+        _tune_thresholds(model, evaluator, val_ds)
 
     meta = ModelMeta(
-        tasks=[task],
+        tasks=tasks,
         pooling=model.pooling,
         max_length=cfg.max_length,
         stride=cfg.stride or 0,
@@ -277,20 +271,23 @@ def fit(
         data_fingerprint=_fingerprint(splits),
         train_config=cfg.to_dict(),
     )
-    predictor = Predictor(model, tokenizer, meta, device=str(device.type), precision=precision, threads=cfg.threads)
+    predictor = Predictor(
+        model, tokenizer, meta, backend=f"torch-{precision}", device=str(device.type), threads=cfg.threads
+    )
     report_on = "test" if test_ds is not None and len(test_ds) > 0 else "validation" if has_val else "train"
     report_ds = {"test": test_ds, "validation": val_ds, "train": train_ds}[report_on]
     assert report_ds is not None
     metrics = evaluate_dataset(predictor, report_ds)
-    meta.metrics = {
-        "split": report_on,
-        **{k: metrics[k] for k in ("n", "accuracy", "macro_f1", "weighted_f1", "micro_f1") if k in metrics},
-    }
+    summary = ("n", "accuracy", "macro_f1", "weighted_f1", "micro_f1")
+    meta.metrics = {"split": report_on, **{k: metrics[k] for k in summary if k in metrics}}
+    if "tasks" in metrics:
+        meta.metrics["tasks"] = {t: {k: m[k] for k in summary if k in m} for t, m in metrics["tasks"].items()}
     meta.extra = {
         "train_seconds": round(state.train_seconds, 2),
         "train_samples_per_s": round(state.samples / max(state.train_seconds, 1e-9), 3),
         "best_step": state.best_step,
         "interrupted": state.interrupted,
+        "method": method,
         "device": device.type,
         "precision": precision,
         "splits": {k: len(v) for k, v in splits.items() if v is not None},
@@ -316,8 +313,148 @@ def fit(
         train_seconds=state.train_seconds,
         train_samples_per_s=state.samples / max(state.train_seconds, 1e-9),
         interrupted=state.interrupted,
-        notes=[n for ds in splits.values() if ds is not None for n in ds.notes],
+        notes=[n for ds in splits.values() if ds is not None for n in ds.notes] + run_notes,
     )
+
+
+def _tasks(cfg: TrainConfig, train: Dataset, val: Dataset | None, test: Dataset | None, method: str) -> list[TaskSpec]:
+    """One task per label column; a single-column task is named after ``cfg.label_col``."""
+    names = train.task_names
+    if len(names) == 1:
+        return [TaskSpec(name=cfg.label_col, labels=train.label_names, multi_label=train.multi_label)]
+    if method != "finetune" or cfg.freeze_encoder:
+        raise ConfigError(
+            "several label columns train by fine-tuning; drop --method setfit and --freeze-encoder, "
+            "or train one model per column."
+        )
+    tasks = []
+    for name in names:
+        part = train.for_task(name)
+        check_label_counts(part, minimum=1)
+        for split, other in (("validation", val), ("test", test)):
+            extra = sorted(set(other.for_task(name).label_names) - set(part.label_names)) if other else []
+            if extra:
+                raise LabelError(
+                    f"task {name!r}: label(s) {extra[:5]} appear in the {split} split but never in train; "
+                    "add training examples for them or remove them."
+                )
+        tasks.append(TaskSpec(name=name, labels=part.label_names, multi_label=part.multi_label))
+    return tasks
+
+
+def _tune_thresholds(model: HrlmModel, evaluator: Any, val: Dataset) -> None:
+    """Per-label decision thresholds of every multi-label task, tuned on the validation split."""
+    if not any(t.multi_label for t in model.tasks):
+        return
+    logits = evaluator.doc_logits(model)
+    for task in model.tasks:
+        if not task.multi_label:
+            continue
+        part = val.for_task(task.name) if len(model.tasks) > 1 else val
+        assert part.labels is not None
+        probs = probabilities(logits[task.name] if isinstance(logits, dict) else logits, True)
+        truth = np.array([[lab in labs for lab in task.labels] for labs in part.labels], dtype=np.int64)
+        task.thresholds = tune_thresholds(truth, probs)
+
+
+def _run(
+    model: HrlmModel,
+    tokenizer: Any,
+    cfg: TrainConfig,
+    train_ds: Dataset,
+    val_ds: Dataset | None,
+    device: torch.device,
+    precision: str,
+    progress: bool,
+    on_eval: Callable[[dict[str, Any]], None] | None,
+    method: str = "finetune",
+) -> tuple[_RunState, Any]:
+    """Encode the splits, train the model's first task, and leave the best weights in ``model``.
+
+    ``method`` ``setfit`` tunes the encoder on contrastive pairs first, then fits the head alone.
+    """
+    task = model.tasks[0]
+    pad_id = int(tokenizer.pad_token_id or 0)
+
+    def encode(ds: Dataset) -> Encoded:
+        return encode_documents(
+            tokenizer, ds.texts, max_length=cfg.max_length, stride=cfg.stride or 0, truncate=cfg.truncate
+        )
+
+    enc_train = encode(train_ds)
+    has_val = val_ds is not None and len(val_ds) > 0
+    enc_val = encode(val_ds) if has_val and val_ds is not None else None
+    evaluator: Any
+    if len(model.tasks) > 1:
+        # Several tasks: every window carries every task's targets, packed in one row.
+        weights = parse_weights(cfg.task_weights, model.tasks)
+        parts = [train_ds.for_task(t.name) for t in model.tasks]
+        targets = pack_targets([_doc_targets(part, t) for part, t in zip(parts, model.tasks, strict=True)])
+        targets = targets[enc_train.doc_index]
+        loss_fn: nn.Module = MultiTaskLoss(
+            model.tasks,
+            [_loss_fn(t, p, cfg.class_weights, device) for t, p in zip(model.tasks, parts, strict=True)],
+            weights,
+        )
+        evaluator = MultiEvaluator(
+            [
+                _Evaluator(
+                    val_ds.for_task(t.name) if has_val and val_ds else None, enc_val, t, cfg, pad_id, device, precision
+                )
+                for t in model.tasks
+            ],
+            weights,
+        )
+    else:
+        targets = _doc_targets(train_ds, task)[enc_train.doc_index]  # every window carries its document's label
+        evaluator = _Evaluator(val_ds if has_val else None, enc_val, task, cfg, pad_id, device, precision)
+        loss_fn = _loss_fn(task, train_ds, cfg.class_weights, device)
+    job = _Job(model, cfg, enc_train, targets, evaluator, loss_fn, pad_id, device, precision, progress, on_eval)
+    if method == "setfit":
+        stats = train_contrastive(
+            model,
+            enc_train.windows,
+            targets.tolist(),
+            cfg,
+            pad_id=pad_id,
+            device=device,
+            precision=precision,
+            show=progress,
+        )
+        state = _train_head_only(job)
+        state.train_seconds += stats["seconds"]
+    else:
+        state = _train_head_only(job) if cfg.freeze_encoder else _train_full(job)
+    model.load_state_dict(state.best_state)
+    model.eval()
+    return state, evaluator
+
+
+def finetune(
+    model: HrlmModel, tokenizer: Any, cfg: TrainConfig, splits: dict[str, Dataset], *, progress: bool = True
+) -> dict[str, Any]:
+    """Train an existing model further (its first task) and keep the best weights in ``model``.
+
+    ``hrlm compress`` uses it for the recovery fine-tune after pruning. The settings that matter are
+    the optimisation ones of ``cfg``; freezing applies as in :func:`fit`.
+
+    Returns:
+        ``best_step``, ``train_seconds``, ``history`` and ``interrupted`` of the run.
+    """
+    _seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.threads or default_threads())
+    model.freeze(cfg.freeze_layers, encoder=cfg.freeze_encoder)
+    model.to(device)
+    state, _ = _run(model, tokenizer, cfg, splits["train"], splits.get("validation"), device, precision, progress, None)
+    return {
+        "best_step": state.best_step,
+        "train_seconds": round(state.train_seconds, 2),
+        "history": state.history,
+        "interrupted": state.interrupted,
+    }
 
 
 def _fingerprint(splits: dict[str, Dataset]) -> str:
@@ -425,6 +562,9 @@ def _train_full(job: _Job) -> _RunState:
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
     )
     state = _RunState(best_state=_snapshot(model))
+    t_cache = time.perf_counter()
+    cache = FrozenCache.build(model, enc.windows, cfg.freeze_layers, pad_id, device, precision)
+    state.train_seconds += time.perf_counter() - t_cache
     bar = ProgressBar(total, "training", unit="steps", fields={"loss": "-", "val": "-"}, enabled=job.show)
     stream = _batches_forever(enc.lengths, cfg.batch_size, cfg.seed)
     model.train()
@@ -437,10 +577,19 @@ def _train_full(job: _Job) -> _RunState:
                 group["lr"] = cfg.lr * lr_factor(step, warmup=warmup, total=total)
             for _ in range(cfg.grad_accum):
                 _, batch = next(stream)
-                ids, mask = collate([enc.windows[i] for i in batch], pad_id)
-                with autocast(device, precision):
-                    logits = model(ids.to(device), mask.to(device))[task.name]
-                loss = loss_fn(logits.float(), targets[batch].to(device)) / cfg.grad_accum
+                if cache is not None:
+                    hidden, mask = cache.batch(batch)
+                    with autocast(device, precision):
+                        out = model.upper(hidden.to(device), mask.to(device), cache.layers)
+                else:
+                    ids, mask = collate([enc.windows[i] for i in batch], pad_id)
+                    with autocast(device, precision):
+                        out = model(ids.to(device), mask.to(device))
+                batch_targets = targets[batch].to(device)
+                if isinstance(loss_fn, MultiTaskLoss):
+                    loss = loss_fn(out, batch_targets) / cfg.grad_accum
+                else:
+                    loss = loss_fn(out[task.name].float(), batch_targets) / cfg.grad_accum
                 loss.backward()
                 running += float(loss.detach()) * cfg.grad_accum
                 running_n += 1

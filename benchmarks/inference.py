@@ -1,0 +1,295 @@
+"""Inference speed: a plain transformers pipeline against every backend of hrlm's Predictor.
+
+Example:
+    python benchmarks/inference.py --model runs/imdb --data ../shared/data/imdb/test.csv.gz --limit 2000 \\
+        --max-length 256 --threads 2
+
+One trained model (a folder that ``AutoModelForSequenceClassification`` loads: single task, pooler
+pooling), one thread count, one max length for every system. The baseline is
+``transformers.pipeline("text-classification")`` with ``truncation=True``, that max length and batch
+size 32; the Predictor reads the same head of each text (``truncate="head"``), sorted by length and
+batched under a token budget. The systems run interleaved: the documents are cut into rounds and
+every round runs every system, in a rotating order, so that a slow spell of a shared machine
+falls on all of them.
+
+Reported per system: docs/s and tokens/s (each system's own token count), peak resident memory
+(the peak of a fresh subprocess that loads the system and scores the first 256 documents: one
+process holds every system, so its own peak says nothing per system), accuracy, label agreement
+with the Predictor's torch-fp32, and the fraction of this machine's limit: the encoder's FLOPs on
+the real (unpadded) tokens per second, over the matrix-product rate torch reaches here on the same
+threads in the same precision (int8: torch's dynamic int8 linear). Writes
+``benchmarks/results/inference-<dataset>-<N>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import print_table, write_result
+
+BACKENDS = ["torch-fp32", "torch-bf16", "torch-int8", "onnx-fp32", "onnx-int8"]
+PIPELINE = "transformers pipeline"
+
+
+def load_docs(path: Path, limit: int | None, seed: int) -> tuple[list[str], list[str], str]:
+    from hrlm.data import load_dataset
+
+    ds = load_dataset(path)
+    assert ds.labels is not None
+    idx = list(range(len(ds)))
+    if limit and limit < len(ds):
+        idx = sorted(random.Random(seed).sample(idx, limit))
+        desc = f"{limit} of {len(ds)} rows of {path.name}, sampled with seed {seed}"
+    else:
+        desc = f"all {len(ds)} rows of {path.name}"
+    return [ds.texts[i] for i in idx], [str(ds.labels[i]) for i in idx], desc
+
+
+class System:
+    """One system under test: load it, then score lists of texts into labels."""
+
+    def __init__(self, name: str, model: Path, max_length: int, threads: int, batch_size: int) -> None:
+        import torch
+
+        self.name = name
+        self.max_length = max_length
+        self.batch_size = batch_size
+
+        torch.set_num_threads(threads)
+        if name == PIPELINE:
+            from transformers import pipeline
+
+            self.pipe = pipeline("text-classification", model=str(model), tokenizer=str(model), device="cpu")
+            self.precision = "fp32"
+        else:
+            from hrlm.inference import Predictor
+
+            self.predictor = Predictor.from_dir(
+                model, backend=name, device="cpu", threads=threads, truncate="head", max_length=max_length
+            )
+            self.precision = {"torch-bf16": "bf16", "torch-int8": "int8", "onnx-int8": "int8"}.get(name, "fp32")
+
+    def labels(self, texts: list[str]) -> list[str]:
+        if hasattr(self, "pipe"):
+            out = self.pipe(texts, batch_size=self.batch_size, truncation=True, max_length=self.max_length)
+            return [str(o["label"]) for o in out]
+        return [str(p.label) for p in self.predictor.predict(texts)]
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        if hasattr(self, "pipe"):
+            enc = self.pipe.tokenizer(texts, truncation=True, max_length=self.max_length)
+            return [len(ids) for ids in enc["input_ids"]]
+        return [len(w) for w in self.predictor.encode(texts).windows]
+
+
+def flops_per_sequence(model_dir: Path) -> Any:
+    """A function giving the FLOPs of the transformer blocks on a sequence of n tokens (2 per multiply-add)."""
+    from torch import nn
+
+    from hrlm.modeling import encoder_layers, load_model
+
+    model, _, _ = load_model(model_dir)
+    per_token = 0.0  # the linear layers: 2 * weights per token
+    attention = 0.0  # scores and context: 2 * 2 * n * (heads * head size) per token
+    for block in encoder_layers(model.encoder):
+        per_token += sum(2 * m.weight.numel() for m in block.modules() if isinstance(m, nn.Linear))
+        attention += 4 * block.attention.self.all_head_size
+    return lambda n: n * per_token + n * n * attention
+
+
+def matmul_rates(threads: int, hidden: int, intermediate: int) -> dict[str, float]:
+    """GFLOP/s of this machine's matrix products at an encoder's shapes, per precision."""
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(threads)
+    m = 32 * 256  # a batch of 32 windows of 256 tokens
+    rates = {}
+
+    def best(fn: Any, flops: float) -> float:
+        fn()
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return flops / min(times) / 1e9
+
+    flops = 2.0 * m * hidden * intermediate
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(m, hidden, dtype=dtype)
+        b = torch.randn(hidden, intermediate, dtype=dtype)
+        rates[name] = round(best(lambda a=a, b=b: torch.mm(a, b), flops), 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        linear = torch.ao.quantization.quantize_dynamic(
+            nn.Sequential(nn.Linear(hidden, intermediate)), {nn.Linear}, dtype=torch.qint8
+        )
+    x = torch.randn(m, hidden)
+    with torch.inference_mode():
+        rates["int8"] = round(best(lambda: linear(x), flops), 1)
+    return rates
+
+
+def peak_rss_mb(args: argparse.Namespace, name: str) -> float | None:
+    """Peak resident memory of a fresh process that loads ``name`` and scores the first 256 documents."""
+    cmd = [sys.executable, __file__, "--rss-probe", name, *sys.argv[1:]]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        print(f"memory probe of {name} failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return None
+    return float(json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_mb"])
+
+
+def rss_probe(args: argparse.Namespace) -> None:
+    texts, _, _ = load_docs(args.data, args.limit, args.seed)
+    system = System(args.rss_probe, args.model, args.max_length, args.threads, args.batch_size)
+    system.labels(texts[:256])
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork and exec.
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            print(json.dumps({"peak_rss_mb": round(int(line.split()[1]) / 1024, 1)}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, help="model folder (HF-loadable: pooler pooling)")
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--limit", type=int, default=None, help="score this many sampled rows (default: all)")
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=32, help="the pipeline's batch size")
+    parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-system memory probes")
+    parser.add_argument("--rss-probe", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_probe:
+        rss_probe(args)
+        return
+
+    config = json.loads((args.model / "config.json").read_text())
+    if "BertForSequenceClassification" not in config.get("architectures", []):
+        raise SystemExit(
+            f"{args.model} does not load in transformers' AutoModelForSequenceClassification (architectures "
+            f"{config.get('architectures')}): the pipeline baseline needs a single-task model trained with "
+            "--pooling pooler (and not head-pruned)."
+        )
+    texts, truth, desc = load_docs(args.data, args.limit, args.seed)
+    stem = args.data.name.split(".")[0]
+    dataset = args.data.parent.name if stem in ("train", "validation", "test") else stem  # imdb/test.csv.gz: imdb
+    names = [PIPELINE, *[b for b in args.backends.split(",") if b]]
+    systems: dict[str, System] = {}
+    notes: list[str] = []
+    for name in names:
+        t0 = time.perf_counter()
+        try:
+            systems[name] = System(name, args.model, args.max_length, args.threads, args.batch_size)
+        except Exception as exc:  # a backend this installation lacks is reported, not fatal
+            notes.append(f"{name} skipped: {exc}")
+            print(notes[-1], file=sys.stderr)
+            continue
+        systems[name].labels(texts[:16])  # warm-up: lazy initialisation, first-batch allocations
+        print(f"loaded {name} in {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
+
+    load_before = os.getloadavg()  # a busy shared machine distorts every number: record how busy it was
+    hidden, intermediate = int(config["hidden_size"]), int(config["intermediate_size"])
+    rates = matmul_rates(args.threads, hidden, intermediate)
+    order = list(range(len(texts)))
+    random.Random(args.seed + 1).shuffle(order)
+    rounds = [order[r :: args.rounds] for r in range(args.rounds)]
+    seconds = dict.fromkeys(systems, 0.0)
+    predicted: dict[str, list[str]] = {name: [""] * len(texts) for name in systems}
+    for r, chunk in enumerate(rounds):
+        running = list(systems)
+        running = running[r % len(running) :] + running[: r % len(running)]  # rotate who goes first
+        for name in running:
+            batch = [texts[i] for i in chunk]
+            t0 = time.perf_counter()
+            labels = systems[name].labels(batch)
+            seconds[name] += time.perf_counter() - t0
+            for i, label in zip(chunk, labels, strict=True):
+                predicted[name][i] = label
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {seconds[n]:.0f}s" for n in running), file=sys.stderr)
+
+    # The limit is this machine's best: measured before and after the systems, the higher rate is kept.
+    after = matmul_rates(args.threads, hidden, intermediate)
+    rates = {k: max(v, after[k]) for k, v in rates.items()}
+    flops_of = flops_per_sequence(args.model)
+    reference = predicted.get("torch-fp32")
+    rows = []
+    for name, system in systems.items():
+        lengths = system.token_counts(texts)
+        flops = sum(flops_of(n) for n in lengths)
+        secs = seconds[name]
+        gflops = flops / secs / 1e9
+        row: dict[str, Any] = {
+            "system": name if name == PIPELINE else f"hrlm Predictor {name}",
+            "docs_per_s": round(len(texts) / secs, 1),
+            "tokens_per_s": round(sum(lengths) / secs),
+            "speedup": None,
+            "peak_rss_mb": None if args.no_memory else peak_rss_mb(args, name),
+            "accuracy": round(sum(p == t for p, t in zip(predicted[name], truth, strict=True)) / len(truth), 4),
+            "agreement_fp32": None
+            if reference is None
+            else round(sum(a == b for a, b in zip(predicted[name], reference, strict=True)) / len(texts), 4),
+            "gflops": round(gflops, 1),
+            "limit_fraction": round(gflops / rates[system.precision], 3),
+            "mean_tokens": round(sum(lengths) / len(lengths), 1),
+        }
+        rows.append(row)
+    base = rows[0]["docs_per_s"]
+    for row in rows:
+        row["speedup"] = round(row["docs_per_s"] / base, 2)
+
+    from hrlm.inference import Predictor
+
+    auto = Predictor.from_dir(args.model, threads=args.threads)
+    notes += [
+        f"--backend auto picks {auto.backend_name} for this model folder: {auto.backend_reason}.",
+        "The pipeline reads raw text; the Predictor normalises it first (HTML line breaks, entities, white space), "
+        "so token counts differ slightly; FLOPs count real tokens only, not padding.",
+    ]
+    title = f"inference on {dataset}: {len(texts)} docs, {args.max_length} tokens, {args.threads} threads"
+    print_table(rows, title)
+    print("matrix-product limits (GFLOP/s):", rates)
+    for note in notes:
+        print("note:", note)
+    path = write_result(
+        f"inference-{dataset}-{len(texts)}",
+        {
+            "benchmark": "inference",
+            "dataset": dataset,
+            "split": desc,
+            "rows": rows,
+            "limits_gflops": rates,
+            "settings": {
+                "model": str(args.model),
+                "max_length": args.max_length,
+                "threads": args.threads,
+                "pipeline_batch_size": args.batch_size,
+                "predictor_truncate": "head",
+                "rounds": args.rounds,
+                "seed": args.seed,
+            },
+            "notes": notes,
+            "load_average_1min": {"start": round(load_before[0], 2), "end": round(os.getloadavg()[0], 2)},
+        },
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

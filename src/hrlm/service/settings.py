@@ -1,0 +1,126 @@
+"""Settings of the REST service: defaults < a TOML file's ``[serve]`` table < ``HRLM_*`` variables < flags.
+
+Built by :meth:`ServiceSettings.load` (or directly, in tests) and handed to ``create_app``; nothing
+reads the environment at import time. An unknown key in the TOML file is an error.
+
+Example:
+    >>> ServiceSettings(model="runs/router", max_batch=16).max_batch
+    16
+"""
+
+from __future__ import annotations
+
+import contextvars
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+from hrlm.config import BACKENDS, check_choice, load_toml
+from hrlm.errors import ConfigError
+
+# the [serve] table of the file ServiceSettings.load reads, for the duration of that call
+_TOML: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("hrlm_serve_toml", default=None)
+
+
+class ServiceSettings(BaseSettings):
+    """Every setting of ``hrlm serve``; each is also the environment variable ``HRLM_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="HRLM_", extra="forbid", validate_default=True)
+
+    # what is served, and where
+    model: str | None = Field(
+        default=None, description="Model folder to serve; none = the registry's production version."
+    )
+    host: str = Field(default="127.0.0.1", description="Interface to bind; loopback unless told otherwise.")
+    port: int = Field(default=8000, ge=0, le=65535)
+    database_url: str = Field(
+        default="sqlite:///hrlm.db", description="SQLAlchemy URL: sqlite:///file or postgresql://..."
+    )
+    sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "FULL"
+    migrate: bool = Field(default=True, description="Run the database migrations at start.")
+    # the model
+    backend: str = "auto"
+    threads: int | None = Field(default=None, ge=1, description="CPU threads of the model (default: all cores).")
+    max_tokens: int | None = Field(
+        default=None,
+        ge=64,
+        description="Token budget of one forward pass (default: 512 on a CPU, the Predictor's on a GPU). A "
+        "micro-batch mixes lengths; a small budget splits it by length so short texts are not padded to a long one.",
+    )
+    # micro-batching
+    batching: bool = Field(default=True, description="Group concurrent requests into one model call.")
+    max_batch: int = Field(default=32, ge=1, le=4096, description="Most texts in one model call.")
+    max_wait_ms: float = Field(default=5.0, ge=0, le=1000, description="How long a lone request waits for company.")
+    max_queue: int = Field(default=2048, ge=1, description="Most texts waiting for the model; more get 503.")
+    # limits
+    max_texts: int = Field(default=64, ge=1, le=10_000, description="Most texts in one request.")
+    max_text_chars: int = Field(default=20_000, ge=1, description="Longest text, in characters.")
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body, in bytes.")
+    rate_limit: float = Field(default=600.0, ge=0, description="Requests per minute per token; 0 = no limit.")
+    rate_burst: int = Field(default=60, ge=1, description="Requests a token may send at once before the rate applies.")
+    request_timeout_s: float = Field(default=30.0, gt=0, description="Longest wait for an answer; then 504.")
+    # security and storage
+    auth_cache_s: float = Field(
+        default=5.0, ge=0, description="How long a checked token is trusted without the database."
+    )
+    metrics_open: bool = Field(default=False, description="Serve /metrics without a token (default: admin only).")
+    docs_open: bool = Field(
+        default=False, description="Serve /docs and /openapi.json without a token (default: any token)."
+    )
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; none by default.")
+    store_text: Literal["redacted", "raw", "none"] = Field(
+        default="redacted", description="What text predictions keep."
+    )
+    access_log: bool = False
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, value: str) -> str:
+        check_choice("backend", value, BACKENDS)
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, InitSettingsSource(settings_cls, _TOML.get() or {})
+
+    @classmethod
+    def load(cls, config: str | Path | None = None, **flags: Any) -> ServiceSettings:
+        """Defaults, then the ``[serve]`` table of ``config``, then ``HRLM_*`` variables, then ``flags``.
+
+        ``None`` flags are ignored. Raises :class:`ConfigError` naming the setting on a bad value
+        or an unknown key.
+        """
+        toml = load_toml(config, section="serve") if config is not None else {}
+        unknown = sorted(set(toml) - set(cls.model_fields))
+        if unknown:
+            raise ConfigError(
+                f"unknown [serve] setting(s) {unknown} in {config}; valid keys are {sorted(cls.model_fields)}."
+            )
+        token = _TOML.set(toml)
+        try:
+            return cls(**{k: v for k, v in flags.items() if v is not None})
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc)) from None
+        finally:
+            _TOML.reset(token)
+
+
+def _explain(exc: ValidationError) -> str:
+    """One line per bad setting, naming it as the environment variable and the TOML key."""
+    parts = []
+    for err in exc.errors():
+        name = ".".join(str(p) for p in err["loc"]) or "settings"
+        value = err.get("input")
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{name} = {value!r}: {msg} (HRLM_{name.upper()} or [serve] {name})")
+    return "; ".join(parts)

@@ -1,0 +1,104 @@
+"""The store: migrations match the tables, users and hashed tokens, the audit log; on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from hrlm.errors import ConfigError, NotFound
+from hrlm.store import authenticate, create_user, list_users, make_engine, revoke_user, upgrade
+from hrlm.store.db import MIGRATIONS, current_revision, head_revision, normalize_url, table_names
+from hrlm.store.tables import api_tokens, audit_log, metadata, users
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_migrations_create_exactly_the_tables_the_code_uses(db_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    engine = make_engine(db_url)
+    try:
+        assert upgrade(engine) == head_revision() == "0001"
+        assert upgrade(engine) == "0001"  # idempotent
+        assert set(table_names(engine)) == {*metadata.tables, "alembic_version"}
+        with engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
+        assert diff == []
+    finally:
+        engine.dispose()
+
+
+def test_users_tokens_and_audit_log(db_url: str) -> None:
+    engine = make_engine(db_url)
+    try:
+        upgrade(engine)
+        token = create_user(engine, "ana", "reviewer")
+        principal, _ = authenticate(engine, token) or (None, None)
+        assert principal is not None and (principal.name, principal.role) == ("ana", "reviewer")
+        with engine.connect() as conn:
+            stored = conn.execute(select(api_tokens.c.key_id, api_tokens.c.token_hash)).one()
+        assert token not in stored and token.split("_")[-1] not in "".join(stored)  # only a hash is kept
+        with pytest.raises(ConfigError, match="exists; revoke it first"):
+            create_user(engine, "ana", "client")
+        with pytest.raises(ConfigError, match="role = 'boss' is not valid"):
+            create_user(engine, "bo", "boss")
+        with pytest.raises(ConfigError, match="not valid"):
+            create_user(engine, "no spaces", "client")
+        assert revoke_user(engine, "ana") == 1
+        assert authenticate(engine, token) is None
+        with pytest.raises(NotFound, match="hrlm users list"):
+            revoke_user(engine, "nobody")
+        again = create_user(engine, "ana", "admin")  # a revoked user may be given access again
+        assert authenticate(engine, token) is None and authenticate(engine, again) is not None
+        (row,) = list_users(engine)
+        assert (row["name"], row["role"], row["revoked_at"], row["active_tokens"]) == ("ana", "admin", None, 1)
+        with engine.connect() as conn:
+            actions = [
+                tuple(r) for r in conn.execute(select(audit_log.c.action, audit_log.c.target).order_by(audit_log.c.id))
+            ]
+            assert conn.execute(select(users.c.name)).scalars().all() == ["ana"]
+        assert actions == [("token.create", "ana"), ("token.revoke", "ana"), ("token.create", "ana")]
+    finally:
+        engine.dispose()
+
+
+def test_malformed_tokens_never_reach_the_database(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'none' / 'x.db'}")  # no tables at all: a query would fail
+    for token in ("", "hrlm", "hrlm_zz_zz", "Bearer x", "hrlm_0123456789ab_short"):
+        assert authenticate(engine, token) is None
+    engine.dispose()
+
+
+def test_urls() -> None:
+    assert normalize_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert normalize_url("sqlite:///x.db") == "sqlite:///x.db"
+    with pytest.raises(ConfigError, match="not a database URL"):
+        make_engine("not a url")
+    with pytest.raises(ConfigError, match="sqlite_synchronous"):
+        make_engine("sqlite://", sqlite_synchronous="SOMETIMES")
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'w.db'}")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    assert current_revision(engine) is None
+    engine.dispose()
+
+
+def test_migrations_ship_in_the_wheel() -> None:
+    # every file Alembic needs at run time matches a package-data pattern of pyproject.toml
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    base = ROOT / "src" / "hrlm" / "store"
+    needed = [p for p in MIGRATIONS.rglob("*") if p.suffix in (".py", ".mako") and "__pycache__" not in p.parts]
+    assert len(needed) >= 3
+    patterns = data.get("hrlm.store", [])
+    for path in needed:
+        rel = path.relative_to(base).as_posix()
+        assert any(fnmatch.fnmatch(rel, pat) for pat in patterns), f"{rel} is not package data"
