@@ -40,6 +40,55 @@ def sample_per_class(ds: Any, k: int, seed: int) -> Any:
     return ds.subset(chosen)
 
 
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and standard deviation over seeds, per system and K."""
+    summary = []
+    for k in sorted({r["shots"] for r in runs}):
+        for key in dict.fromkeys(r["key"] for r in runs):
+            done = [r for r in runs if r["shots"] == k and r["key"] == key]
+            if not done:
+                continue
+            f1 = [r["macro_f1"] for r in done]
+            acc = [r["accuracy"] for r in done]
+            summary.append(
+                {
+                    "system": done[0]["system"],
+                    "shots": k,
+                    "seeds": len(done),
+                    "macro_f1_mean": round(statistics.mean(f1), 4),
+                    "macro_f1_sd": round(statistics.stdev(f1), 4) if len(f1) > 1 else 0.0,
+                    "accuracy_mean": round(statistics.mean(acc), 4),
+                    "accuracy_sd": round(statistics.stdev(acc), 4) if len(acc) > 1 else 0.0,
+                }
+            )
+    return summary
+
+
+def merge(files: list[Path]) -> None:
+    """Combine the runs of several result files (say, K values run in parallel) into one."""
+    import json
+
+    docs = [json.loads(f.read_text(encoding="utf-8")) for f in files]
+    runs = [r for d in docs for r in d["runs"]]
+    summary = summarize(runs)
+    print_table(summary, "few-shot on onet_tasks: mean and sd over seeds")
+    _plot(summary, sorted({r["shots"] for r in runs}))
+    first = docs[0]
+    write_result(
+        "fewshot-onet_tasks",
+        {
+            "benchmark": "fewshot",
+            "dataset": "onet_tasks",
+            "split": first["split"],
+            "rows": summary,
+            "runs": runs,
+            "complete": all(d.get("complete") for d in docs),
+            "merged_from": [{"command": d["command"], "complete": d.get("complete")} for d in docs],
+            "settings": first["settings"],
+        },
+    )
+
+
 def neural_row(system: str, train: Any, test: Any, cfg: Any) -> dict[str, Any]:
     from hrlm.training import fit
 
@@ -71,7 +120,12 @@ def main() -> None:
     parser.add_argument("--systems", nargs="+", default=["tfidf", "finetune", "setfit", "augment"])
     parser.add_argument("--test-limit", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the cores available)")
+    parser.add_argument("--variant", default=None, help="suffix of the results file name")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, help="only combine these results files")
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge)
+        return
 
     from hrlm.config import TrainConfig
 
@@ -97,30 +151,12 @@ def main() -> None:
     runs: list[dict[str, Any]] = []
 
     def save(final: bool) -> None:
-        summary = []
-        for k in args.shots:
-            for key in args.systems:
-                done = [r for r in runs if r["shots"] == k and r["key"] == key]
-                if not done:
-                    continue
-                f1 = [r["macro_f1"] for r in done]
-                acc = [r["accuracy"] for r in done]
-                summary.append(
-                    {
-                        "system": done[0]["system"],
-                        "shots": k,
-                        "seeds": len(done),
-                        "macro_f1_mean": round(statistics.mean(f1), 4),
-                        "macro_f1_sd": round(statistics.stdev(f1), 4) if len(f1) > 1 else 0.0,
-                        "accuracy_mean": round(statistics.mean(acc), 4),
-                        "accuracy_sd": round(statistics.stdev(acc), 4) if len(acc) > 1 else 0.0,
-                    }
-                )
+        summary = summarize(runs)
         if final:
             print_table(summary, f"few-shot on {dataset}: test {len(test)} texts, mean and sd over seeds")
-            _plot(summary, args.shots)
+            _plot(summary, sorted({r["shots"] for r in runs}))
         write_result(
-            f"fewshot-{dataset}",
+            f"fewshot-{dataset}" + (f"-{args.variant}" if args.variant else ""),
             {
                 "benchmark": "fewshot",
                 "dataset": dataset,

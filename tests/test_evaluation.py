@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from hrlm.errors import HrlmError, LabelError
-from hrlm.evaluation import compute_metrics, format_report, tune_thresholds, write_report
+from hrlm.evaluation import compute_metrics, tune_thresholds
+from hrlm.report import format_report, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

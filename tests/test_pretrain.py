@@ -10,15 +10,15 @@ import torch
 from hrlm.config import PretrainConfig
 from hrlm.encoders import load_tokenizer
 from hrlm.errors import ConfigError, DataError
-from hrlm.pretrain import (
+from hrlm.mlm_data import (
     IGNORE,
     build_mlm_examples,
     build_nsp_examples,
     mask_tokens,
-    pretrain,
     read_corpus,
     split_sentences,
 )
+from hrlm.pretrain import pretrain
 from tests.conftest import make_texts
 
 

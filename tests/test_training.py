@@ -12,7 +12,8 @@ import torch
 from hrlm.config import TrainConfig
 from hrlm.data import dataset_from_records, split_dataset
 from hrlm.errors import ConfigError, LabelError
-from hrlm.training import fit, length_grouped_order, lr_factor, train
+from hrlm.loop import length_grouped_order, lr_factor
+from hrlm.training import fit, train
 from tests.conftest import make_texts, write_csv
 
 

@@ -25,7 +25,7 @@ from hrlm.backends import TorchBackend
 from hrlm.config import TrainConfig
 from hrlm.data import Dataset
 from hrlm.errors import ConfigError
-from hrlm.evaluation import evaluate_dataset, write_report
+from hrlm.evaluation import evaluate_dataset
 from hrlm.inference import (
     Predictor,
     default_threads,
@@ -33,9 +33,10 @@ from hrlm.inference import (
     resolve_precision,
     window_logits,
 )
+from hrlm.loop import _doc_targets, _Evaluator, _Job, _seed_everything, _train_full
 from hrlm.modeling import HrlmModel, ModelMeta, encoder_layers, load_model, save_model
+from hrlm.report import write_report
 from hrlm.text import encode_documents
-from hrlm.training import _doc_targets, _Evaluator, _Job, _seed_everything, _train_full
 
 
 def student_layers(n_teacher: int, k: int) -> list[int]:
@@ -129,6 +130,15 @@ def _speed(predictor: Predictor, texts: list[str]) -> float:
     return len(texts) / max(time.perf_counter() - t0, 1e-9)
 
 
+def teacher_data_config(teacher_dir: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
+    """A config that reads and splits data as the teacher's training run did, with ``overrides``."""
+    from hrlm.modeling import read_meta
+
+    taught = read_meta(teacher_dir).train_config
+    keys = ("text_col", "label_col", "label_sep", "split_col", "group_col", "val_size", "test_size", "seed")
+    return TrainConfig.from_dict({k: taught[k] for k in keys if k in taught}).replace(**overrides)
+
+
 def distill_file(
     teacher_dir: str | os.PathLike[str],
     data: str | os.PathLike[str],
@@ -141,24 +151,14 @@ def distill_file(
     """Distil on a labelled data file, split as the teacher's training data was (same sizes and seed).
 
     With the file the teacher was trained on, the student is tested on the teacher's own test split.
-    ``unlabelled`` is a corpus (see :func:`hrlm.pretrain.read_corpus`) the teacher labels.
+    ``unlabelled`` is a corpus (see :func:`hrlm.mlm_data.read_corpus`) the teacher labels.
     """
-    from hrlm.data import load_dataset, split_dataset
-    from hrlm.modeling import read_meta
-    from hrlm.pretrain import read_corpus
+    from hrlm.data import split_dataset
+    from hrlm.mlm_data import read_corpus
+    from hrlm.training import load_training_data
 
-    taught = read_meta(teacher_dir).train_config
-    keys = ("text_col", "label_col", "label_sep", "split_col", "group_col", "val_size", "test_size", "seed")
-    cfg = cfg or TrainConfig(**{k: taught[k] for k in keys if k in taught})
-    ds = load_dataset(
-        Path(data),
-        text_col=cfg.text_col,
-        label_col=cfg.label_col,
-        label_sep=cfg.label_sep,
-        split_col=cfg.split_col,
-        group_col=cfg.group_col,
-        strict=cfg.strict,
-    )
+    cfg = cfg or teacher_data_config(teacher_dir)
+    ds = load_training_data(Path(data), cfg)
     splits = split_dataset(ds, val_size=cfg.val_size, test_size=cfg.test_size, seed=cfg.seed)
     extra = read_corpus(Path(unlabelled), cfg.text_col) if unlabelled is not None else None
     result = distill(teacher_dir, splits, out, cfg, unlabelled=extra, **kwargs)

@@ -109,7 +109,7 @@ def train_contrastive(
     model.train()
     t0 = time.perf_counter()
     running = 0.0
-    from hrlm.training import lr_factor
+    from hrlm.loop import lr_factor
 
     steps = 0
     try:

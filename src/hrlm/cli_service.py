@@ -1,0 +1,179 @@
+"""CLI commands of the REST service: ``serve``, ``users add|list|revoke`` and ``db upgrade``.
+
+Registered on :data:`hrlm.cli.app` when :mod:`hrlm.cli` is imported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from hrlm.cli import BACKEND_HELP, _handles_errors, app, err_console, out_console
+
+DB_HELP = (
+    "Database URL: sqlite:///FILE or postgresql://USER@HOST/DB. (default: $HRLM_DATABASE_URL, else sqlite:///hrlm.db)"
+)
+SERVE_CONFIG_HELP = "TOML file whose [serve] table holds service settings; HRLM_* variables and flags override it."
+
+users_app = typer.Typer(help="API users of the service: add (prints a token), list, revoke.", no_args_is_help=True)
+db_app = typer.Typer(help="The service's database: apply migrations.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+app.add_typer(db_app, name="db")
+
+
+def _migrated_engine(config: Path | None, database_url: str | None) -> Any:
+    from hrlm.service.settings import ServiceSettings
+    from hrlm.store import make_engine, upgrade
+
+    settings = ServiceSettings.load(config, database_url=database_url)
+    engine = make_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+    upgrade(engine)
+    return engine
+
+
+@users_app.command("add")
+@_handles_errors
+def users_add(
+    name: Annotated[str, typer.Argument(help="User name (letters, digits, . _ @ -).")],
+    role: Annotated[str, typer.Option(help="client (predict), reviewer (review queue) or admin (everything).")],
+    database_url: Annotated[str | None, typer.Option(help=DB_HELP)] = None,
+    config: Annotated[Path | None, typer.Option("--config", help=SERVE_CONFIG_HELP)] = None,
+) -> None:
+    """Create a user and print their API token, alone on the last line (it is shown only this once)."""
+    from hrlm.store import create_user
+
+    engine = _migrated_engine(config, database_url)
+    try:
+        token = create_user(engine, name, role)
+    finally:
+        engine.dispose()
+    typer.echo(f"created user {name} with role {role}; keep this token now, it is not shown again:")
+    typer.echo(token)
+
+
+@users_app.command("list")
+@_handles_errors
+def users_list(
+    database_url: Annotated[str | None, typer.Option(help=DB_HELP)] = None,
+    config: Annotated[Path | None, typer.Option("--config", help=SERVE_CONFIG_HELP)] = None,
+) -> None:
+    """List users, their roles and whether they are revoked (tokens are never shown)."""
+    from hrlm.store import list_users
+
+    engine = _migrated_engine(config, database_url)
+    try:
+        rows = list_users(engine)
+    finally:
+        engine.dispose()
+    table = Table(title=f"{len(rows)} users")
+    for col in ("name", "role", "created", "revoked", "active tokens"):
+        table.add_column(col)
+    for r in rows:
+        revoked = f"{r['revoked_at']:%Y-%m-%d %H:%M}" if r["revoked_at"] else "-"
+        table.add_row(r["name"], r["role"], f"{r['created_at']:%Y-%m-%d %H:%M}", revoked, str(r["active_tokens"]))
+    out_console.print(table)
+
+
+@users_app.command("revoke")
+@_handles_errors
+def users_revoke(
+    name: Annotated[str, typer.Argument(help="User to revoke.")],
+    database_url: Annotated[str | None, typer.Option(help=DB_HELP)] = None,
+    config: Annotated[Path | None, typer.Option("--config", help=SERVE_CONFIG_HELP)] = None,
+) -> None:
+    """Revoke a user and every token of theirs (a running service notices within auth_cache_s, 5 s)."""
+    from hrlm.store import revoke_user
+
+    engine = _migrated_engine(config, database_url)
+    try:
+        n = revoke_user(engine, name)
+    finally:
+        engine.dispose()
+    out_console.print(f"revoked user {escape(name)} ({n} token{'s' if n != 1 else ''})", soft_wrap=True)
+
+
+@db_app.command("upgrade")
+@_handles_errors
+def db_upgrade(
+    database_url: Annotated[str | None, typer.Option(help=DB_HELP)] = None,
+    config: Annotated[Path | None, typer.Option("--config", help=SERVE_CONFIG_HELP)] = None,
+) -> None:
+    """Apply the database migrations (hrlm serve also does at start)."""
+    from hrlm.store.db import current_revision, describe
+
+    engine = _migrated_engine(config, database_url)
+    try:
+        out_console.print(
+            f"{describe(engine)} is at revision {current_revision(engine)} (head)", highlight=False, soft_wrap=True
+        )
+    finally:
+        engine.dispose()
+
+
+@app.command()
+@_handles_errors
+def serve(
+    model: Annotated[
+        Path | None, typer.Option(help="Model folder to serve. (default: $HRLM_MODEL; later the registry's production)")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Interface to bind. (default: 127.0.0.1, loopback only)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port. (default: 8000)")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help=SERVE_CONFIG_HELP)] = None,
+    database_url: Annotated[str | None, typer.Option(help=DB_HELP)] = None,
+    backend: Annotated[str | None, typer.Option(help=BACKEND_HELP)] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads of the model. (default: all cores)")] = None,
+    batching: Annotated[
+        bool | None, typer.Option("--batching/--no-batching", help="Micro-batch concurrent requests. (default: on)")
+    ] = None,
+    max_batch: Annotated[int | None, typer.Option(help="Most texts in one model call. (default: 32)")] = None,
+    max_wait_ms: Annotated[
+        float | None, typer.Option(help="Longest wait for a batch to fill, in ms. (default: 5)")
+    ] = None,
+) -> None:
+    """Serve a model over HTTP: /v1/predict, /v1/models, /healthz, /readyz, /metrics (see README)."""
+    import uvicorn
+
+    from hrlm.service import create_app
+    from hrlm.service.core import default_source
+    from hrlm.service.settings import ServiceSettings
+    from hrlm.store import make_engine, ping, upgrade
+
+    settings = ServiceSettings.load(
+        config,
+        model=str(model) if model is not None else None,
+        host=host,
+        port=port,
+        database_url=database_url,
+        backend=backend,
+        threads=threads,
+        batching=batching,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+    )
+    # check what can be checked before uvicorn starts, so a mistake is one line, not a traceback
+    ref = default_source(settings).current()
+    engine = make_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+    try:
+        upgrade(engine) if settings.migrate else ping(engine)
+    finally:
+        engine.dispose()
+    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        err_console.print(f"[yellow]note:[/] binding {settings.host}: reachable beyond this machine; put TLS in front.")
+    err_console.print(
+        f"serving {ref.version} on http://{settings.host}:{settings.port} "
+        f"(batching {'on' if settings.batching else 'off'}, database {settings.database_url.split('@')[-1]})",
+        highlight=False,
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        server_header=False,
+        timeout_graceful_shutdown=30,
+    )
