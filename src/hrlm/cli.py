@@ -436,4 +436,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    # `python -m hrlm.cli` runs this file as __main__, but the command modules register on the
+    # imported `hrlm.cli`; run that one.
+    from hrlm.cli import main as _registered_main
+
+    _registered_main()
