@@ -26,6 +26,7 @@ from hrlm.config import TrainConfig
 from hrlm.data import Dataset
 from hrlm.errors import ConfigError
 from hrlm.inference import autocast, collate
+from hrlm.loop import lr_factor
 from hrlm.modeling import HrlmModel
 
 log = logging.getLogger("hrlm")
@@ -109,8 +110,6 @@ def train_contrastive(
     model.train()
     t0 = time.perf_counter()
     running = 0.0
-    from hrlm.loop import lr_factor
-
     steps = 0
     try:
         for step in range(total):

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -32,7 +31,7 @@ from hrlm.config import PretrainConfig
 from hrlm.encoders import load_tokenizer, resolve_base
 from hrlm.errors import ConfigError, DataError
 from hrlm.inference import autocast, default_threads, resolve_device, resolve_precision
-from hrlm.loop import length_grouped_order, lr_factor
+from hrlm.loop import _seed_everything, length_grouped_order, lr_factor
 from hrlm.mlm_data import (
     IGNORE,
     Batch,
@@ -280,9 +279,7 @@ def pretrain(
     docs = [d for d in docs if d]
     if len(docs) < 2:
         raise DataError("the corpus needs at least 2 non-empty documents (one is held out to measure).")
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed % (2**32))
-    torch.manual_seed(cfg.seed)
+    _seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     if device.type == "cpu":
