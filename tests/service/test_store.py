@@ -23,8 +23,8 @@ def test_migrations_create_exactly_the_tables_the_code_uses(db_url: str) -> None
 
     engine = make_engine(db_url)
     try:
-        assert upgrade(engine) == head_revision() == "0001"
-        assert upgrade(engine) == "0001"  # idempotent
+        assert upgrade(engine) == head_revision() == "0002"
+        assert upgrade(engine) == "0002"  # idempotent
         assert set(table_names(engine)) == {*metadata.tables, "alembic_version"}
         with engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
@@ -102,3 +102,20 @@ def test_migrations_ship_in_the_wheel() -> None:
     for path in needed:
         rel = path.relative_to(base).as_posix()
         assert any(fnmatch.fnmatch(rel, pat) for pat in patterns), f"{rel} is not package data"
+
+
+def test_the_audit_log_is_append_only(db_url: str) -> None:
+    from sqlalchemy import delete, update
+    from sqlalchemy.exc import DBAPIError
+
+    engine = make_engine(db_url)
+    try:
+        upgrade(engine)
+        create_user(engine, "ana", "admin")
+        for change in (update(audit_log).values(actor="someone else"), delete(audit_log)):
+            with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+                conn.execute(change)
+        with engine.connect() as conn:
+            assert [r.actor for r in conn.execute(select(audit_log))] == ["cli"]
+    finally:
+        engine.dispose()

@@ -73,6 +73,56 @@ class ServiceSettings(BaseSettings):
     store_text: Literal["redacted", "raw", "none"] = Field(
         default="redacted", description="What text predictions keep."
     )
+    # the model registry (issue 5): where registered and retrained model folders live
+    registry_dir: str = Field(
+        default="hrlm-models", description="Folder of the registry's model versions (one sub-folder per version)."
+    )
+    registry_poll_s: float = Field(
+        default=5.0, ge=0, description="How often the service checks the registry's production version; 0 = never."
+    )
+    # the review queue
+    review_confidence_below: float = Field(
+        default=0.6, ge=0, le=1, description="Predictions less confident than this enter the review queue."
+    )
+    review_uncertainty: Literal["margin", "entropy"] = Field(
+        default="margin", description="How uncertainty sampling ranks the other predictions."
+    )
+    review_uncertain_fraction: float = Field(
+        default=0.1, ge=0, le=1, description="Share of the other predictions queued by uncertainty sampling."
+    )
+    review_random_fraction: float = Field(
+        default=0.02, ge=0, le=1, description="Share of predictions queued at random, for unbiased measurement."
+    )
+    review_double_fraction: float = Field(
+        default=0.1, ge=0, le=1, description="Share of queued items answered by two reviewers (agreement, kappa)."
+    )
+    review_holdout_fraction: float = Field(
+        default=0.2, ge=0, le=1, description="Share of reviewed items kept out of retraining to measure models."
+    )
+    review_similarity: float = Field(
+        default=0.8, gt=0, le=1, description="Word-shingle Jaccard similarity at which texts count as near-duplicates."
+    )
+    review_fill_s: float = Field(
+        default=10.0, ge=0, description="How often new predictions are sorted into the review queue; 0 = on demand."
+    )
+    review_lease_s: float = Field(default=600.0, gt=0, description="How long an item shown to a reviewer stays theirs.")
+    # retraining
+    train_data: str | None = Field(
+        default=None, description="The original training data file retraining starts from (plus accepted feedback)."
+    )
+    holdout_data: str | None = Field(
+        default=None, description="Fixed holdout file the promotion gate measures on; never trained on."
+    )
+    promote_margin: float = Field(
+        default=0.005, ge=0, le=1, description="How much a candidate's macro F1 must beat production's to be promoted."
+    )
+    job_runner: Literal["inprocess", "redis"] = Field(
+        default="inprocess", description="inprocess (embedded default) or redis (an `hrlm worker` process runs jobs)."
+    )
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis of the job queue (job_runner=redis).")
+    job_stale_s: float = Field(
+        default=60.0, gt=0, description="A running job without a heartbeat for this long is marked failed."
+    )
     access_log: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

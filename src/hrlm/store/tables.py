@@ -1,9 +1,9 @@
 """The database tables, as SQLAlchemy Core tables.
 
 The schema itself is created and changed only by the Alembic migrations in ``migrations/``; these
-definitions are what the code reads and writes, and a test checks that the two agree. Tables of
-later features (review items, feedback, model versions, jobs) join this metadata with their own
-migration.
+definitions are what the code reads and writes, and a test checks that the two agree. Migration
+0002 adds the review loop: model versions and their stage history, review items, feedback and jobs,
+and makes the audit log append-only (a trigger refuses UPDATE and DELETE).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import datetime as dt
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -95,4 +96,100 @@ audit_log = Table(
     Column("target", String(200)),
     Column("detail", JSON),
     Index("ix_audit_log_action_at", "action", "at"),
+)
+
+# -- the review loop (migration 0002) ------------------------------------------------------------
+
+STAGES = ("candidate", "production", "archived", "rejected")
+JOB_STATES = ("queued", "running", "succeeded", "failed")
+REVIEW_ACTIONS = ("accept", "correct", "skip", "flag")
+
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("version", String(200), nullable=False, unique=True),
+    Column("path", Text, nullable=False),
+    Column("stage", String(20), nullable=False, index=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("stage_changed_at", DateTime(timezone=True), nullable=False),
+    # the version a retrain started from, and how the version came to be (register, retrain)
+    Column("parent", String(200)),
+    Column("origin", String(20), nullable=False),
+    # headline metrics, and the gate's comparison with production for a retrained candidate
+    Column("metrics", JSON),
+    Column("gate", JSON),
+    Column("note", Text),
+)
+
+model_stage_events = Table(
+    "model_stage_events",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("version", String(200), ForeignKey("model_versions.version", ondelete="CASCADE"), nullable=False),
+    Column("from_stage", String(20)),
+    Column("to_stage", String(20), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False, index=True),
+    Column("actor", String(100), nullable=False),
+    Column("reason", Text),
+)
+
+review_items = Table(
+    "review_items",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("prediction_id", BigId, ForeignKey("predictions.id", ondelete="SET NULL"), unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("model_version", String(200), nullable=False),
+    # the text as the predictions table keeps it (redacted by default), and a hash of its normalised form
+    Column("text", Text, nullable=False),
+    Column("text_hash", String(64), nullable=False, index=True),
+    Column("suggestion", Text, nullable=False),
+    Column("output", JSON, nullable=False),
+    # why the item is in the queue (low_confidence, uncertainty, random) and its priority (higher first)
+    Column("reason", String(20), nullable=False),
+    Column("score", Float, nullable=False),
+    Column("reviews_needed", Integer, nullable=False),
+    # kept out of training, to measure retrained models on feedback
+    Column("holdout", Boolean, nullable=False),
+    # open until reviews_needed reviewers answered; flagged items leave the queue for an admin
+    Column("state", String(20), nullable=False),
+    Column("leased_by", Integer, ForeignKey("users.id", ondelete="SET NULL")),
+    Column("leased_until", DateTime(timezone=True)),
+    Index("ix_review_items_state_score", "state", "score"),
+)
+
+review_feedback = Table(
+    "review_feedback",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("item_id", BigId, ForeignKey("review_items.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("reviewer_id", Integer, ForeignKey("users.id", ondelete="SET NULL")),
+    Column("reviewer", String(100), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False, index=True),
+    Column("action", String(10), nullable=False),
+    # the label the reviewer gave ("|"-joined for several), and the label the item had before
+    Column("label", Text),
+    Column("previous_label", Text),
+    Column("model_version", String(200), nullable=False),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("kind", String(30), nullable=False),
+    Column("state", String(20), nullable=False, index=True),
+    Column("runner", String(20), nullable=False),
+    Column("actor", String(100), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    # a running job's worker touches heartbeat_at; a stale one means the worker died
+    Column("heartbeat_at", DateTime(timezone=True)),
+    Column("progress", Float, nullable=False),
+    Column("message", Text),
+    Column("params", JSON),
+    Column("result", JSON),
+    Column("error", Text),
 )
