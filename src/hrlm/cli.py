@@ -427,7 +427,7 @@ def demo(
 
 
 # Commands kept in their own modules; importing them registers them on `app`.
-from hrlm import cli_models, cli_service  # noqa: E402, F401
+from hrlm import cli_loop, cli_models, cli_registry, cli_service  # noqa: E402, F401
 
 
 def main() -> None:

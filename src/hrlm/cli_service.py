@@ -118,12 +118,17 @@ def db_upgrade(
 @_handles_errors
 def serve(
     model: Annotated[
-        Path | None, typer.Option(help="Model folder to serve. (default: $HRLM_MODEL; later the registry's production)")
+        Path | None,
+        typer.Option(help="Model folder to serve. (default: $HRLM_MODEL, else the registry's production version)"),
     ] = None,
     host: Annotated[str | None, typer.Option(help="Interface to bind. (default: 127.0.0.1, loopback only)")] = None,
     port: Annotated[int | None, typer.Option(help="Port. (default: 8000)")] = None,
     config: Annotated[Path | None, typer.Option("--config", help=SERVE_CONFIG_HELP)] = None,
     database_url: Annotated[str | None, typer.Option(help=DB_HELP)] = None,
+    registry_dir: Annotated[
+        Path | None,
+        typer.Option(help="Folder of the model registry, served when --model is not given. (default: hrlm-models)"),
+    ] = None,
     backend: Annotated[str | None, typer.Option(help=BACKEND_HELP)] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads of the model. (default: all cores)")] = None,
     batching: Annotated[
@@ -148,6 +153,7 @@ def serve(
         host=host,
         port=port,
         database_url=database_url,
+        registry_dir=str(registry_dir) if registry_dir is not None else None,
         backend=backend,
         threads=threads,
         batching=batching,
@@ -155,10 +161,10 @@ def serve(
         max_wait_ms=max_wait_ms,
     )
     # check what can be checked before uvicorn starts, so a mistake is one line, not a traceback
-    ref = default_source(settings).current()
     engine = make_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
     try:
         upgrade(engine) if settings.migrate else ping(engine)
+        ref = default_source(settings, engine).current()
     finally:
         engine.dispose()
     if settings.host not in ("127.0.0.1", "localhost", "::1"):

@@ -12,6 +12,7 @@ code the CLI ends with::
     ├── ModelError             422   a model folder is missing or damaged
     │   └── ModelNotFound      404
     ├── NotFound               404   a named thing (a user, a model version) does not exist
+    ├── Conflict               409   the request clashes with the current state (a model version's stage)
     ├── StoreError             503   the database cannot be reached, migrated or written
     └── ServiceError           500   the REST service refuses a request (hrlm.service)
         ├── Unauthorized       401   no valid API token
@@ -77,6 +78,16 @@ class NotFound(HrlmError):
     """A named thing (a user, a model version) does not exist."""
 
     status = 404
+
+
+class Conflict(HrlmError):
+    """The request clashes with the current state.
+
+    For example a stage change the version's stage does not allow, a retrain while another runs,
+    or a promotion on a service that serves a plain model folder.
+    """
+
+    status = 409
 
 
 class StoreError(HrlmError):

@@ -25,6 +25,33 @@ if TYPE_CHECKING:
 # report files
 # ---------------------------------------------------------------------------------------------------------------
 
+REPORT_DIR = "report"  # the report folder inside a model folder
+
+
+def report_files(folder: str | os.PathLike[str]) -> list[str]:
+    """The files of a model folder's ``report/`` folder, as paths relative to it (``tasks/x/report.html``)."""
+    base = Path(folder) / REPORT_DIR
+    if not base.is_dir():
+        return []
+    return sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def report_file(folder: str | os.PathLike[str], name: str) -> Path:
+    """The file ``name`` of a model folder's ``report/`` folder, refusing any path that leads outside it.
+
+    Raises:
+        NotFound: no such file, or ``name`` leads outside ``report/`` (``..``, an absolute path, a symlink).
+    """
+    from hrlm.errors import NotFound
+
+    base = (Path(folder) / REPORT_DIR).resolve()
+    parts = name.replace("\\", "/").split("/")
+    bad = not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts)
+    target = base.joinpath(*parts).resolve() if not bad else base
+    if bad or not target.is_relative_to(base) or not target.is_file():
+        raise NotFound(f"no report file {name!r} of this model; its report files are {report_files(folder)}.")
+    return target
+
 
 def write_report(
     out_dir: str | os.PathLike[str],

@@ -38,7 +38,7 @@ def test_users_add_list_revoke(db_url: str) -> None:
 def test_db_upgrade(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'sub' / 'hrlm.db'}"
     r = runner.invoke(app, ["db", "upgrade", "--database-url", url])
-    assert r.exit_code == 0 and "at revision 0001 (head)" in r.stdout
+    assert r.exit_code == 0 and "at revision 0002 (head)" in r.stdout
     assert (tmp_path / "sub" / "hrlm.db").exists()
 
 

@@ -132,7 +132,7 @@ def test_a_store_failure_still_answers_and_is_counted(trained_model: Path, db_ur
     with running(trained_model, db_url) as client:
         engine = make_engine(db_url)
         with engine.begin() as conn:
-            conn.exec_driver_sql("DROP TABLE predictions")
+            conn.exec_driver_sql("ALTER TABLE predictions RENAME TO predictions_gone")  # writes now fail
         engine.dispose()
         r = client.post("/v1/predict", json={"texts": ["vpn login", "my salary"]}, headers=bearer(tokens.client))
         assert r.status_code == 200 and r.json()["stored"] is False

@@ -23,9 +23,14 @@ from hrlm import __version__
 from hrlm.errors import HrlmError, PayloadTooLarge, ServiceError, Unauthorized
 from hrlm.service.auth import gate
 from hrlm.service.core import Service
+from hrlm.service.job_routes import build_job_router
+from hrlm.service.registry_routes import build_registry_router
+from hrlm.service.review_routes import build_review_router
 from hrlm.service.routes import build_router
 from hrlm.service.serving import ModelSource
 from hrlm.service.settings import ServiceSettings
+from hrlm.service.ui import build_ui_router
+from hrlm.service.ui import open_paths as ui_open_paths
 
 log = logging.getLogger("hrlm.service")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -38,7 +43,8 @@ DESCRIPTION = """Predictions of hrlm models over HTTP. Every route but `/healthz
 Roles: `client` predicts, `reviewer` reads models (and, later, the review queue), `admin` does all and reads `/metrics`.
 
 Errors are JSON `{"detail": ..., "error": ..., "request_id": ...}`: 401 no valid token, 403 wrong role,
-413 body too large, 422 invalid body or a limit exceeded (the message names the limit), 429 rate limit
+404 no such thing, 409 a change the current state does not allow (a model version's stage, a second
+retrain), 413 body too large, 422 invalid body or a limit exceeded (the message names the limit), 429 rate limit
 (Retry-After), 503 overloaded or not ready (Retry-After), 504 no answer within the request timeout."""
 
 
@@ -223,18 +229,33 @@ def create_app(
 
     app = FastAPI(title="hrlm", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.service = service
-    router = build_router(settings)
-    app.include_router(router)
+    routers = [
+        build_router(settings),
+        build_registry_router(),
+        build_review_router(),
+        build_job_router(),
+        build_ui_router(),
+    ]
+    for router in routers:
+        app.include_router(router)
     app.add_exception_handler(HrlmError, _on_hrlm_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unexpected)
     open_paths = {"/healthz", "/readyz"}
+    # the web pages and their scripts and styles carry no data (it all comes from the token-checked API)
+    open_paths |= ui_open_paths()
     if settings.metrics_open:
         open_paths.add("/metrics")
     if settings.docs_open:
         open_paths |= {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
-    app.add_middleware(ServiceMiddleware, service=service, open_paths=open_paths, routes=lambda: router.routes)
+    # the routes themselves, not app.router.routes: FastAPI keeps each included router there as one nested entry
+    app.add_middleware(
+        ServiceMiddleware,
+        service=service,
+        open_paths=open_paths,
+        routes=lambda: [r for router in routers for r in router.routes],
+    )
     if settings.cors_origins:  # added last: outermost, so a preflight OPTIONS needs no token
         from fastapi.middleware.cors import CORSMiddleware
 

@@ -9,16 +9,28 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
 
-from hrlm.errors import ConfigError, RequestTimeout
+from hrlm.errors import RequestTimeout
+from hrlm.feedback import ReviewPolicy
+from hrlm.job_runners import JobManager
+from hrlm.registry import Registry
 from hrlm.service.auth import Authenticator, RateLimiter
 from hrlm.service.batching import Job, MicroBatcher
 from hrlm.service.metrics import Metrics
 from hrlm.service.recorder import Recorder
-from hrlm.service.serving import FolderSource, LoadedModel, ModelRef, ModelSource
+from hrlm.service.review_filler import QueueFiller
+from hrlm.service.serving import (
+    FolderSource,
+    LoadedModel,
+    ModelRef,
+    ModelSource,
+    RegistryFollower,
+    RegistrySource,
+)
 from hrlm.service.settings import ServiceSettings
 from hrlm.store import db
 from hrlm.store.tables import utcnow
@@ -43,16 +55,15 @@ class _RequestInfo:
     user_id: int | None
 
 
-def default_source(settings: ServiceSettings) -> ModelSource:
-    """The source ``settings`` name: the ``model`` folder (the registry's production version comes later)."""
-    if settings.model:
-        from pathlib import Path
+def default_source(settings: ServiceSettings, engine: Engine) -> ModelSource:
+    """The source ``settings`` name: the ``model`` folder, else the production version of the registry.
 
+    ``engine`` is the (migrated) database the registry lives in. Asking the registry source for its
+    current version raises :class:`ConfigError` when nothing is in production.
+    """
+    if settings.model:
         return FolderSource(Path(settings.model))
-    raise ConfigError(
-        "no model to serve: pass --model DIR (or set HRLM_MODEL); serving the registry's production "
-        "version needs the model registry, which this build does not have yet."
-    )
+    return RegistrySource(Registry(engine, settings.registry_dir))
 
 
 class Service:
@@ -79,17 +90,31 @@ class Service:
     async def start(self) -> None:
         """Connect and migrate the database, load the model, start the batcher and the recorder."""
         s = self.settings
-        if self.source is None:
-            self.source = default_source(s)
         if self.engine is None:
             self.engine = db.make_engine(s.database_url, sqlite_synchronous=s.sqlite_synchronous)
         if s.migrate:
             await asyncio.to_thread(db.upgrade, self.engine)
+        if self.source is None:
+            self.source = default_source(s, self.engine)
         self.auth = Authenticator(self.engine, s.auth_cache_s)
-        self.model = await asyncio.to_thread(self._load, self.source.current())
+        try:
+            self.model = await asyncio.to_thread(self._load, self.source.current())
+        except BaseException:  # nothing to serve (an empty registry, a damaged folder): release the database
+            self.engine.dispose()
+            raise
         self.metrics.set_model(self.model.version)
         self.recorder = Recorder(self.engine, self.metrics, store_text=s.store_text)
         self.recorder.start()
+        # new predictions are sorted into the review queue every review_fill_s (POST /v1/review/fill: now)
+        self.filler = QueueFiller(self.engine, ReviewPolicy.from_settings(s), s.review_fill_s)
+        self.filler.start()
+        # retrain jobs: a thread of this process (job_runner=inprocess) or `hrlm worker` through Redis; a job
+        # that promoted a version reloads the model at once (the registry follower would, within registry_poll_s)
+        loop = asyncio.get_running_loop()
+        self.jobs = JobManager(
+            self.engine, s, on_finished=lambda *_: asyncio.run_coroutine_threadsafe(self.reload(), loop)
+        )
+        self.jobs.start()
         self.batcher = MicroBatcher(
             self._infer,
             self._finish,
@@ -100,6 +125,9 @@ class Service:
             metrics=self.metrics,
         )
         self.batcher.start()
+        # a promotion or rollback from another process (the CLI, a worker) takes effect within registry_poll_s
+        self.follower = RegistryFollower(self.reload, s.registry_poll_s if self.registry is not None else 0.0)
+        self.follower.start()
         self.started = True
         log.info("serving %s from %s on database %s", self.model.version, self.model.ref.path, db.describe(self.engine))
 
@@ -108,8 +136,11 @@ class Service:
         if not self.started:
             return
         self.started = False
+        await self.follower.stop()
         await self.batcher.close()
         await self.recorder.close()
+        await self.filler.stop()
+        await asyncio.to_thread(self.jobs.close)
         if self.engine is not None:
             self.engine.dispose()
 
@@ -181,6 +212,11 @@ class Service:
 
     # -- swapping models ------------------------------------------------------------------------
 
+    @property
+    def registry(self) -> Registry | None:
+        """The model registry this service follows; ``None`` when it serves a plain ``--model`` folder."""
+        return self.source.registry if isinstance(self.source, RegistrySource) else None
+
     async def swap(self, ref: ModelRef) -> LoadedModel:
         """Load ``ref`` beside the current model, then answer with it from the next batch on.
 
@@ -188,21 +224,29 @@ class Service:
         The old model is freed when its last batch is done.
         """
         async with self._swap_lock:
-            new = await asyncio.to_thread(self._load, ref)
-            old, self.model = self.model, new
-            self.metrics.set_model(new.version)
-            self.metrics.model_swaps.inc()
-            log.info("swapped model %s -> %s", old.version if old else None, new.version)
-            return new
+            return await self._swap(ref)
+
+    async def _swap(self, ref: ModelRef) -> LoadedModel:
+        new = await asyncio.to_thread(self._load, ref)
+        old, self.model = self.model, new
+        self.metrics.set_model(new.version)
+        self.metrics.model_swaps.inc()
+        log.info("swapped model %s -> %s", old.version if old else None, new.version)
+        return new
 
     async def reload(self) -> bool:
-        """Swap in the source's current version if it changed (what promotion calls); True if it did."""
+        """Swap in the source's current version if it changed (what promotion calls); True if it did.
+
+        The check and the swap hold one lock: the registry follower and a promotion that reload at
+        the same moment load the new version once.
+        """
         assert self.source is not None
-        ref = await asyncio.to_thread(self.source.current)
-        if self.model is not None and ref.version == self.model.version:
-            return False
-        await self.swap(ref)
-        return True
+        async with self._swap_lock:
+            ref = await asyncio.to_thread(self.source.current)
+            if self.model is not None and ref.version == self.model.version:
+                return False
+            await self._swap(ref)
+            return True
 
     # -- health ---------------------------------------------------------------------------------
 

@@ -1,19 +1,28 @@
 """Which model the service answers with, and the seam a model registry plugs into.
 
-A :class:`ModelSource` says which model version is current and which versions exist. Today's
-source is :class:`FolderSource` (``hrlm serve --model DIR``); the registry adds a source whose
-current version is its production version, and promotion calls :meth:`Service.reload` (in
-``core.py``), which loads the new version beside the old one and swaps it in between two batches.
+A :class:`ModelSource` says which model version is current and which versions exist. Two sources
+exist: :class:`FolderSource` (``hrlm serve --model DIR``) and :class:`RegistrySource`, whose current
+version is the registry's production version. Promotion through the API calls
+:meth:`Service.reload` (in ``core.py``), which loads the new version beside the old one and swaps it
+in between two batches; a :class:`RegistryFollower` calls it every ``registry_poll_s`` seconds too, so
+a promotion or rollback made from the CLI, in another process, takes effect within that time.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from hrlm.errors import NotFound
+from hrlm.errors import ConfigError, NotFound
+from hrlm.registry import Registry
+
+log = logging.getLogger("hrlm.service")
 
 CPU_MAX_TOKENS = 512
 
@@ -68,6 +77,67 @@ class FolderSource:
 
     def versions(self) -> list[ModelRef]:
         return [self.current()]
+
+
+@dataclass
+class RegistrySource:
+    """The model registry's versions; the current one is its production version (``hrlm serve`` without --model)."""
+
+    registry: Registry
+
+    def current(self) -> ModelRef:
+        info = self.registry.production()
+        if info is None:
+            raise ConfigError(
+                f"no model to serve: the model registry ({self.registry.root}) has no production version; "
+                "register and promote one with `hrlm models register DIR --promote`, or pass --model DIR."
+            )
+        return ModelRef(info.version, info.path, stage=info.stage)
+
+    def versions(self) -> list[ModelRef]:
+        refs = []
+        for info in self.registry.list():
+            if (info.path / "hrlm.json").is_file():
+                refs.append(ModelRef(info.version, info.path, stage=info.stage))
+            else:  # deleted by hand: listing it would make every GET /v1/models fail
+                log.warning("model version %s: its folder %s is gone; skipping it", info.version, info.path)
+        return refs
+
+
+class RegistryFollower:
+    """Calls ``reload`` every ``every`` seconds, so that the service follows the registry's production stage.
+
+    A failed check (the database away, the new version's folder damaged) is logged once and retried;
+    the loaded model keeps answering meanwhile.
+    """
+
+    def __init__(self, reload: Callable[[], Awaitable[bool]], every: float) -> None:
+        self.reload = reload
+        self.every = every
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self.every > 0:
+            self._task = asyncio.create_task(self._run(), name="hrlm-registry-follower")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        failing: str | None = None
+        while True:
+            await asyncio.sleep(self.every)
+            try:
+                await self.reload()
+                failing = None
+            except Exception as exc:  # keep following: the next check may succeed
+                if str(exc) != failing:
+                    log.warning("cannot follow the model registry: %s; still serving the loaded model", exc)
+                failing = str(exc)
 
 
 def find_version(source: ModelSource, version: str) -> ModelRef:

@@ -114,7 +114,11 @@ class ServiceSettings(BaseSettings):
         default=None, description="Fixed holdout file the promotion gate measures on; never trained on."
     )
     promote_margin: float = Field(
-        default=0.005, ge=0, le=1, description="How much a candidate's macro F1 must beat production's to be promoted."
+        default=0.005,
+        ge=-1,
+        le=1,
+        description="How much a candidate's macro F1 must beat production's to be promoted (-1 promotes every "
+        "candidate: simulations only).",
     )
     job_runner: Literal["inprocess", "redis"] = Field(
         default="inprocess", description="inprocess (embedded default) or redis (an `hrlm worker` process runs jobs)."

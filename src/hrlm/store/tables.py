@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 ROLES = ("client", "reviewer", "admin")
@@ -120,6 +121,14 @@ model_versions = Table(
     Column("metrics", JSON),
     Column("gate", JSON),
     Column("note", Text),
+    # at most one production version, whatever the writers do: a partial unique index (SQLite and PostgreSQL)
+    Index(
+        "uq_model_versions_production",
+        "stage",
+        unique=True,
+        sqlite_where=text("stage = 'production'"),
+        postgresql_where=text("stage = 'production'"),
+    ),
 )
 
 model_stage_events = Table(
@@ -129,6 +138,8 @@ model_stage_events = Table(
     Column("version", String(200), ForeignKey("model_versions.version", ondelete="CASCADE"), nullable=False),
     Column("from_stage", String(20)),
     Column("to_stage", String(20), nullable=False),
+    # what moved it: register, promote, reject, archive, rollback (rollback finds earlier productions by it)
+    Column("action", String(20), nullable=False),
     Column("at", DateTime(timezone=True), nullable=False, index=True),
     Column("actor", String(100), nullable=False),
     Column("reason", Text),
@@ -172,6 +183,23 @@ review_feedback = Table(
     Column("label", Text),
     Column("previous_label", Text),
     Column("model_version", String(200), nullable=False),
+    # what the reviewer wrote, mostly why they flagged the item
+    Column("note", Text),
+)
+
+# one row per queue filler ("fill"): how far it has read the predictions, and what it skipped
+review_fill = Table(
+    "review_fill",
+    metadata,
+    Column("name", String(20), primary_key=True),
+    Column("last_prediction_id", BigInteger, nullable=False),
+    Column("scanned", BigInteger, nullable=False),
+    Column("queued", BigInteger, nullable=False),
+    Column("skipped_no_text", BigInteger, nullable=False),
+    Column("skipped_duplicate", BigInteger, nullable=False),
+    # uncertainty sampling's share not yet taken (a fraction of a prediction carries to the next fill)
+    Column("uncertain_credit", Float, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
 jobs = Table(

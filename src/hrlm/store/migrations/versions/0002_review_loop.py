@@ -7,6 +7,8 @@ Create Date: 2026-11-28
 
 from __future__ import annotations
 
+import datetime as dt
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -45,12 +47,23 @@ def upgrade() -> None:
         sa.UniqueConstraint("version", name="uq_model_versions_version"),
     )
     op.create_index("ix_model_versions_stage", "model_versions", ["stage"])
+    # at most one production version: the database refuses a second one, whatever the writers do
+    production = sa.text("stage = 'production'")
+    op.create_index(
+        "uq_model_versions_production",
+        "model_versions",
+        ["stage"],
+        unique=True,
+        sqlite_where=production,
+        postgresql_where=production,
+    )
     op.create_table(
         "model_stage_events",
         sa.Column("id", BigId, nullable=False),
         sa.Column("version", sa.String(200), nullable=False),
         sa.Column("from_stage", sa.String(20), nullable=True),
         sa.Column("to_stage", sa.String(20), nullable=False),
+        sa.Column("action", sa.String(20), nullable=False),
         sa.Column("at", TS, nullable=False),
         sa.Column("actor", sa.String(100), nullable=False),
         sa.Column("reason", sa.Text(), nullable=True),
@@ -102,6 +115,7 @@ def upgrade() -> None:
         sa.Column("label", sa.Text(), nullable=True),
         sa.Column("previous_label", sa.Text(), nullable=True),
         sa.Column("model_version", sa.String(200), nullable=False),
+        sa.Column("note", sa.Text(), nullable=True),
         sa.ForeignKeyConstraint(
             ["item_id"], ["review_items.id"], name="fk_review_feedback_item_id_review_items", ondelete="CASCADE"
         ),
@@ -112,6 +126,34 @@ def upgrade() -> None:
     )
     op.create_index("ix_review_feedback_item_id", "review_feedback", ["item_id"])
     op.create_index("ix_review_feedback_at", "review_feedback", ["at"])
+    review_fill = op.create_table(
+        "review_fill",
+        sa.Column("name", sa.String(20), nullable=False),
+        sa.Column("last_prediction_id", sa.BigInteger(), nullable=False),
+        sa.Column("scanned", sa.BigInteger(), nullable=False),
+        sa.Column("queued", sa.BigInteger(), nullable=False),
+        sa.Column("skipped_no_text", sa.BigInteger(), nullable=False),
+        sa.Column("skipped_duplicate", sa.BigInteger(), nullable=False),
+        sa.Column("uncertain_credit", sa.Float(), nullable=False),
+        sa.Column("updated_at", TS, nullable=False),
+        sa.PrimaryKeyConstraint("name", name="pk_review_fill"),
+    )
+    # the queue filler's row exists from the start, so concurrent fillers only ever lock it, never race to create it
+    op.bulk_insert(
+        review_fill,
+        [
+            {
+                "name": "fill",
+                "last_prediction_id": 0,
+                "scanned": 0,
+                "queued": 0,
+                "skipped_no_text": 0,
+                "skipped_duplicate": 0,
+                "uncertain_credit": 0.0,
+                "updated_at": dt.datetime.now(dt.UTC),
+            }
+        ],
+    )
     op.create_table(
         "jobs",
         sa.Column("id", sa.String(36), nullable=False),
@@ -157,6 +199,7 @@ def downgrade() -> None:
         op.execute("DROP FUNCTION IF EXISTS hrlm_audit_log_append_only()")
     op.drop_index("ix_jobs_state", table_name="jobs")
     op.drop_table("jobs")
+    op.drop_table("review_fill")
     op.drop_index("ix_review_feedback_at", table_name="review_feedback")
     op.drop_index("ix_review_feedback_item_id", table_name="review_feedback")
     op.drop_table("review_feedback")
@@ -165,5 +208,6 @@ def downgrade() -> None:
     op.drop_table("review_items")
     op.drop_index("ix_model_stage_events_at", table_name="model_stage_events")
     op.drop_table("model_stage_events")
+    op.drop_index("uq_model_versions_production", table_name="model_versions")
     op.drop_index("ix_model_versions_stage", table_name="model_versions")
     op.drop_table("model_versions")

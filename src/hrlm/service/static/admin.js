@@ -1,0 +1,302 @@
+// The admin's page: the review queue, reviewer agreement, model versions (promote, roll back, reports)
+// and retrain jobs. Everything comes from the token-checked API; the page refreshes itself.
+"use strict";
+
+(() => {
+  const { api, blob, el, $, say, pct, when } = hrlm;
+  const FAST_MS = 2000;
+  const SLOW_MS = 10000;
+  let timer = null;
+  let activeJob = false;
+  let objectUrl = null;
+
+  function num(x, digits) {
+    return x === null || x === undefined ? "–" : Number(x).toFixed(digits === undefined ? 3 : digits);
+  }
+
+  function cells(row, values) {
+    for (const v of values) row.append(v instanceof Node ? el("td", {}, v) : el("td", {}, v === undefined ? "–" : v));
+    return row;
+  }
+
+  function fillTable(id, rows) {
+    const body = $(id).querySelector("tbody");
+    body.replaceChildren(...rows);
+  }
+
+  // -- queue and agreement ----------------------------------------------------------------------
+
+  function showStats(s) {
+    $("t-open").textContent = s.open;
+    $("t-leased").textContent = s.leased;
+    $("t-done").textContent = s.done;
+    $("t-flagged").textContent = s.flagged;
+    const reasons = Object.entries(s.by_reason).sort(([a], [b]) => a.localeCompare(b));
+    fillTable(
+      "reasons",
+      reasons.length
+        ? reasons.map(([reason, n]) => cells(el("tr"), [reason.replace("_", " "), n.open, n.done, n.flagged]))
+        : [el("tr", {}, el("td", { colspan: 4, class: "empty-note" }, "The queue is empty."))],
+    );
+    fillTable(
+      "reviewers",
+      s.reviewers.length
+        ? s.reviewers.map((r) => cells(el("tr"), [r.reviewer, r.accept, r.correct, r.skip, r.flag]))
+        : [el("tr", {}, el("td", { colspan: 5, class: "empty-note" }, "No answers yet."))],
+    );
+    const notes = [...s.notes];
+    if (s.fill) notes.push(`${s.fill.scanned} predictions read so far, ${s.fill.queued} queued, ${s.fill.skipped_duplicate} near-duplicates skipped.`);
+    $("notes").replaceChildren(...notes.map((n) => el("li", {}, n)));
+  }
+
+  function showAgreement(a) {
+    $("t-kappa").textContent = a.kappa === null ? "–" : num(a.kappa, 2);
+    $("a-items").textContent = a.items;
+    $("a-share").textContent = a.agreement === null ? "–" : pct(a.agreement);
+    $("a-kappa").textContent = a.kappa === null ? (a.items ? "undefined (one label only)" : "–") : num(a.kappa, 3);
+    fillTable(
+      "pairs",
+      a.pairs.length
+        ? a.pairs.map((p) =>
+            cells(el("tr"), [p.reviewers.join(" & "), p.items, p.agreement === null ? "–" : pct(p.agreement), p.kappa === null ? "–" : num(p.kappa, 3)]),
+          )
+        : [el("tr", {}, el("td", { colspan: 4, class: "empty-note" }, "No item has two answers yet."))],
+    );
+  }
+
+  // -- models -----------------------------------------------------------------------------------
+
+  function macroF1(m) {
+    const metrics = m.metrics || {};
+    for (const key of ["macro_f1", "f1_macro", "val_macro_f1", "test_macro_f1"]) if (key in metrics) return num(metrics[key]);
+    return "–";
+  }
+
+  function showModels(data) {
+    $("serving").textContent = data.serving || "–";
+    fillTable(
+      "models",
+      data.models.map((m) => {
+        const stage = m.stage || "–";
+        const reports = el("button", { type: "button", class: "link", onclick: () => openReports(m.version) }, "Reports");
+        const actions = el("div", { class: "links" });
+        if (["candidate", "archived"].includes(m.stage)) {
+          actions.append(
+            el("button", { type: "button", class: "secondary small", onclick: () => promote(m.version) }, "Promote"),
+          );
+        }
+        const name = el("span", {}, el("code", {}, m.version), m.serving ? el("span", { class: "tag" }, "serving") : null);
+        return cells(el("tr"), [name, el("span", { class: "badge stage-" + stage }, stage), macroF1(m), reports, actions]);
+      }),
+    );
+  }
+
+  // The version's report files (GET /v1/models/{version}/report), then one of them (a gate report first).
+  async function openReports(version) {
+    const box = $("report-body");
+    $("report").hidden = false;
+    $("report-title").textContent = `Reports · ${version}`;
+    box.replaceChildren(el("p", { class: "meta" }, "Loading…"));
+    try {
+      const { reports } = await api("GET", `/v1/models/${encodeURIComponent(version)}/report`);
+      if (!reports.length) {
+        box.replaceChildren(el("p", { class: "empty-note" }, "This version has no report files."));
+        return;
+      }
+      const list = el("nav", { class: "links report-files", "aria-label": "Report files" });
+      for (const name of reports) {
+        list.append(el("button", { type: "button", class: "link", onclick: () => openReport(version, name, list) }, name));
+      }
+      box.replaceChildren(list);
+      const first = ["gate.md", "metrics.json", "report.txt"].find((n) => reports.includes(n)) || reports[0];
+      await openReport(version, first, list, true);
+    } catch (err) {
+      box.replaceChildren(el("p", { class: "error" }, err.message));
+    }
+  }
+
+  async function openReport(version, name, list, focusTitle) {
+    const path = `/v1/models/${encodeURIComponent(version)}/report/${name.split("/").map(encodeURIComponent).join("/")}`;
+    const box = $("report-body");
+    $("report-title").textContent = `${name} · ${version}`;
+    for (const b of list.querySelectorAll("button")) b.setAttribute("aria-current", String(b.textContent === name));
+    const view = el("div", { class: "report-view" }, el("p", { class: "meta" }, "Loading…"));
+    box.replaceChildren(list, view);
+    if (objectUrl) URL.revokeObjectURL(objectUrl);
+    objectUrl = null;
+    try {
+      const data = await blob(path);
+      if (/\.(png|jpe?g|svg)$/i.test(name)) {
+        objectUrl = URL.createObjectURL(data);
+        view.replaceChildren(el("img", { src: objectUrl, alt: `${name} of ${version}` }));
+      } else if (/\.html?$/i.test(name)) {
+        objectUrl = URL.createObjectURL(data);
+        view.replaceChildren(el("a", { href: objectUrl, download: `${version}-${name.replaceAll("/", "-")}` }, `Download ${name}`));
+      } else {
+        view.replaceChildren(el("pre", { class: "report-text" }, await data.text()));
+      }
+      if (focusTitle) $("report-title").focus();
+    } catch (err) {
+      view.replaceChildren(el("p", { class: "error" }, err.message));
+    }
+  }
+
+  function confirmAction(title, text) {
+    const dialog = $("confirm-dialog");
+    $("confirm-title").textContent = title;
+    $("confirm-text").textContent = text;
+    $("confirm-reason").value = "";
+    dialog.returnValue = "";
+    dialog.showModal();
+    $("confirm-reason").focus();
+    return new Promise((resolve) => {
+      dialog.addEventListener(
+        "close",
+        () => resolve(dialog.returnValue === "ok" ? $("confirm-reason").value.trim() || null : undefined),
+        { once: true },
+      );
+    });
+  }
+
+  async function promote(version) {
+    const reason = await confirmAction("Promote " + version, "It replaces the production version; the service switches within seconds.");
+    if (reason === undefined) return;
+    try {
+      const out = await api("POST", `/v1/models/${encodeURIComponent(version)}/promote`, reason ? { reason } : {});
+      say(`Promoted ${version}.` + (out.warning ? " " + out.warning : ""), out.warning ? "error" : "ok");
+    } catch (err) {
+      say(err.message, "error");
+    }
+    refresh();
+  }
+
+  async function rollback() {
+    const reason = await confirmAction("Roll back production", "Production goes back to the version that was in production before it.");
+    if (reason === undefined) return;
+    try {
+      const out = await api("POST", "/v1/models/rollback", reason ? { reason } : {});
+      say(`Rolled back to ${out.version}.` + (out.warning ? " " + out.warning : ""), out.warning ? "error" : "ok");
+    } catch (err) {
+      say(err.message, "error");
+    }
+    refresh();
+  }
+
+  // -- jobs -------------------------------------------------------------------------------------
+
+  function jobResult(job) {
+    if (job.state === "failed") return el("span", { class: "error" }, job.error || "failed");
+    const r = job.result;
+    if (!r) return el("span", { class: "meta" }, job.message || "–");
+    const out = el("div", { class: "result" });
+    if (r.decision) out.append(el("span", { class: "badge decision-" + r.decision }, r.decision), " ");
+    if (r.candidate) out.append(el("code", {}, r.candidate));
+    const fixed = r.gate && r.gate.fixed_holdout;
+    if (fixed && fixed.candidate !== undefined) {
+      const sign = fixed.delta >= 0 ? "+" : "";
+      out.append(el("div", { class: "meta" }, `macro F1 ${num(fixed.candidate)} vs production ${num(fixed.production)} (${sign}${num(fixed.delta)})`));
+    }
+    if (r.gate && r.gate.reason) out.append(el("div", { class: "meta" }, r.gate.reason));
+    return out;
+  }
+
+  function showJobs(data) {
+    const jobs = Array.isArray(data) ? data : data.jobs || [];
+    activeJob = jobs.some((j) => j.state === "queued" || j.state === "running");
+    $("retrain").disabled = activeJob;
+    $("jobs-empty").hidden = jobs.length > 0;
+    fillTable(
+      "jobs",
+      jobs.map((j) => {
+        const p = Math.max(0, Math.min(1, Number(j.progress) || 0));
+        const bar = el("div", { class: "progress" },
+          el("div", { class: "meter", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": 100, "aria-valuenow": Math.round(100 * p), "aria-label": "progress of job " + j.id }, el("span")),
+          el("span", { class: "meta" }, j.state === "running" ? `${pct(p)} · ${j.message || ""}` : pct(p)),
+        );
+        bar.querySelector(".meter span").style.width = (100 * p).toFixed(1) + "%";
+        const row = el("tr", { "data-job": j.id, "data-state": j.state });
+        return cells(row, [
+          el("code", { title: j.id }, String(j.id).slice(0, 8)),
+          el("span", { class: "badge job-" + j.state }, j.state),
+          bar,
+          j.actor || "–",
+          when(j.created_at),
+          jobResult(j),
+        ]);
+      }),
+    );
+  }
+
+  async function retrain() {
+    $("retrain").disabled = true;
+    try {
+      const out = await api("POST", "/v1/retrain", {});
+      const id = out.id || out.job_id || (out.job && out.job.id) || "";
+      say(`Retrain job ${String(id).slice(0, 8)} queued.`, "ok");
+    } catch (err) {
+      say(err.message, "error");
+    }
+    refresh();
+  }
+
+  async function fill() {
+    try {
+      const r = await api("POST", "/v1/review/fill");
+      say(`Read ${r.scanned} predictions, queued ${r.queued}.`, "ok");
+    } catch (err) {
+      say(err.message, "error");
+    }
+    refresh();
+  }
+
+  // -- refreshing -------------------------------------------------------------------------------
+
+  async function load(path, show, label) {
+    try {
+      show(await api("GET", path));
+    } catch (err) {
+      if (err.status === 403) throw err;
+      say(`${label}: ${err.message}`, "error");
+    }
+  }
+
+  async function refresh() {
+    clearTimeout(timer);
+    if (!hrlm.token()) return;
+    try {
+      await Promise.all([
+        load("/v1/review/stats", showStats, "Queue"),
+        load("/v1/review/agreement", showAgreement, "Agreement"),
+        load("/v1/models", showModels, "Models"),
+        load("/v1/jobs", showJobs, "Jobs"),
+      ]);
+      $("updated").textContent = new Date().toLocaleTimeString();
+    } catch (err) {
+      hrlm.signOut(err.message);
+      return;
+    }
+    timer = setTimeout(refresh, activeJob ? FAST_MS : SLOW_MS);
+  }
+
+  async function check() {
+    const me = await api("GET", "/v1/review/me");
+    if (me.role !== "admin") {
+      throw new Error(`This page needs an admin token; ${me.name} has role ${me.role}. The review page is at /ui/review.`);
+    }
+    setTimeout(refresh, 0);
+    return me;
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    hrlm.setupSignIn(check);
+    hrlm.onSignOut(() => clearTimeout(timer));
+    $("retrain").addEventListener("click", retrain);
+    $("rollback").addEventListener("click", rollback);
+    $("fill").addEventListener("click", fill);
+    $("report-close").addEventListener("click", () => {
+      $("report").hidden = true;
+      if (objectUrl) URL.revokeObjectURL(objectUrl);
+      objectUrl = null;
+    });
+  });
+})();

@@ -1,0 +1,273 @@
+// The reviewer's page: one item at a time from GET /v1/review/next, answered with POST /v1/review/items/{id}.
+// Keyboard first: 1-9 choose a label, Enter saves, A accepts, S skips, F flags, Esc resets, R checks again.
+"use strict";
+
+(() => {
+  const { api, el, $, say, pct } = hrlm;
+  const SESSION_KEY = "hrlm.review.session";
+  const ACTIONS = ["accept", "correct", "skip", "flag"];
+  const POLL_MS = 5000; // an empty queue is checked again this often
+  let item = null;
+  let busy = false;
+  let pollTimer = null;
+
+  // -- session progress -------------------------------------------------------------------------
+
+  function loadCounts() {
+    try {
+      const saved = JSON.parse(sessionStorage.getItem(SESSION_KEY) || "{}");
+      return Object.fromEntries(ACTIONS.map((a) => [a, Number(saved[a]) || 0]));
+    } catch (err) {
+      return Object.fromEntries(ACTIONS.map((a) => [a, 0]));
+    }
+  }
+  let counts = loadCounts();
+  let left = null;
+
+  function showCounts() {
+    const total = ACTIONS.reduce((n, a) => n + counts[a], 0);
+    $("n-total").textContent = total;
+    for (const a of ACTIONS) $("n-" + a).textContent = counts[a];
+    $("n-left").textContent = left === null ? "–" : left;
+    const share = left === null || total + left === 0 ? 0 : total / (total + left);
+    $("progress-bar").style.width = (100 * share).toFixed(1) + "%";
+  }
+
+  hrlm.onSignOut(() => {
+    clearTimeout(pollTimer);
+    sessionStorage.removeItem(SESSION_KEY);
+    counts = loadCounts();
+    left = null;
+    item = null;
+    showCounts();
+  });
+
+  // -- showing an item --------------------------------------------------------------------------
+
+  function suggestionList() {
+    if (!item) return [];
+    return Array.isArray(item.suggestion) ? item.suggestion : [item.suggestion];
+  }
+
+  function selected() {
+    return [...document.querySelectorAll("#choices input:checked")].map((input) => input.value);
+  }
+
+  function sameAsSuggestion() {
+    const chosen = selected();
+    const suggested = suggestionList();
+    return chosen.length === suggested.length && chosen.every((label) => suggested.includes(label));
+  }
+
+  function refreshChoice() {
+    for (const row of document.querySelectorAll("#choices .choice")) {
+      row.classList.toggle("chosen", row.querySelector("input").checked);
+    }
+    const accept = sameAsSuggestion();
+    $("submit-text").textContent = accept ? "Accept suggestion" : "Save correction";
+    $("submit").classList.toggle("correcting", !accept);
+  }
+
+  function render(data) {
+    left = data.open_items;
+    item = data.item;
+    showCounts();
+    const wasEmpty = !$("empty").hidden;
+    $("item").hidden = !item;
+    $("empty").hidden = !!item;
+    clearTimeout(pollTimer);
+    if (!item) {
+      if (!wasEmpty) focusSoon($("refresh"));
+      pollTimer = setTimeout(() => {
+        if (hrlm.token() && !$("workspace").hidden) loadNext().catch((err) => say(err.message, "error"));
+      }, POLL_MS);
+      return;
+    }
+    $("item-id").textContent = "#" + item.id;
+    $("item-reason").textContent = item.reason.replace("_", " ");
+    $("item-reason").className = "badge reason-" + item.reason;
+    const second = item.reviews_needed > 1 ? ` · review ${item.reviews_done + 1} of ${item.reviews_needed}` : "";
+    $("item-meta").textContent = "model " + item.model_version + second;
+    $("item-text").textContent = item.text;
+    $("item-suggestion").textContent = suggestionList().join(", ") || "no label";
+    $("item-confidence").textContent = pct(item.confidence);
+    $("labels-legend").textContent = item.multi_label ? "Labels (choose every one that applies)" : "Label";
+    $("labels-help").textContent = item.multi_label
+      ? "Press a number to switch a label on or off, then Enter."
+      : "Press a number to choose another label, then Enter.";
+    const choices = $("choices");
+    choices.replaceChildren();
+    const suggested = suggestionList();
+    item.labels.forEach((label, i) => {
+      const p = item.probabilities[label] || 0;
+      const id = "choice-" + i;
+      const input = el("input", {
+        type: item.multi_label ? "checkbox" : "radio",
+        name: "label",
+        value: label,
+        id,
+        "aria-describedby": id + "-p",
+      });
+      input.checked = suggested.includes(label);
+      input.addEventListener("change", refreshChoice);
+      const fill = el("span", { class: "fill" });
+      fill.style.width = (100 * p).toFixed(1) + "%";
+      const row = el(
+        "label",
+        { class: "choice" + (suggested.includes(label) ? " suggested" : ""), for: id },
+        input,
+        i < 9 ? el("kbd", { "aria-hidden": "true" }, String(i + 1)) : el("span", { class: "kbd-none" }),
+        el("span", { class: "name" }, label),
+        suggested.includes(label) ? el("span", { class: "tag" }, "suggested") : null,
+        el("span", { class: "bar", "aria-hidden": "true" }, fill),
+        el("span", { class: "pct", id: id + "-p" }, pct(p)),
+      );
+      choices.append(row);
+    });
+    refreshChoice();
+    const text = $("item-text");
+    text.tabIndex = -1;
+    focusSoon(text);
+  }
+
+  // After sign-in the workspace is shown right after the first render: focus once it is visible.
+  function focusSoon(node) {
+    requestAnimationFrame(() => node.focus({ preventScroll: true }));
+  }
+
+  async function loadNext() {
+    const data = await api("GET", "/v1/review/next");
+    render(data);
+    return data.reviewer;
+  }
+
+  // -- answering --------------------------------------------------------------------------------
+
+  function setBusy(value) {
+    busy = value;
+    for (const id of ["submit", "accept", "skip", "flag", "refresh"]) $(id).disabled = value;
+  }
+
+  async function send(action, extra) {
+    if (!item || busy) return;
+    const body = { action, ...(extra || {}) };
+    const answered = item;
+    setBusy(true);
+    try {
+      const result = await api("POST", `/v1/review/items/${answered.id}`, body);
+      counts[action] += 1;
+      sessionStorage.setItem(SESSION_KEY, JSON.stringify(counts));
+      if (left !== null) left = Math.max(0, left - 1);
+      showCounts();
+      const words = {
+        accept: `Accepted “${result.label || "no label"}”`,
+        correct: `Corrected to “${(result.label || "").split("|").join(", ")}”`,
+        skip: "Skipped",
+        flag: "Flagged for an admin",
+      };
+      say(`${words[action]} (item #${answered.id}).`, "ok");
+      await loadNext();
+    } catch (err) {
+      say(err.message, "error");
+      if (err.status === 409 || err.status === 404) await loadNext().catch(() => {});
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  function save() {
+    if (!item) return;
+    if (sameAsSuggestion()) {
+      send("accept");
+      return;
+    }
+    const chosen = selected();
+    if (chosen.length === 0) {
+      say("Choose at least one label, or flag the item if none fits.", "error");
+      return;
+    }
+    send("correct", item.multi_label ? { labels: chosen } : { label: chosen[0] });
+  }
+
+  function choose(index) {
+    const inputs = document.querySelectorAll("#choices input");
+    const input = inputs[index];
+    if (!input) return;
+    input.checked = item.multi_label ? !input.checked : true;
+    input.focus({ preventScroll: true });
+    refreshChoice();
+  }
+
+  function reset() {
+    const suggested = suggestionList();
+    for (const input of document.querySelectorAll("#choices input")) input.checked = suggested.includes(input.value);
+    refreshChoice();
+  }
+
+  function openFlag() {
+    if (!item || busy) return;
+    $("flag-note").value = "";
+    $("flag-dialog").showModal();
+    $("flag-note").focus();
+  }
+
+  // -- wiring ----------------------------------------------------------------------------------
+
+  document.addEventListener("DOMContentLoaded", () => {
+    showCounts();
+    hrlm.setupSignIn(loadNext);
+    $("answer-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      save();
+    });
+    $("accept").addEventListener("click", () => send("accept"));
+    $("skip").addEventListener("click", () => send("skip"));
+    $("flag").addEventListener("click", openFlag);
+    $("refresh").addEventListener("click", () => loadNext().catch((err) => say(err.message, "error")));
+    const dialog = $("flag-dialog");
+    $("flag-note").addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && !event.shiftKey) {
+        event.preventDefault();
+        dialog.close("flag");
+      }
+    });
+    dialog.addEventListener("close", () => {
+      if (dialog.returnValue === "flag") {
+        const note = $("flag-note").value.trim();
+        send("flag", note ? { note } : undefined);
+      }
+      dialog.returnValue = "";
+    });
+
+    document.addEventListener("keydown", (event) => {
+      if ($("workspace").hidden || !hrlm.isShortcut(event)) return;
+      const key = event.key;
+      if (!item) {
+        if (key === "r" || key === "R") {
+          event.preventDefault();
+          loadNext().catch((err) => say(err.message, "error"));
+        }
+        return;
+      }
+      if (/^[1-9]$/.test(key)) {
+        event.preventDefault();
+        choose(Number(key) - 1);
+      } else if (key === "Enter") {
+        if (event.target && event.target.tagName === "BUTTON") return; // the button's own click
+        event.preventDefault();
+        save();
+      } else if (key === "a" || key === "A") {
+        event.preventDefault();
+        send("accept");
+      } else if (key === "s" || key === "S") {
+        event.preventDefault();
+        send("skip");
+      } else if (key === "f" || key === "F") {
+        event.preventDefault();
+        openFlag();
+      } else if (key === "Escape") {
+        reset();
+      }
+    });
+  });
+})();
