@@ -100,7 +100,9 @@ def train_seed_model(seed_file: Path, out: Path, args: argparse.Namespace, seed:
 class Service:
     """``hrlm serve`` on the registry of a fresh database, with a client, a reviewer and an admin token."""
 
-    def __init__(self, model: Path, work: Path, policy: dict[str, str], args: argparse.Namespace) -> None:
+    def __init__(
+        self, model: Path, work: Path, policy: dict[str, str], files: dict[str, Path], args: argparse.Namespace
+    ) -> None:
         from hrlm.registry import Registry
         from hrlm.store import create_user, make_engine, upgrade
 
@@ -127,6 +129,8 @@ class Service:
             "HRLM_REVIEW_CONFIDENCE_BELOW": "0",
             "HRLM_PROMOTE_MARGIN": "-1",
             "HRLM_MAX_TEXTS": "256",
+            "HRLM_TRAIN_DATA": str(files["seed"]),
+            "HRLM_HOLDOUT_DATA": str(files["holdout"]),
             **policy,
         }
         if args.threads:
@@ -182,7 +186,7 @@ def run_strategy(strategy: str, files: dict[str, Any], model: Path, args: argpar
     labelled: set[str] = set()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix=f"hrlm-al-{strategy}-") as tmp:
-        service = Service(model, Path(tmp), policy, args)
+        service = Service(model, Path(tmp), policy, files["files"], args)
         try:
             n_feedback = 0
             for rnd in range(1, args.rounds + 1):
@@ -315,7 +319,7 @@ def main() -> None:
             model = train_seed_model(files["files"]["seed"], work / "seed-model", args, seed)
             print(f"[seed {seed}] seed model on {files['n_seed']} labels in {time.perf_counter() - t0:.0f}s")
             for strategy in args.strategies:
-                rows += run_strategy(strategy, {**files, **files["files"]}, model, args, seed)
+                rows += run_strategy(strategy, files, model, args, seed)
 
     final_random = [r for r in rows if r["strategy"] == "random" and r["round"] == args.rounds]
     summary: dict[str, Any] = {}

@@ -1,7 +1,9 @@
 """The web pages in a real browser (Playwright driving Debian's chromium) against a real uvicorn server.
 
 A reviewer signs in, corrects an item with the keyboard alone, and the correction is in the database;
-an admin signs in, starts a retrain, and sees its result (the gate's decision) on the admin page.
+an admin signs in, starts a retrain, sees its result (the gate promoted the candidate) on the admin
+page, rolls production back to the first version and promotes the retrained one again: predict,
+review, retrain, gate, promote, rollback, all through the real service and a real browser.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def server(trained_model: Path, tickets_csv: Path, tmp_path: Path) -> Iterator[d
     url = f"sqlite:///{tmp_path / 'hrlm.db'}"
     tokens = add_users(url)
     engine = make_engine(url)
-    Registry(engine, tmp_path / "models").register(trained_model, actor="test", stage="production")
+    version = Registry(engine, tmp_path / "models").register(trained_model, actor="test", stage="production").version
     with tickets_csv.open(encoding="utf-8") as fh:
         seen = {row["text"] for row in csv.DictReader(fh)}
     holdout = write_csv(tmp_path / "holdout.csv", [r for r in make_texts(8, seed=99) if r[0] not in seen])
@@ -59,7 +61,7 @@ def server(trained_model: Path, tickets_csv: Path, tmp_path: Path) -> Iterator[d
         registry_dir=str(tmp_path / "models"),
         train_data=str(tickets_csv),
         holdout_data=str(holdout),
-        promote_margin=1.0,  # nothing beats production by a whole F1 point: the gate rejects, deterministically
+        promote_margin=-1.0,  # every candidate passes: the gate promotes, deterministically
         review_fill_s=0.2,
         review_confidence_below=1.0,
         review_random_fraction=0.0,
@@ -77,7 +79,13 @@ def server(trained_model: Path, tickets_csv: Path, tmp_path: Path) -> Iterator[d
             pytest.fail("uvicorn did not start within 60 s")
         time.sleep(0.05)
     try:
-        yield {"base": f"http://127.0.0.1:{port}", "tokens": tokens, "engine": engine}
+        yield {
+            "base": f"http://127.0.0.1:{port}",
+            "tokens": tokens,
+            "engine": engine,
+            "registry_dir": tmp_path / "models",
+            "version": version,
+        }
     finally:
         srv.should_exit = True
         thread.join(30)
@@ -108,7 +116,9 @@ def test_reviewer_corrects_an_item_with_the_keyboard_and_admin_sees_the_retrain_
     server: dict[str, Any], browser: Any
 ) -> None:
     import httpx
+    from playwright.sync_api import expect
 
+    from hrlm.registry import Registry
     from hrlm.store.tables import review_feedback
 
     base, tokens = server["base"], server["tokens"]
@@ -132,7 +142,7 @@ def test_reviewer_corrects_an_item_with_the_keyboard_and_admin_sees_the_retrain_
     page.keyboard.press(str(index + 1))
     assert page.locator("#submit-text").inner_text() == "Save correction"
     page.keyboard.press("Enter")
-    page.locator("#status").get_by_text("Corrected to").wait_for(timeout=10_000)
+    page.locator("#status").get_by_text("Corrected to").wait_for(timeout=30_000)
     assert page.locator("#n-correct").inner_text() == "1"
     with server["engine"].connect() as conn:
         row = conn.execute(select(review_feedback)).mappings().one()
@@ -143,8 +153,10 @@ def test_reviewer_corrects_an_item_with_the_keyboard_and_admin_sees_the_retrain_
         "reviewer",
     )
     assert row["previous_label"] == suggestion
-    page.keyboard.press("s")  # the next item, skipped with one key
-    page.locator("#status").get_by_text("Skipped").wait_for(timeout=10_000)
+    # the next item (once it is on the page), skipped with one key
+    expect(page.locator("#item-id")).not_to_have_text(f"#{item_id}", timeout=30_000)
+    page.keyboard.press("s")
+    page.locator("#status").get_by_text("Skipped").wait_for(timeout=30_000)
     assert errors == []
 
     # -- the admin ---------------------------------------------------------------------------------
@@ -154,15 +166,31 @@ def test_reviewer_corrects_an_item_with_the_keyboard_and_admin_sees_the_retrain_
     admin.get_by_label("API token").fill(tokens.admin)
     admin.get_by_role("button", name="Sign in").click()
     admin.locator("#workspace").wait_for(state="visible")
-    admin.locator("#t-done").get_by_text("1").wait_for(timeout=10_000)
-    admin.locator("#models tbody").get_by_text("production", exact=True).wait_for(timeout=10_000)
+    admin.locator("#t-done").get_by_text("1").wait_for(timeout=30_000)
+    admin.locator("#models tbody").get_by_text("production", exact=True).wait_for(timeout=30_000)
     admin.get_by_role("button", name="Retrain now").click()
     finished = admin.locator('#jobs tbody tr[data-state="succeeded"], #jobs tbody tr[data-state="failed"]')
     finished.first.wait_for(timeout=240_000)
     text = finished.first.inner_text().lower()
     assert finished.first.get_attribute("data-state") == "succeeded", text
-    assert "rejected" in text and "macro f1" in text
-    admin.locator("#models").get_by_text("rejected").wait_for(timeout=15_000)  # the candidate, kept with its report
+    assert "promoted" in text and "macro f1" in text
+    registry = Registry(server["engine"], server["registry_dir"])
+    first, retrained = server["version"], registry.production()
+    assert retrained is not None and retrained.origin == "retrain" and retrained.parent == first
+    models = admin.locator("#models tbody")
+    models.locator("tr", has_text=first).get_by_text("archived").wait_for(timeout=15_000)
     admin.get_by_role("button", name="Reports").first.click()
     admin.locator("#report-body").wait_for(state="visible")
+    admin.keyboard.press("Escape")
+
+    # roll back to the first version, then promote the retrained one again, from the page
+    admin.get_by_role("button", name="Roll back production").click()
+    admin.get_by_label("Reason (kept in the audit log)").fill("browser test: rollback")
+    admin.get_by_role("button", name="Confirm").click()
+    models.locator("tr", has_text=first).get_by_text("production", exact=True).wait_for(timeout=15_000)
+    assert registry.get(retrained.version).stage == "archived"
+    models.locator("tr", has_text=retrained.version).get_by_role("button", name="Promote").click()
+    admin.get_by_role("button", name="Confirm").click()
+    models.locator("tr", has_text=retrained.version).get_by_text("production", exact=True).wait_for(timeout=15_000)
+    assert [e.action for e in registry.history(retrained.version)][-2:] == ["rollback", "promote"]
     assert admin_errors == []

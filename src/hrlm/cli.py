@@ -418,12 +418,18 @@ def demo(
         "demo-output"
     ),
     epochs: Annotated[float, typer.Option(help="Passes over the sample tickets.")] = 6.0,
+    serve: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="End by serving the model with the review pages.")
+    ] = True,
+    port: Annotated[int, typer.Option(help="Port of the demo service on 127.0.0.1.")] = 8000,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Train a helpdesk-ticket router on the packaged sample tickets, report, and predict."""
-    from hrlm.demo import run_demo
+    """Train a helpdesk-ticket router on the sample tickets, report, predict, then serve it for review."""
+    from hrlm.demo import run_demo, serve_demo
 
-    run_demo(out, epochs=epochs, progress=not quiet, console=out_console)
+    result = run_demo(out, epochs=epochs, progress=not quiet, console=out_console)
+    if serve:
+        serve_demo(result, out, port=port, console=out_console)
 
 
 # Commands kept in their own modules; importing them registers them on `app`.
