@@ -24,7 +24,7 @@ from hrlm.registry import Registry
 
 log = logging.getLogger("hrlm.service")
 
-CPU_MAX_TOKENS = 512
+CPU_MAX_TOKENS = 384
 
 
 @dataclass(frozen=True)
@@ -166,10 +166,12 @@ class LoadedModel:
     ) -> LoadedModel:
         """Load ``ref`` and run one text through it, so that the first request is not the slow one.
 
-        ``max_tokens`` is the Predictor's token budget per forward pass; ``None`` is 512 on a CPU and
-        the Predictor's default on a GPU. Measured on MiniLM-L6, one thread, bf16, in calls of 32 ticket
-        texts: 95 docs/s at 512, 83 at 1024, 69 at 4096 (a long ticket no longer pads its whole
-        micro-batch); IMDB reviews (512-token windows) ran at the same speed with every budget.
+        ``max_tokens`` is the Predictor's token budget per forward pass; ``None`` is 384 on a CPU and
+        the Predictor's default on a GPU. Measured on MiniLM-L6, one thread, bf16, the 739 sample tickets
+        in calls of 31 (the service's micro-batches) and in one call: 131 / 137 docs/s at 256,
+        129 / 152 at 384, 117 / 151 at 512, 115 / 156 at 1024 (a small budget splits a micro-batch of
+        mixed lengths so short texts are not padded to a long one); IMDB reviews (512-token windows)
+        ran at the same speed with every budget from 512 to 4096.
         """
         from hrlm.inference import Predictor
 

@@ -46,7 +46,7 @@ class ServiceSettings(BaseSettings):
     max_tokens: int | None = Field(
         default=None,
         ge=64,
-        description="Token budget of one forward pass (default: 512 on a CPU, the Predictor's on a GPU). A "
+        description="Token budget of one forward pass (default: 384 on a CPU, the Predictor's on a GPU). A "
         "micro-batch mixes lengths; a small budget splits it by length so short texts are not padded to a long one.",
     )
     # micro-batching
