@@ -19,6 +19,7 @@ from rich.table import Table
 
 from hrlm.cli import _handles_errors, app, err_console, out_console
 from hrlm.cli_registry import Config, DatabaseUrl, RegistryDir, actor
+from hrlm.cli_service import migrated_store
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -27,20 +28,6 @@ if TYPE_CHECKING:
 
 jobs_app = typer.Typer(help="Background jobs (retraining): list, show.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
-
-
-@contextmanager
-def _opened(config: Path | None, **flags: Any) -> Iterator[tuple[ServiceSettings, Engine]]:
-    from hrlm.service.settings import ServiceSettings
-    from hrlm.store import make_engine, upgrade
-
-    settings = ServiceSettings.load(config, **flags)
-    engine = make_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
-    try:
-        upgrade(engine)
-        yield settings, engine
-    finally:
-        engine.dispose()
 
 
 @app.command()
@@ -78,7 +65,7 @@ def retrain(
     params |= {k: str(v.expanduser().resolve()) for k, v in (("data", data), ("holdout", holdout)) if v is not None}
     params = {k: v for k, v in params.items() if v is not None}
     flags = {"database_url": database_url, "registry_dir": str(registry_dir) if registry_dir else None}
-    with _opened(config, **flags) as (settings, engine):
+    with migrated_store(config, **flags) as (settings, engine):
         if enqueue:
             job_id = _enqueue(settings, engine, params)
             if wait:
@@ -215,7 +202,7 @@ def jobs_list(
     """List jobs, newest first (jobs of a worker that stopped are marked failed first)."""
     from hrlm.jobs import JobStore
 
-    with _opened(config, database_url=database_url) as (settings, engine):
+    with migrated_store(config, database_url=database_url) as (settings, engine):
         store = JobStore(engine)
         store.fail_stale(settings.job_stale_s)
         rows = store.list(limit=limit)
@@ -248,7 +235,7 @@ def jobs_show(
     """One job: state, progress, timings, and its result (the gate's table) or error."""
     from hrlm.jobs import JobStore
 
-    with _opened(config, database_url=database_url) as (settings, engine):
+    with migrated_store(config, database_url=database_url) as (settings, engine):
         store = JobStore(engine)
         store.fail_stale(settings.job_stale_s)
         job = store.find(job_id)

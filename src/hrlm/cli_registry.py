@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from hrlm.cli import _handles_errors, app, out_console
-from hrlm.cli_service import DB_HELP, SERVE_CONFIG_HELP
+from hrlm.cli_service import DB_HELP, SERVE_CONFIG_HELP, migrated_store
 
 if TYPE_CHECKING:
     from hrlm.registry import Registry, VersionInfo
@@ -50,18 +50,10 @@ def actor() -> str:
 @contextmanager
 def _registry(config: Path | None, database_url: str | None, registry_dir: Path | None) -> Iterator[Registry]:
     from hrlm.registry import Registry
-    from hrlm.service.settings import ServiceSettings
-    from hrlm.store import make_engine, upgrade
 
-    settings = ServiceSettings.load(
-        config, database_url=database_url, registry_dir=str(registry_dir) if registry_dir is not None else None
-    )
-    engine = make_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
-    try:
-        upgrade(engine)
+    flags = {"database_url": database_url, "registry_dir": str(registry_dir) if registry_dir is not None else None}
+    with migrated_store(config, **flags) as (settings, engine):
         yield Registry(engine, settings.registry_dir)
-    finally:
-        engine.dispose()
 
 
 def _macro_f1(metrics: dict[str, Any] | None) -> str:

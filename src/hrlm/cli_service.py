@@ -5,14 +5,21 @@ Registered on :data:`hrlm.cli.app` when :mod:`hrlm.cli` is imported.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from hrlm.cli import BACKEND_HELP, _handles_errors, app, err_console, out_console
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from hrlm.service.settings import ServiceSettings
 
 DB_HELP = (
     "Database URL: sqlite:///FILE or postgresql://USER@HOST/DB. (default: $HRLM_DATABASE_URL, else sqlite:///hrlm.db)"
@@ -25,14 +32,22 @@ app.add_typer(users_app, name="users")
 app.add_typer(db_app, name="db")
 
 
-def _migrated_engine(config: Path | None, database_url: str | None) -> Any:
+@contextmanager
+def migrated_store(config: Path | None, **flags: Any) -> Iterator[tuple[ServiceSettings, Engine]]:
+    """The service settings (``[serve]`` of ``config`` < ``HRLM_*`` < ``flags``) and their migrated database.
+
+    The engine is disposed when the block ends; ``None`` flags are ignored.
+    """
     from hrlm.service.settings import ServiceSettings
     from hrlm.store import make_engine, upgrade
 
-    settings = ServiceSettings.load(config, database_url=database_url)
+    settings = ServiceSettings.load(config, **flags)
     engine = make_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
-    upgrade(engine)
-    return engine
+    try:
+        upgrade(engine)
+        yield settings, engine
+    finally:
+        engine.dispose()
 
 
 @users_app.command("add")
@@ -46,11 +61,8 @@ def users_add(
     """Create a user and print their API token, alone on the last line (it is shown only this once)."""
     from hrlm.store import create_user
 
-    engine = _migrated_engine(config, database_url)
-    try:
+    with migrated_store(config, database_url=database_url) as (_, engine):
         token = create_user(engine, name, role)
-    finally:
-        engine.dispose()
     typer.echo(f"created user {name} with role {role}; keep this token now, it is not shown again:")
     typer.echo(token)
 
@@ -64,11 +76,8 @@ def users_list(
     """List users, their roles and whether they are revoked (tokens are never shown)."""
     from hrlm.store import list_users
 
-    engine = _migrated_engine(config, database_url)
-    try:
+    with migrated_store(config, database_url=database_url) as (_, engine):
         rows = list_users(engine)
-    finally:
-        engine.dispose()
     table = Table(title=f"{len(rows)} users")
     for col in ("name", "role", "created", "revoked", "active tokens"):
         table.add_column(col)
@@ -88,11 +97,8 @@ def users_revoke(
     """Revoke a user and every token of theirs (a running service notices within auth_cache_s, 5 s)."""
     from hrlm.store import revoke_user
 
-    engine = _migrated_engine(config, database_url)
-    try:
+    with migrated_store(config, database_url=database_url) as (_, engine):
         n = revoke_user(engine, name)
-    finally:
-        engine.dispose()
     out_console.print(f"revoked user {escape(name)} ({n} token{'s' if n != 1 else ''})", soft_wrap=True)
 
 
@@ -105,13 +111,10 @@ def db_upgrade(
     """Apply the database migrations (hrlm serve also does at start)."""
     from hrlm.store.db import current_revision, describe
 
-    engine = _migrated_engine(config, database_url)
-    try:
+    with migrated_store(config, database_url=database_url) as (_, engine):
         out_console.print(
             f"{describe(engine)} is at revision {current_revision(engine)} (head)", highlight=False, soft_wrap=True
         )
-    finally:
-        engine.dispose()
 
 
 @app.command()
