@@ -8,7 +8,8 @@ For each dataset (short texts: the packaged helpdesk tickets, about 30 tokens ea
 test reviews from ``--imdb``, skipped when absent) the script measures, in one run and with one model:
 
 - ``Predictor offline``: ``Predictor.predict`` on all the requests' texts in one call, in this
-  process (length-sorted batches: the best the library does without a server);
+  process (length-sorted batches, short texts packed into shared rows: the best the library does
+  without a server);
 - ``service batching on`` and ``service batching off``: ``hrlm serve`` started as a subprocess on a
   free loopback port with a fresh SQLite database (every prediction stored, ``synchronous=FULL``),
   then ``--clients`` concurrent clients, each on its own keep-alive connection, sending one text per
@@ -20,6 +21,8 @@ of this shared machine weighs on both sides. The clients speak raw HTTP/1.1 over
 a full HTTP client library costs more CPU per request than the server's own work, and on two cores
 that would measure the client. Reported per row: docs/s, p50/p95/p99 latency, errors (non-200 or
 not stored), mean texts per model call (from /metrics), and docs/s relative to offline.
+The whole measurement is repeated ``--repeats`` times (default 3): on a shared two-core machine one
+run's ratio moves by several points, so the summary gives each run's figures and their median.
 Writes ``benchmarks/results/service_load-<dataset>.json``.
 """
 
@@ -35,6 +38,7 @@ import os
 import random
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -265,6 +269,22 @@ async def load(server: Server, texts: list[str], n_requests: int, clients: int) 
 
 
 def run_dataset(name: str, texts: list[str], n_requests: int, args: argparse.Namespace) -> dict[str, Any]:
+    """``--repeats`` runs of :func:`run_once`; the summary holds each run's figures and their median."""
+    runs = []
+    for i in range(args.repeats):
+        print(f"[{name}] run {i + 1} of {args.repeats}", flush=True)
+        runs.append(run_once(name, texts, n_requests, args))
+    rows = [{"run": i + 1, **row} for i, run in enumerate(runs) for row in run["rows"]]
+    summary: dict[str, Any] = {"runs": len(runs)}
+    for key in ("service_vs_offline", "batching_speedup"):
+        values = [run["summary"][key] for run in runs]
+        summary[key] = round(statistics.median(values), 3)
+        summary[f"{key}_per_run"] = values
+    summary["zero_errors"] = all(run["summary"]["zero_errors"] for run in runs)
+    return {"rows": rows, "summary": summary}
+
+
+def run_once(name: str, texts: list[str], n_requests: int, args: argparse.Namespace) -> dict[str, Any]:
     used = [texts[i % len(texts)] for i in range(n_requests)]
     print(f"[{name}] {n_requests} requests over {len(texts)} distinct texts, {args.clients} clients", flush=True)
     before = offline_docs_per_s(args.model, used, args)
@@ -323,6 +343,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads of the model (default: all cores)")
     parser.add_argument("--max-tokens", type=int, default=None, help="token budget per forward pass (service default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="whole runs per dataset; the summary is their median (noisy machines)"
+    )
     args = parser.parse_args()
 
     datasets: list[tuple[str, str, list[str], int]] = [
@@ -352,6 +375,7 @@ def main() -> None:
                     "max_wait_ms": args.max_wait_ms,
                     "threads": args.threads,
                     "max_tokens": args.max_tokens,
+                    "repeats": args.repeats,
                     "store": "sqlite, synchronous=FULL, redacted text",
                 },
                 **result,

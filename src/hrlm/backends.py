@@ -40,6 +40,7 @@ from torch import nn
 from hrlm.config import BACKENDS, check_choice
 from hrlm.errors import ConfigError, ModelError
 from hrlm.modeling import HrlmModel, ModelMeta, encoder_layers
+from hrlm.packing import Packed
 
 log = logging.getLogger("hrlm")
 
@@ -75,9 +76,14 @@ class Backend:
 
     name: str = ""
     device = torch.device("cpu")
+    # Whether :meth:`packed` runs windows packed several to a row (see :mod:`hrlm.packing`).
+    supports_packing = False
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def packed(self, batch: Packed) -> dict[str, np.ndarray]:
+        raise NotImplementedError(f"backend {self.name} does not run packed batches")
 
 
 class TorchBackend(Backend):
@@ -88,11 +94,18 @@ class TorchBackend(Backend):
         self.device = device
         self.precision = precision
         self.name = name or f"torch-{precision}"
+        self.supports_packing = model.supports_packing
 
     @torch.inference_mode()
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, np.ndarray]:
         with autocast(self.device, self.precision):
             logits = self.model(ids.to(self.device), mask.to(self.device))
+        return {name: value.float().cpu().numpy() for name, value in logits.items()}
+
+    @torch.inference_mode()
+    def packed(self, batch: Packed) -> dict[str, np.ndarray]:
+        with autocast(self.device, self.precision):
+            logits = self.model.packed(batch.to(self.device))
         return {name: value.float().cpu().numpy() for name, value in logits.items()}
 
 

@@ -23,6 +23,8 @@ from hrlm.backends import cpu_has_fast_bf16 as cpu_has_fast_bf16
 from hrlm.config import AGGREGATIONS, DEVICES, PRECISIONS, TRUNCATE_MODES, check_choice
 from hrlm.errors import ConfigError
 from hrlm.modeling import HrlmModel, ModelMeta, TaskSpec, load_model
+from hrlm.packing import collate_packed, plan
+from hrlm.packing import length_batches as length_batches  # re-exported: part of the public API
 from hrlm.text import Encoded, encode_documents
 
 
@@ -57,38 +59,6 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def length_batches(
-    lengths: Sequence[int], *, max_tokens: int, max_batch: int, max_padding: float = 0.2
-) -> list[list[int]]:
-    """Indices grouped into batches of similar length whose padded size stays under ``max_tokens``.
-
-    A batch of at least 8 rows also closes rather than let padding exceed ``max_padding`` of its
-    tokens: padding is compute spent on nothing.
-
-    Example:
-        >>> length_batches([5, 100, 6, 98], max_tokens=200, max_batch=8)
-        [[0, 2], [3, 1]]
-    """
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches: list[list[int]] = []
-    current: list[int] = []
-    real = 0
-    for i in order:
-        longest = lengths[i]  # ascending order: the newcomer is the longest
-        if current:
-            padded = (len(current) + 1) * longest
-            too_big = len(current) + 1 > max_batch or padded > max_tokens
-            wasteful = len(current) >= 8 and padded - real - longest > max_padding * padded
-            if too_big or wasteful:
-                batches.append(current)
-                current, real = [], 0
-        current.append(i)
-        real += longest
-    if current:
-        batches.append(current)
-    return batches
-
-
 def collate(windows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad a batch of id lists to its longest member."""
     width = max(len(w) for w in windows)
@@ -108,22 +78,34 @@ def window_logits(
     max_tokens: int = 16384,
     max_batch: int = 128,
     progress: Any = None,
+    packing: bool = True,
 ) -> dict[str, np.ndarray]:
     """Logits of every window for every task, in the windows' order.
 
     Windows are sorted by length and packed into batches under a token budget, each padded only
-    to its own longest window.
+    to its own longest window. Where the backend can and it saves at least 10% of the token slots
+    (mixed lengths, few windows: a service's micro-batch), short windows are instead packed several
+    to a row (see :mod:`hrlm.packing`) and those rows batched under the same budget.
     """
     lengths = [len(w) for w in windows]
+    rows, batches = plan(
+        lengths, max_tokens=max_tokens, max_batch=max_batch, packing=packing and backend.supports_packing
+    )
     out: dict[str, np.ndarray] = {}
-    for batch in length_batches(lengths, max_tokens=max_tokens, max_batch=max_batch):
-        ids, mask = collate([windows[i] for i in batch], pad_id)
-        for name, value in backend(ids, mask).items():
+    for batch in batches:
+        if rows:
+            members = [rows[r] for r in batch]
+            order = [i for row in members for i in row]
+            logits = backend.packed(collate_packed(windows, members, pad_id))
+        else:
+            order = batch
+            logits = backend(*collate([windows[i] for i in batch], pad_id))
+        for name, value in logits.items():
             if name not in out:
                 out[name] = np.zeros((len(windows), value.shape[1]), dtype=np.float32)
-            out[name][batch] = value
+            out[name][order] = value
         if progress is not None:
-            progress(len(batch))
+            progress(len(order))
     return out
 
 
@@ -194,6 +176,8 @@ class Predictor:
         truncate: read long texts differently from training (``none`` = windows, ``head``, ``head+tail``).
         max_length: tokens per window (default: the model's).
         folder: the model folder, where exported ONNX files are looked for.
+        packing: let short windows share rows where that saves compute (see :mod:`hrlm.packing`);
+            off gives plain length-sorted padded batches.
 
     Example:
         >>> p = Predictor.from_dir("runs/tickets")  # doctest: +SKIP
@@ -217,6 +201,7 @@ class Predictor:
         truncate: str | None = None,
         max_length: int | None = None,
         folder: str | os.PathLike[str] | None = None,
+        packing: bool = True,
     ) -> None:
         if truncate is not None:
             check_choice("truncate", truncate, TRUNCATE_MODES)
@@ -240,6 +225,7 @@ class Predictor:
         self.meta = meta
         self.max_tokens = max_tokens or (4096 if self.device.type == "cpu" else 16384)
         self.max_batch = max_batch
+        self.packing = packing
         self.pad_id = int(tokenizer.pad_token_id or 0)
         self.truncate = truncate or meta.truncate
         self.max_length = max_length or meta.max_length
@@ -289,6 +275,7 @@ class Predictor:
                 max_tokens=self.max_tokens,
                 max_batch=self.max_batch,
                 progress=lambda n: bar.update(advance=n),
+                packing=self.packing,
             )
         finally:
             bar.close()
