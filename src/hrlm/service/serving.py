@@ -24,10 +24,12 @@ from hrlm.registry import Registry
 
 log = logging.getLogger("hrlm.service")
 
-# Token budget of one forward pass on a CPU. A micro-batch of ~30 tickets (~1,000 tokens) packed into
-# rows runs as one pass. Measured at one thread (MiniLM, bf16, median of 3), calls of 29 tickets ran
-# at 137 docs/s with 1,024, 132 with 768, 122 with 384 and 126 with 2,048.
-CPU_MAX_TOKENS = 1024
+# Token budget of one forward pass on a CPU, measured with benchmarks/service_load.py (tickets, 32
+# clients, one model thread, packing on): 384 served 0.80, 0.76, 0.78, 0.69, 0.74 and 0.76 of offline
+# docs/s in six runs, 1,024 0.67, 0.79, 0.69 and 0.67 in four, though calls of 29 tickets alone ran
+# faster at 1,024 (137 against 122 docs/s; a shorter pass probably lets answers go out and requests
+# come in sooner under load). 512 served 0.74 before packing.
+CPU_MAX_TOKENS = 384
 
 
 @dataclass(frozen=True)
