@@ -347,6 +347,8 @@ def main() -> None:
         "--repeats", type=int, default=3, help="whole runs per dataset; the summary is their median (noisy machines)"
     )
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: give at least 1")
 
     datasets: list[tuple[str, str, list[str], int]] = [
         ("helpdesk_tickets", "packaged helpdesk_tickets.csv + incoming_tickets.csv", short_texts(), args.short_requests)

@@ -10,8 +10,8 @@ window alone, up to float rounding.
 Batch planning lives here too: :func:`length_batches` (sort, token budget, dynamic padding) and
 :func:`plan`, which decides per call: packed rows when they cost at least 10% less than
 length-sorted padded batches (token slots, attention's growth with the row width, a fixed cost per
-forward pass), padded batches otherwise. A large set of windows sorts into batches with almost no padding, so packing
-matters most for small calls of mixed lengths.
+forward pass), padded batches otherwise. A large set of windows sorts into batches with almost no
+padding, so packing matters most for small calls of mixed lengths.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ import torch
 # Row widths tried; the one that needs the fewest token slots (attention included) wins.
 WIDTHS = (64, 96, 128, 160, 192, 256)
 # Attention's cost per token grows with the row width. Relative to the linear layers it is
-# width / (6 * hidden) in FLOPs, and PyTorch's CPU SDPA kernel runs at about a third of the linear
-# layers' rate (measured, bf16, hidden 384): about 1/512 per token of width for MiniLM. Wider models
+# width / (6 * hidden) in FLOPs, and PyTorch's CPU SDPA kernel runs at a quarter or less of the
+# linear layers' rate (measured, bf16, hidden 384): about 1/512 per token of width for MiniLM. Wider models
 # weigh attention less, so for them this errs toward narrower rows.
 ATTENTION_COST = 1 / 512
-# Packing must save at least this fraction of token slots; below it the mask's cost is not repaid.
+# Packing must save at least this fraction of the estimated cost: the estimate is rough.
 MIN_SAVING = 0.10
 # A forward pass costs about as much as this many tokens before it computes any (Python, kernel
 # launches, small matrices: measured on MiniLM at one thread, 7-8 ms against 0.14 ms per token).
