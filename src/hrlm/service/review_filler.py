@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
 from sqlalchemy import Engine
 
 from hrlm.feedback import ReviewPolicy, fill_queue
+from hrlm.service.periodic import Periodic, describe
 
 log = logging.getLogger("hrlm.service")
 FILL_LIMIT = 5000  # predictions read per transaction; a backlog is read in several
 
 
-class QueueFiller:
+class QueueFiller(Periodic):
     """Runs :func:`hrlm.feedback.fill_queue` on a timer (and on demand through :meth:`fill`).
 
     Args:
@@ -24,15 +24,12 @@ class QueueFiller:
         every_s: seconds between fills; 0 fills only on demand (``POST /v1/review/fill``).
     """
 
+    name = "hrlm-review-fill"
+
     def __init__(self, engine: Engine, policy: ReviewPolicy, every_s: float) -> None:
+        super().__init__(every_s)
         self.engine = engine
         self.policy = policy
-        self.every_s = every_s
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        if self.every_s > 0:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="hrlm-review-fill")
 
     async def fill(self) -> dict[str, Any]:
         """Fill until the predictions are all read; the totals of every round."""
@@ -50,19 +47,10 @@ class QueueFiller:
             if result["scanned"] < FILL_LIMIT:
                 return total
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.every_s)
-            try:
-                result = await self.fill()
-                if result["queued"]:
-                    log.info("review queue: %d new items from %d predictions", result["queued"], result["scanned"])
-            except Exception as exc:  # the database may be away for a while; the next round tries again
-                log.warning("filling the review queue failed: %s: %s", type(exc).__name__, str(exc).splitlines()[:1])
+    async def tick(self) -> None:
+        result = await self.fill()
+        if result["queued"]:
+            log.info("review queue: %d new items from %d predictions", result["queued"], result["scanned"])
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    def failure(self, exc: Exception) -> str:
+        return f"filling the review queue failed: {describe(exc)}"

@@ -10,8 +10,6 @@ a promotion or rollback made from the CLI, in another process, takes effect with
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -21,6 +19,7 @@ from typing import Any, Protocol
 
 from hrlm.errors import ConfigError, NotFound
 from hrlm.registry import Registry
+from hrlm.service.periodic import Periodic
 
 log = logging.getLogger("hrlm.service")
 
@@ -109,40 +108,24 @@ class RegistrySource:
         return refs
 
 
-class RegistryFollower:
+class RegistryFollower(Periodic):
     """Calls ``reload`` every ``every`` seconds, so that the service follows the registry's production stage.
 
     A failed check (the database away, the new version's folder damaged) is logged once and retried;
     the loaded model keeps answering meanwhile.
     """
 
+    name = "hrlm-registry-follower"
+
     def __init__(self, reload: Callable[[], Awaitable[bool]], every: float) -> None:
+        super().__init__(every)
         self.reload = reload
-        self.every = every
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        if self.every > 0:
-            self._task = asyncio.create_task(self._run(), name="hrlm-registry-follower")
+    async def tick(self) -> None:
+        await self.reload()
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        failing: str | None = None
-        while True:
-            await asyncio.sleep(self.every)
-            try:
-                await self.reload()
-                failing = None
-            except Exception as exc:  # keep following: the next check may succeed
-                if str(exc) != failing:
-                    log.warning("cannot follow the model registry: %s; still serving the loaded model", exc)
-                failing = str(exc)
+    def failure(self, exc: Exception) -> str:
+        return f"cannot follow the model registry: {exc}; still serving the loaded model"
 
 
 def find_version(source: ModelSource, version: str) -> ModelRef:
