@@ -12,7 +12,7 @@ import torch
 from hrlm.backends import TorchBackend
 from hrlm.inference import Predictor, window_logits
 from hrlm.modeling import HrlmModel, TaskSpec, build_model
-from hrlm.packing import best_rows, candidate_widths, collate_packed, length_batches, pack_rows, plan_cost
+from hrlm.packing import best_rows, collate_packed, pack_rows, slot_cost
 from tests.conftest import make_texts
 
 TASKS = [TaskSpec("label", ["a", "b", "c"])]
@@ -31,23 +31,12 @@ def test_pack_rows_places_every_window_once_within_the_width(seed: int) -> None:
     assert len(rows) <= sum(n > 32 for n in lengths) + sum(n for n in lengths if n <= 32) / 32 + 2
 
 
-def test_best_rows_picks_the_cheapest_width_for_the_budget() -> None:
-    lengths = [10, 20, 30, 40, 50] * 6  # a micro-batch of mixed lengths
-    rows, batches, cost = best_rows(lengths, max_tokens=384, max_batch=128)
-    assert sorted(i for row in rows for i in row) == list(range(30))
-    assert len(rows) <= 15
-    assert cost < 0.9 * plan_cost(lengths, length_batches(lengths, max_tokens=384, max_batch=128))
-    for width in candidate_widths(384):  # no single width does better
-        widths = [sum(lengths[i] for i in row) for row in pack_rows(lengths, width)]
-        assert cost <= plan_cost(widths, length_batches(widths, max_tokens=384, max_batch=128))
-    assert all(sum(sum(lengths[i] for i in rows[r]) for r in b) <= 384 for b in batches)
-    rows, _, _ = best_rows([10] * 6 + [200], max_tokens=256, max_batch=128)
-    assert sorted(len(r) for r in rows) == [1, 6]  # the long window alone, the short ones together
-
-
-def test_candidate_widths_include_the_budgets_divisors() -> None:
-    assert candidate_widths(384) == [64, 76, 96, 128, 160, 192, 256, 384]
-    assert max(candidate_widths(200)) == 200
+def test_best_rows_picks_the_width_that_fills_rows() -> None:
+    rows, cost = best_rows([40] * 12)  # 64-wide rows would hold one each, 160 four, 256 six
+    assert sorted(len(r) for r in rows) == [4] * 3
+    assert cost == slot_cost([160] * 3) < min(slot_cost([64] * 12), slot_cost([256] * 2))
+    rows, _ = best_rows([10] * 6 + [200])  # the long window alone, the short ones together
+    assert sorted(len(r) for r in rows) == [1, 6]
 
 
 def test_collate_packed_lays_windows_end_to_end() -> None:

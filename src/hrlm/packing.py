@@ -136,36 +136,15 @@ def padded_cost(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> flo
     return slot_cost(widths)
 
 
-def plan_cost(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
-    """Estimated cost of running ``batches`` of rows of ``lengths``: :func:`padded_cost` plus
-    :data:`FORWARD_COST` per forward pass."""
-    return padded_cost(lengths, batches) + FORWARD_COST * len(batches)
-
-
-def candidate_widths(max_tokens: int) -> list[int]:
-    """Row widths worth trying: :data:`WIDTHS`, and the widths that divide the token budget evenly."""
-    divisors = {max_tokens // k for k in range(1, 9) if max_tokens // k >= WIDTHS[0]}
-    return sorted(w for w in set(WIDTHS) | divisors if w <= max_tokens)
-
-
-def best_rows(
-    lengths: Sequence[int], *, max_tokens: int, max_batch: int
-) -> tuple[list[list[int]], list[list[int]], float]:
-    """The cheapest packing among :func:`candidate_widths`: ``(rows, batches of rows, cost)``.
-
-    Each width is judged by the whole plan it leads to, since rows of a width that fits the budget
-    unevenly leave part of every forward pass empty.
-    """
-    best: tuple[list[list[int]], list[list[int]], float] = ([], [], float("inf"))
-    total = sum(lengths)
-    for width in candidate_widths(max_tokens):
+def best_rows(lengths: Sequence[int]) -> tuple[list[list[int]], float]:
+    """Packed rows of the cheapest width among :data:`WIDTHS`, and their :func:`slot_cost`."""
+    best: tuple[list[list[int]], float] = ([], float("inf"))
+    for width in WIDTHS:
         rows = pack_rows(lengths, width)
-        widths = [sum(lengths[i] for i in row) for row in rows]
-        batches = length_batches(widths, max_tokens=max_tokens, max_batch=max_batch)
-        cost = plan_cost(widths, batches)
-        if cost < best[2]:
-            best = (rows, batches, cost)
-        if width >= total:  # one row holds them all: wider only adds attention
+        cost = slot_cost([max(width, lengths[row[0]]) if len(row) == 1 else width for row in rows])
+        if cost < best[1]:
+            best = (rows, cost)
+        if width >= sum(lengths):  # one row holds them all: wider only adds attention
             break
     return best
 
@@ -221,10 +200,12 @@ def plan(
     batches = length_batches(lengths, max_tokens=max_tokens, max_batch=max_batch)
     if not packing or len(lengths) < 2:
         return [], batches
-    padded = plan_cost(lengths, batches)
+    padded = padded_cost(lengths, batches) + FORWARD_COST * len(batches)
     if padded <= (1 + MIN_SAVING) * (slot_cost(lengths) + FORWARD_COST):
         return [], batches  # sorting already left too little to save (a large, varied set)
-    rows, row_batches, cost = best_rows(lengths, max_tokens=max_tokens, max_batch=max_batch)
-    if cost > (1 - MIN_SAVING) * padded:
+    rows, _ = best_rows(lengths)
+    widths = [sum(lengths[i] for i in row) for row in rows]
+    row_batches = length_batches(widths, max_tokens=max_tokens, max_batch=max_batch)
+    if padded_cost(widths, row_batches) + FORWARD_COST * len(row_batches) > (1 - MIN_SAVING) * padded:
         return [], batches
     return rows, row_batches
