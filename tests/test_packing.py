@@ -26,7 +26,7 @@ def test_pack_rows_places_every_window_once_within_the_width(seed: int) -> None:
     assert sorted(i for row in rows for i in row) == list(range(200))
     for row in rows:
         assert len(row) == 1 or sum(lengths[i] for i in row) <= 64
-    # First-fit decreasing leaves little room: at most one row per window longer than half the width,
+    # Best-fit decreasing leaves little room: at most one row per window longer than half the width,
     # plus what the short ones fill.
     assert len(rows) <= sum(n > 32 for n in lengths) + sum(n for n in lengths if n <= 32) / 32 + 2
 
