@@ -76,8 +76,11 @@ class Backend:
 
     name: str = ""
     device = torch.device("cpu")
-    # Whether :meth:`packed` runs windows packed several to a row (see :mod:`hrlm.packing`).
-    supports_packing = False
+
+    @property
+    def supports_packing(self) -> bool:
+        """Whether :meth:`packed` runs windows packed several to a row (see :mod:`hrlm.packing`)."""
+        return False
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -94,19 +97,26 @@ class TorchBackend(Backend):
         self.device = device
         self.precision = precision
         self.name = name or f"torch-{precision}"
-        self.supports_packing = model.supports_packing
+
+    @property
+    def supports_packing(self) -> bool:
+        return self.model.supports_packing
 
     @torch.inference_mode()
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, np.ndarray]:
         with autocast(self.device, self.precision):
             logits = self.model(ids.to(self.device), mask.to(self.device))
-        return {name: value.float().cpu().numpy() for name, value in logits.items()}
+        return _numpy(logits)
 
     @torch.inference_mode()
     def packed(self, batch: Packed) -> dict[str, np.ndarray]:
         with autocast(self.device, self.precision):
             logits = self.model.packed(batch.to(self.device))
-        return {name: value.float().cpu().numpy() for name, value in logits.items()}
+        return _numpy(logits)
+
+
+def _numpy(logits: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {name: value.float().cpu().numpy() for name, value in logits.items()}
 
 
 def quantize_torch_int8(model: HrlmModel) -> HrlmModel:

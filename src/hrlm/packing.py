@@ -136,6 +136,11 @@ def padded_cost(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> flo
     return slot_cost(widths)
 
 
+def plan_cost(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
+    """:func:`padded_cost` plus :data:`FORWARD_COST` per forward pass."""
+    return padded_cost(lengths, batches) + FORWARD_COST * len(batches)
+
+
 def best_rows(lengths: Sequence[int]) -> tuple[list[list[int]], float]:
     """Packed rows of the cheapest width among :data:`WIDTHS`, and their :func:`slot_cost`."""
     best: tuple[list[list[int]], float] = ([], float("inf"))
@@ -200,12 +205,12 @@ def plan(
     batches = length_batches(lengths, max_tokens=max_tokens, max_batch=max_batch)
     if not packing or len(lengths) < 2:
         return [], batches
-    padded = padded_cost(lengths, batches) + FORWARD_COST * len(batches)
+    padded = plan_cost(lengths, batches)
     if padded <= (1 + MIN_SAVING) * (slot_cost(lengths) + FORWARD_COST):
         return [], batches  # sorting already left too little to save (a large, varied set)
     rows, _ = best_rows(lengths)
     widths = [sum(lengths[i] for i in row) for row in rows]
     row_batches = length_batches(widths, max_tokens=max_tokens, max_batch=max_batch)
-    if padded_cost(widths, row_batches) + FORWARD_COST * len(row_batches) > (1 - MIN_SAVING) * padded:
+    if plan_cost(widths, row_batches) > (1 - MIN_SAVING) * padded:
         return [], batches
     return rows, row_batches

@@ -27,7 +27,9 @@ log = logging.getLogger("hrlm.service")
 # clients, one model thread, packing on): 384 served 0.80, 0.76, 0.78, 0.69, 0.74 and 0.76 of offline
 # docs/s in six runs, 1,024 0.67, 0.79, 0.69 and 0.67 in four, though calls of 29 tickets alone ran
 # faster at 1,024 (137 against 122 docs/s; a shorter pass probably lets answers go out and requests
-# come in sooner under load). 512 served 0.74 before packing.
+# come in sooner under load). 512 served 0.74 before packing. Before packing, calls of 31 tickets (in
+# one call) ran at 131 (137) docs/s at 256, 129 (152) at 384, 117 (151) at 512 and 115 (156) at 1,024;
+# IMDB reviews (512-token windows) ran at the same speed with every budget from 512 to 4,096.
 CPU_MAX_TOKENS = 384
 
 
@@ -154,12 +156,9 @@ class LoadedModel:
     ) -> LoadedModel:
         """Load ``ref`` and run one text through it, so that the first request is not the slow one.
 
-        ``max_tokens`` is the Predictor's token budget per forward pass; ``None`` is 384 on a CPU and
-        the Predictor's default on a GPU. Measured on MiniLM-L6, one thread, bf16, the 739 sample tickets
-        in calls of 31 (the service's micro-batches) and in one call: 131 / 137 docs/s at 256,
-        129 / 152 at 384, 117 / 151 at 512, 115 / 156 at 1024 (a small budget splits a micro-batch of
-        mixed lengths so short texts are not padded to a long one); IMDB reviews (512-token windows)
-        ran at the same speed with every budget from 512 to 4096.
+        ``max_tokens`` is the Predictor's token budget per forward pass; ``None`` is
+        :data:`CPU_MAX_TOKENS` on a CPU (its comment says how it was chosen) and the Predictor's
+        default on a GPU.
         """
         from hrlm.inference import Predictor
 
