@@ -8,8 +8,8 @@ For each dataset (short texts: the packaged helpdesk tickets, about 30 tokens ea
 test reviews from ``--imdb``, skipped when absent) the script measures, in one run and with one model:
 
 - ``Predictor offline``: ``Predictor.predict`` on all the requests' texts in one call, in this
-  process (length-sorted batches, short texts packed into shared rows: the best the library does
-  without a server);
+  process (length-sorted, packed batches without padding: the best the library does without a
+  server);
 - ``service batching on`` and ``service batching off``: ``hrlm serve`` started as a subprocess on a
   free loopback port with a fresh SQLite database (every prediction stored, ``synchronous=FULL``),
   then ``--clients`` concurrent clients, each on its own keep-alive connection, sending one text per

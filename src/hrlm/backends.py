@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hrlm import unpadded
 from hrlm.config import BACKENDS, check_choice
 from hrlm.errors import ConfigError, ModelError
 from hrlm.modeling import HrlmModel, ModelMeta, encoder_layers
@@ -79,7 +80,7 @@ class Backend:
 
     @property
     def supports_packing(self) -> bool:
-        """Whether :meth:`packed` runs windows packed several to a row (see :mod:`hrlm.packing`)."""
+        """Whether :meth:`packed` runs batches of windows laid end to end, without padding (see :mod:`hrlm.packing`)."""
         return False
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, np.ndarray]:
@@ -90,13 +91,23 @@ class Backend:
 
 
 class TorchBackend(Backend):
-    """The model itself, in float32 or under bf16/fp16 autocast."""
+    """The model in float32, or under bf16/fp16 autocast.
+
+    Under autocast the backend runs its own copy of the model whose linear layers already hold
+    bf16/fp16 weights (see :func:`hrlm.unpadded.cast_linears`: same results, no cast per forward
+    pass); other parameters are shared with ``model``. Packed batches use one fused query-key-value
+    projection per layer. Both are taken from ``model`` when the backend is built: build a new
+    backend after training changes the weights.
+    """
 
     def __init__(self, model: HrlmModel, device: torch.device, precision: str = "fp32", name: str = "") -> None:
-        self.model = model.to(device).eval()
+        model = model.to(device)
+        lowp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.model: HrlmModel = (unpadded.cast_linears(model, lowp) if lowp else model).eval()  # type: ignore[assignment]
         self.device = device
         self.precision = precision
         self.name = name or f"torch-{precision}"
+        self.qkv = unpadded.fuse_qkv(self.model.encoder) if self.model.supports_packing else None
 
     @property
     def supports_packing(self) -> bool:
@@ -111,7 +122,7 @@ class TorchBackend(Backend):
     @torch.inference_mode()
     def packed(self, batch: Packed) -> dict[str, np.ndarray]:
         with autocast(self.device, self.precision):
-            logits = self.model.packed(batch.to(self.device))
+            logits = unpadded.forward(self.model, batch.to(self.device), self.qkv)
         return _numpy(logits)
 
 

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from hrlm import unpadded
 from hrlm.errors import ConfigError, ModelError, ModelNotFound
-from hrlm.packing import Packed, attention_mask
+from hrlm.packing import Packed
 
 META_FILE = "hrlm.json"
 FORMAT_VERSION = 1
@@ -173,41 +174,16 @@ class HrlmModel(nn.Module):
 
     @property
     def supports_packing(self) -> bool:
-        """Whether :meth:`packed` can run this encoder: BERT with absolute positions and SDPA or eager attention.
+        """Whether :meth:`packed` can run this encoder (BERT with absolute positions; see :mod:`hrlm.unpadded`).
 
-        Other families number positions differently (RoBERTa starts after the padding index) or
-        attend through kernels that ignore a custom mask; they keep padded batches.
+        Other families number positions differently (RoBERTa starts after the padding index) or lay
+        out their blocks otherwise; they keep padded batches.
         """
-        config = self.config
-        return (
-            config.model_type == "bert"
-            and getattr(config, "position_embedding_type", "absolute") == "absolute"
-            and getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
-        )
+        return unpadded.supports(self.encoder)
 
     def packed(self, batch: Packed) -> dict[str, torch.Tensor]:
-        """Logits of windows packed several to a row (see :mod:`hrlm.packing`), in ``batch``'s output order."""
-        kind = "bool" if self.config._attn_implementation == "sdpa" else "additive"
-        dtype = next(self.parameters()).dtype
-        mask = attention_mask(batch.segments, kind, dtype if dtype.is_floating_point else torch.float32)
-        out = self.encoder(
-            input_ids=batch.input_ids,
-            attention_mask=mask,
-            position_ids=batch.positions,
-            token_type_ids=torch.zeros_like(batch.input_ids),
-        )
-        hidden = out.last_hidden_state.flatten(0, 1)
-        if self.pooling == "mean":
-            keep = batch.owner >= 0
-            sums = hidden.new_zeros((batch.n_windows, hidden.shape[-1]))
-            sums.index_add_(0, batch.owner[keep], hidden[keep])
-            counts = torch.bincount(batch.owner[keep], minlength=batch.n_windows).clamp(min=1)
-            pooled = sums / counts.unsqueeze(-1).to(hidden.dtype)
-        else:
-            pooled = hidden.index_select(0, batch.first)
-            if self.pooling == "pooler":
-                pooled = self.encoder.pooler(pooled.unsqueeze(1))
-        return self.head_logits(pooled)
+        """Logits of a packed batch's windows (see :mod:`hrlm.packing`), in ``batch.order``; inference only."""
+        return unpadded.forward(self, batch)
 
     def freeze(self, layers: int = 0, *, encoder: bool = False) -> None:
         """Stop gradients through the embeddings and the bottom ``layers`` blocks, or the whole encoder."""

@@ -1,65 +1,93 @@
-"""Batch planning and sequence packing: several short windows share one row, so no compute goes to padding.
+"""Batch planning: length-sorted padded batches, and packed batches that carry no padding at all.
 
 Length-sorted batches waste little when there are many windows to sort (an archive). A service's
 micro-batch of 30 tickets of mixed length cannot be sorted into tidy batches: padded to its longest
-member, a third of its tokens can be padding. Packing lays short windows end to end in rows of a
-chosen width (best-fit decreasing); each window keeps its own position ids (0, 1, ...) and an
-attention mask lets a token see only its own window, so every window's logits equal those of the
-window alone, up to float rounding.
+member, a third of its tokens can be padding.
 
-Batch planning lives here too: :func:`length_batches` (sort, token budget, dynamic padding) and
-:func:`plan`, which decides per call: packed rows when they cost at least 10% less than
-length-sorted padded batches (token slots, attention's growth with the row width, a fixed cost per
-forward pass), padded batches otherwise. A large set of windows sorts into batches with almost no
-padding, so packing matters most for small calls of mixed lengths.
+A packed batch lays its windows end to end in one flat sequence of tokens, each window with its own
+position ids (0, 1, ...). The embeddings and every linear layer, most of an encoder's compute, run
+on real tokens only (see :mod:`hrlm.unpadded`). Only attention needs windows side by side: it runs
+per *attention group*, consecutive windows of similar length padded to the group's longest, with a
+key mask. So every window's logits equal those of the window alone, up to float rounding, and a
+call of 29 mixed tickets costs about what the same tokens cost inside a large sorted archive.
+
+:func:`plan` decides how a call's windows are batched: under a budget of real tokens when the
+backend runs packed batches, else as padded batches under a budget of padded tokens.
 """
 
 from __future__ import annotations
 
-import bisect
+import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 
 import torch
 
-# Row widths tried; the one that needs the fewest token slots (attention included) wins.
-WIDTHS = (64, 96, 128, 160, 192, 256)
-# Attention's cost per token grows with the row width. Relative to the linear layers it is
-# width / (6 * hidden) in FLOPs, and PyTorch's CPU SDPA kernel runs at a quarter or less of the
-# linear layers' rate (measured, bf16, hidden 384): about 1/512 per token of width for MiniLM. Wider models
-# weigh attention less, so for them this errs toward narrower rows.
-ATTENTION_COST = 1 / 512
-# Packing must save at least this fraction of the estimated cost: the estimate is rough.
-MIN_SAVING = 0.10
-# A forward pass costs about as much as this many tokens before it computes any (Python, kernel
-# launches, small matrices: measured on MiniLM at one thread, 7-8 ms against 0.14 ms per token).
-FORWARD_COST = 64
+# An attention group closes rather than let padding exceed this share of its token slots. Attention
+# is a small share of the FLOPs at these lengths, so a few slots of padding cost less than another
+# group's kernel calls (0.2 and 0.5 measured alike on MiniLM, one thread).
+GROUP_PADDING = 0.3
 
 
-@dataclass
-class Packed:
-    """A batch of packed rows, ready for :meth:`hrlm.modeling.HrlmModel.packed`.
+@dataclass(frozen=True)
+class AttentionGroup:
+    """Consecutive windows of a packed batch that attend side by side, padded to the longest.
 
     Attributes:
-        input_ids: ``(rows, width)`` token ids, ``pad_id`` after the last window of a row.
-        positions: position id of every token within its own window (0 for padding).
-        segments: which window of its row a token belongs to (1, 2, ...; 0 for padding).
-        first: flat index (``row * width + column``) of every window's first token, in output order.
-        owner: for every flat token index, the output index of its window (-1 for padding).
+        start, end: the group's tokens in the flat sequence.
+        rows, width: windows in the group, and the longest one's length.
+        gather: for every padded slot (``rows * width``), its token's index within the group, or
+            ``end - start`` (a zero row) for padding; ``None`` when every window has length ``width``.
+        mask: ``(rows, 1, 1, width)``, True where a key is a real token; ``None`` with ``gather``.
+        scatter: the padded slots that hold real tokens, in token order; ``None`` with ``gather``.
+    """
+
+    start: int
+    end: int
+    rows: int
+    width: int
+    gather: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    scatter: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Packed:
+    """A batch of windows laid end to end, ready for :meth:`hrlm.modeling.HrlmModel.packed`.
+
+    Attributes:
+        input_ids, positions: ``(tokens,)`` token ids, and each token's position within its window.
+        starts, lengths: ``(windows,)`` first token and length of every window.
+        groups: the attention groups, covering the tokens in order.
+        order: the window indices (into the caller's list) in output order: shortest first.
     """
 
     input_ids: torch.Tensor
     positions: torch.Tensor
-    segments: torch.Tensor
-    first: torch.Tensor
-    owner: torch.Tensor
+    starts: torch.Tensor
+    lengths: torch.Tensor
+    groups: tuple[AttentionGroup, ...]
+    order: tuple[int, ...]
 
     @property
     def n_windows(self) -> int:
-        return int(self.first.numel())
+        return len(self.order)
 
     def to(self, device: torch.device) -> Packed:
-        return Packed(*(getattr(self, f.name).to(device) for f in fields(self)))
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
+        groups = tuple(
+            replace(g, gather=move(g.gather), mask=move(g.mask), scatter=move(g.scatter)) for g in self.groups
+        )
+        return Packed(
+            self.input_ids.to(device),
+            self.positions.to(device),
+            self.starts.to(device),
+            self.lengths.to(device),
+            groups,
+            self.order,
+        )
 
 
 def length_batches(
@@ -94,123 +122,82 @@ def length_batches(
     return batches
 
 
-def pack_rows(lengths: Sequence[int], width: int) -> list[list[int]]:
-    """Window indices grouped into rows of at most ``width`` tokens (best-fit decreasing).
+def token_batches(lengths: Sequence[int], *, max_tokens: int, max_batch: int) -> list[list[int]]:
+    """Indices sorted by length and cut into batches of at most ``max_tokens`` real tokens and ``max_batch`` windows.
 
-    Longest first, each window goes to the row with the least room that still holds it; a window
-    longer than ``width`` gets a row of its own. ``O(n log n)`` bookkeeping, so an archive of
-    windows packs in well under a second.
+    A window longer than ``max_tokens`` gets a batch of its own.
 
     Example:
-        >>> pack_rows([30, 40, 20, 70, 10], 64)
-        [[3], [1, 2], [0, 4]]
+        >>> token_batches([5, 100, 6, 98], max_tokens=200, max_batch=8)
+        [[0, 2, 3], [1]]
     """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    rows: list[list[int]] = []
-    room: list[tuple[int, int]] = []  # (free tokens, row), sorted
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    tokens = 0
     for i in order:
-        need = lengths[i]
-        at = bisect.bisect_left(room, (need, -1))
-        if at < len(room):
-            free, r = room.pop(at)
-            rows[r].append(i)
-            bisect.insort(room, (free - need, r))
-        else:
-            rows.append([i])
-            if need < width:
-                bisect.insort(room, (width - need, len(rows) - 1))
-    return rows
+        if current and (tokens + lengths[i] > max_tokens or len(current) >= max_batch):
+            batches.append(current)
+            current, tokens = [], 0
+        current.append(i)
+        tokens += lengths[i]
+    if current:
+        batches.append(current)
+    return batches
 
 
-def slot_cost(widths: Sequence[int]) -> float:
-    """Relative compute of rows padded to ``widths``: token slots, plus attention growing with the width."""
-    return sum(w * (1.0 + w * ATTENTION_COST) for w in widths)
+def attention_groups(lengths: Sequence[int], max_padding: float = GROUP_PADDING) -> list[tuple[int, int]]:
+    """``(start, end)`` runs of ``lengths`` (ascending) whose padding to their longest stays within ``max_padding``.
 
-
-def padded_cost(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
-    """:func:`slot_cost` of ``batches`` of ``lengths``, each padded to its longest member."""
-    widths: list[int] = []
-    for b in batches:
-        if b:
-            widths += [max(lengths[i] for i in b)] * len(b)
-    return slot_cost(widths)
-
-
-def plan_cost(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
-    """:func:`padded_cost` plus :data:`FORWARD_COST` per forward pass."""
-    return padded_cost(lengths, batches) + FORWARD_COST * len(batches)
-
-
-def best_rows(lengths: Sequence[int]) -> tuple[list[list[int]], float]:
-    """Packed rows of the cheapest width among :data:`WIDTHS`, and their :func:`slot_cost`."""
-    best: tuple[list[list[int]], float] = ([], float("inf"))
-    for width in WIDTHS:
-        rows = pack_rows(lengths, width)
-        cost = slot_cost([max(width, lengths[row[0]]) if len(row) == 1 else width for row in rows])
-        if cost < best[1]:
-            best = (rows, cost)
-        if width >= sum(lengths):  # one row holds them all: wider only adds attention
-            break
-    return best
-
-
-def collate_packed(windows: Sequence[Sequence[int]], rows: Sequence[Sequence[int]], pad_id: int) -> Packed:
-    """Lay the windows of ``rows`` end to end, one row each; output order is row by row."""
-    row_lengths = [sum(len(windows[i]) for i in row) for row in rows]
-    width = max(row_lengths)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    positions = torch.zeros((len(rows), width), dtype=torch.long)
-    segments = torch.zeros((len(rows), width), dtype=torch.long)
-    owner = torch.full((len(rows) * width,), -1, dtype=torch.long)
-    first: list[int] = []
-    out = 0
-    for r, row in enumerate(rows):
-        col = 0
-        for k, i in enumerate(row):
-            n = len(windows[i])
-            ids[r, col : col + n] = torch.as_tensor(windows[i], dtype=torch.long)
-            positions[r, col : col + n] = torch.arange(n)
-            segments[r, col : col + n] = k + 1
-            owner[r * width + col : r * width + col + n] = out
-            first.append(r * width + col)
-            col += n
-            out += 1
-    return Packed(ids, positions, segments, torch.tensor(first, dtype=torch.long), owner)
-
-
-def attention_mask(segments: torch.Tensor, kind: str, dtype: torch.dtype) -> torch.Tensor:
-    """A ``(rows, 1, width, width)`` mask letting each token attend only within its own window.
-
-    Padding attends to padding, so that no query row is fully masked (which would give NaN).
-    ``kind`` is ``bool`` (True = attend, for SDPA) or ``additive`` (0 or the dtype's minimum, for eager
-    attention, which adds the mask to its scores).
+    Example:
+        >>> attention_groups([4, 5, 5, 30, 31])
+        [(0, 3), (3, 5)]
     """
-    same = segments[:, None, :, None] == segments[:, None, None, :]
-    if kind == "bool":
-        return same
-    mask = torch.zeros(same.shape, dtype=dtype)
-    return mask.masked_fill_(~same, torch.finfo(dtype).min)
+    groups: list[tuple[int, int]] = []
+    start, real = 0, 0
+    for i, n in enumerate(lengths):
+        rows = i + 1 - start
+        if i > start and rows * n - (real + n) > max_padding * rows * n:
+            groups.append((start, i))
+            start, real = i, 0
+        real += n
+    if lengths:
+        groups.append((start, len(lengths)))
+    return groups
 
 
-def plan(
-    lengths: Sequence[int], *, max_tokens: int, max_batch: int, packing: bool = True
-) -> tuple[list[list[int]], list[list[int]]]:
-    """How to run windows of ``lengths``: ``(rows, batches)``.
+def _group(lengths: Sequence[int], offsets: Sequence[int], start: int, end: int) -> AttentionGroup:
+    first, last = offsets[start], offsets[end]
+    width = lengths[end - 1]
+    if all(lengths[i] == width for i in range(start, end)):
+        return AttentionGroup(first, last, end - start, width)
+    column = torch.arange(width)
+    keep = column[None, :] < torch.tensor(lengths[start:end])[:, None]
+    base = torch.tensor(offsets[start:end]) - first
+    gather = torch.where(keep, base[:, None] + column, last - first).flatten()
+    scatter = keep.flatten().nonzero().squeeze(1)
+    return AttentionGroup(first, last, end - start, width, gather, keep[:, None, None, :], scatter)
 
-    With ``rows`` empty, each batch lists window indices, padded to its longest. Otherwise each batch
-    lists indices into ``rows``, and each row the windows laid end to end in it. Packed rows are
-    chosen when they cost at least :data:`MIN_SAVING` less (token slots, attention's growth with the
-    width, and :data:`FORWARD_COST` per forward pass).
+
+def collate_packed(windows: Sequence[Sequence[int]], batch: Sequence[int]) -> Packed:
+    """The windows ``batch`` names, shortest first, laid end to end (see :class:`Packed`)."""
+    order = tuple(sorted(batch, key=lambda i: len(windows[i])))
+    lengths = [len(windows[i]) for i in order]
+    offsets = list(itertools.accumulate(lengths, initial=0))
+    ids = torch.tensor([t for i in order for t in windows[i]], dtype=torch.long)
+    sizes = torch.tensor(lengths, dtype=torch.long)
+    starts = torch.tensor(offsets[:-1], dtype=torch.long)
+    positions = torch.arange(offsets[-1]) - torch.repeat_interleave(starts, sizes)
+    groups = tuple(_group(lengths, offsets, s, e) for s, e in attention_groups(lengths))
+    return Packed(ids, positions, starts, sizes, groups, order)
+
+
+def plan(lengths: Sequence[int], *, max_tokens: int, max_batch: int, packing: bool = True) -> list[list[int]]:
+    """Batches of window indices: packed ones under a budget of real tokens, or padded ones.
+
+    Packed batches (for a backend that runs them, see :func:`collate_packed`) hold ``max_tokens``
+    real tokens; padded batches are length-sorted and hold ``max_tokens`` tokens with their padding.
     """
-    batches = length_batches(lengths, max_tokens=max_tokens, max_batch=max_batch)
-    if not packing or len(lengths) < 2:
-        return [], batches
-    padded = plan_cost(lengths, batches)
-    if padded <= (1 + MIN_SAVING) * (slot_cost(lengths) + FORWARD_COST):
-        return [], batches  # sorting already left too little to save (a large, varied set)
-    rows, _ = best_rows(lengths)
-    widths = [sum(lengths[i] for i in row) for row in rows]
-    row_batches = length_batches(widths, max_tokens=max_tokens, max_batch=max_batch)
-    if plan_cost(widths, row_batches) > (1 - MIN_SAVING) * padded:
-        return [], batches
-    return rows, row_batches
+    if packing:
+        return token_batches(lengths, max_tokens=max_tokens, max_batch=max_batch)
+    return length_batches(lengths, max_tokens=max_tokens, max_batch=max_batch)

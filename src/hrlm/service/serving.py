@@ -23,15 +23,6 @@ from hrlm.service.periodic import Periodic
 
 log = logging.getLogger("hrlm.service")
 
-# Token budget of one forward pass on a CPU, measured with benchmarks/service_load.py (tickets, 32
-# clients, one model thread, packing on): 384 served 0.80, 0.76, 0.78, 0.69, 0.74 and 0.76 of offline
-# docs/s in six runs, 1,024 0.67, 0.79, 0.69 and 0.67 in four, though calls of 29 tickets alone ran
-# faster at 1,024 (137 against 122 docs/s; a shorter pass probably lets answers go out and requests
-# come in sooner under load). 512 served 0.74 before packing. Before packing, calls of 31 tickets (in
-# one call) ran at 131 (137) docs/s at 256, 129 (152) at 384, 117 (151) at 512 and 115 (156) at 1,024;
-# IMDB reviews (512-token windows) ran at the same speed with every budget from 512 to 4,096.
-CPU_MAX_TOKENS = 384
-
 
 @dataclass(frozen=True)
 class ModelRef:
@@ -156,17 +147,14 @@ class LoadedModel:
     ) -> LoadedModel:
         """Load ``ref`` and run one text through it, so that the first request is not the slow one.
 
-        ``max_tokens`` is the Predictor's token budget per forward pass; ``None`` is
-        :data:`CPU_MAX_TOKENS` on a CPU (its comment says how it was chosen) and the Predictor's
-        default on a GPU.
+        ``max_tokens`` is the Predictor's token budget per forward pass (``None``: the Predictor's
+        default, :data:`hrlm.inference.CPU_MAX_TOKENS` on a CPU).
         """
         from hrlm.inference import Predictor
 
         predictor = Predictor.from_dir(ref.path, backend=backend, threads=threads)
         if max_tokens is not None:
             predictor.max_tokens = max_tokens
-        elif predictor.device.type == "cpu":
-            predictor.max_tokens = CPU_MAX_TOKENS
         predictor.predict(["warm up"])
         return cls(ref, predictor)
 

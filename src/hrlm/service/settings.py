@@ -46,8 +46,7 @@ class ServiceSettings(BaseSettings):
     max_tokens: int | None = Field(
         default=None,
         ge=64,
-        description="Token budget of one forward pass (default: 384 on a CPU, the Predictor's on a GPU). A "
-        "micro-batch mixes lengths; a small budget splits it by length so short texts are not padded to a long one.",
+        description="Token budget of one forward pass (default: the Predictor's, 1,024 on a CPU and 16,384 on a GPU).",
     )
     # micro-batching
     batching: bool = Field(default=True, description="Group concurrent requests into one model call.")
