@@ -74,17 +74,21 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
 
 
 def print_table(rows: list[dict[str, Any]], title: str) -> None:
+    """Rows as a table as wide as its cells need (lists and dicts stay in the JSON only)."""
     from rich.console import Console
     from rich.table import Table
 
+    def cell(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, float) and value < 1.5 else str(value)
+
     keys: list[str] = []
     for row in rows:
-        keys.extend(k for k in row if k not in keys)
+        keys.extend(k for k in row if k not in keys and not isinstance(row[k], list | dict))
+    cells = [[cell(row[k]) if k in row else "" for k in keys] for row in rows]
     table = Table(title=title)
     for k in keys:
-        table.add_column(k, justify="left" if k == "system" else "right")
-    for row in rows:
-        table.add_row(
-            *[f"{row[k]:.4f}" if isinstance(row.get(k), float) and row[k] < 1.5 else str(row.get(k, "")) for k in keys]
-        )
-    Console(width=200).print(table)
+        table.add_column(k, justify="left" if k == "system" else "right", no_wrap=k != "system")
+    for values in cells:
+        table.add_row(*values)
+    width = sum(max([len(k)] + [len(values[i]) for values in cells]) + 3 for i, k in enumerate(keys))
+    Console(width=max(120, width + 1)).print(table)
