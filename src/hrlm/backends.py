@@ -103,7 +103,7 @@ class TorchBackend(Backend):
     def __init__(self, model: HrlmModel, device: torch.device, precision: str = "fp32", name: str = "") -> None:
         model = model.to(device)
         lowp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        self.model: HrlmModel = (unpadded.cast_linears(model, lowp) if lowp else model).eval()  # type: ignore[assignment]
+        self.model = (unpadded.cast_linears(model, lowp) if lowp else model).eval()
         self.device = device
         self.precision = precision
         self.name = name or f"torch-{precision}"

@@ -95,13 +95,13 @@ def window_logits(
     Otherwise they are sorted by length and padded batches hold ``max_tokens`` tokens, each padded
     only to its own longest window.
     """
-    packed = packing and backend.supports_packing
+    use_packed = packing and backend.supports_packing
     out: dict[str, np.ndarray] = {}
-    for batch in plan([len(w) for w in windows], max_tokens=max_tokens, max_batch=max_batch, packing=packed):
-        if packed:
-            ragged = collate_packed(windows, batch)
-            order: Sequence[int] = ragged.order
-            logits = backend.packed(ragged)
+    for batch in plan([len(w) for w in windows], max_tokens=max_tokens, max_batch=max_batch, packing=use_packed):
+        if use_packed:
+            packed = collate_packed(windows, batch)
+            order: Sequence[int] = packed.order
+            logits = backend.packed(packed)
         else:
             order = batch
             logits = backend(*collate([windows[i] for i in batch], pad_id))
