@@ -152,9 +152,7 @@ class LoadedModel:
         """
         from hrlm.inference import Predictor
 
-        predictor = Predictor.from_dir(ref.path, backend=backend, threads=threads)
-        if max_tokens is not None:
-            predictor.max_tokens = max_tokens
+        predictor = Predictor.from_dir(ref.path, backend=backend, threads=threads, max_tokens=max_tokens)
         predictor.predict(["warm up"])
         return cls(ref, predictor)
 
