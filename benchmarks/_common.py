@@ -26,7 +26,7 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    from hrlm.inference import cpu_has_fast_bf16, default_threads
+    from hrlm.inference.predictor import cpu_has_fast_bf16, default_threads
 
     return {
         "cpu": cpu,

@@ -94,9 +94,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from hrlm.config import TrainConfig
-    from hrlm.evaluation import evaluate_dataset
-    from hrlm.inference import Predictor
-    from hrlm.training import fit
+    from hrlm.inference.predictor import Predictor
+    from hrlm.inference.scoring import evaluate_dataset
+    from hrlm.training.fitting import fit
 
     dataset, splits, split_desc = load_splits(args.data, args.train_limit, args.val_size, args.seed)
     print(f"{dataset}: {split_desc}", flush=True)

@@ -79,7 +79,7 @@ def make_files(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any
 
 def train_seed_model(seed_file: Path, out: Path, args: argparse.Namespace, seed: int) -> Path:
     from hrlm.config import TrainConfig
-    from hrlm.training import train
+    from hrlm.training.fitting import train
 
     cfg = TrainConfig(
         max_length=64,
@@ -103,7 +103,7 @@ class Service:
     def __init__(
         self, model: Path, work: Path, policy: dict[str, str], files: dict[str, Path], args: argparse.Namespace
     ) -> None:
-        from hrlm.registry import Registry
+        from hrlm.lifecycle.registry import Registry
         from hrlm.store import create_user, make_engine, upgrade
 
         self.work = work

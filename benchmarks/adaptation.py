@@ -37,9 +37,9 @@ PUBLISHED = [
 
 def finetune_row(name: str, base: str | None, splits: dict, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from hrlm.config import TrainConfig
-    from hrlm.evaluation import evaluate_dataset
-    from hrlm.inference import Predictor
-    from hrlm.training import fit
+    from hrlm.inference.predictor import Predictor
+    from hrlm.inference.scoring import evaluate_dataset
+    from hrlm.training.fitting import fit
 
     cfg = TrainConfig(
         base=base,
@@ -92,7 +92,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from hrlm.config import PretrainConfig
-    from hrlm.pretrain import pretrain
+    from hrlm.training.pretraining import pretrain
 
     dataset, splits, split_desc = load_splits(args.data, args.train_limit, args.val_size, args.seed)
     if args.test_limit:

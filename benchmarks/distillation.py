@@ -51,7 +51,7 @@ def main() -> None:
         return
 
     from hrlm.config import TrainConfig
-    from hrlm.distill import distill
+    from hrlm.training.distillation import distill
 
     dataset, splits, split_desc = load_splits(args.data, args.train_limit, args.val_size, args.seed)
     if args.test_limit:
@@ -105,7 +105,7 @@ def measure_speed(args: argparse.Namespace) -> None:
 
     from _common import RESULTS, command, machine
     from hrlm.data import load_dataset
-    from hrlm.inference import Predictor
+    from hrlm.inference.predictor import Predictor
 
     test = load_dataset(args.data / "test.csv.gz")
     n = args.test_limit or 500

@@ -90,7 +90,7 @@ def merge(files: list[Path]) -> None:
 
 
 def neural_row(system: str, train: Any, test: Any, cfg: Any) -> dict[str, Any]:
-    from hrlm.training import fit
+    from hrlm.training.fitting import fit
 
     t0 = time.perf_counter()
     result = fit(cfg, {"train": train, "test": test}, None, progress=False)

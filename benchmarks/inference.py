@@ -73,7 +73,7 @@ class System:
             self.pipe = pipeline("text-classification", model=str(model), tokenizer=str(model), device="cpu")
             self.precision = "fp32"
         else:
-            from hrlm.inference import Predictor
+            from hrlm.inference.predictor import Predictor
 
             self.predictor = Predictor.from_dir(
                 model, backend=name, device="cpu", threads=threads, truncate="head", max_length=max_length
@@ -254,7 +254,7 @@ def main() -> None:
     for row in rows:
         row["speedup"] = round(row["docs_per_s"] / base, 2)
 
-    from hrlm.inference import Predictor
+    from hrlm.inference.predictor import Predictor
 
     auto = Predictor.from_dir(args.model, threads=args.threads)
     notes += [

@@ -39,9 +39,9 @@ def main() -> None:
 
     from hrlm.config import TrainConfig
     from hrlm.data import load_dataset
-    from hrlm.evaluation import evaluate_dataset
-    from hrlm.inference import Predictor
-    from hrlm.training import fit
+    from hrlm.inference.predictor import Predictor
+    from hrlm.inference.scoring import evaluate_dataset
+    from hrlm.training.fitting import fit
 
     ds = load_dataset(args.data / "onet_task_statements.csv", label_col="label,task_type", split_col="suggested_split")
     assert ds.splits is not None

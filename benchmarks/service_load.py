@@ -78,7 +78,7 @@ def offline_docs_per_s(model: Path, texts: list[str], args: argparse.Namespace, 
 
     All texts in one call, or with ``chunk``, in consecutive calls of that many texts.
     """
-    from hrlm.service.serving import LoadedModel, ModelRef
+    from hrlm.service.served_model import LoadedModel, ModelRef
 
     predictor = LoadedModel.load(ModelRef("offline", model), threads=args.threads, max_tokens=args.max_tokens).predictor
     predictor.predict(texts[:32])  # warm-up

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import random
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,7 +79,7 @@ def tickets_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained_model(tiny_bert: Path, tickets_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model trained once per session on the toy tickets."""
     from hrlm.config import TrainConfig
-    from hrlm.training import train
+    from hrlm.training.fitting import train
 
     out = tmp_path_factory.mktemp("models") / "tiny"
     # Mean pooling: a random-weight [CLS] + tanh pooler learns too slowly for a test.
@@ -110,8 +113,47 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def compressed_model(trained_model: Path, tickets_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model through `compress --quantize int8 --onnx`, checked on the toy tickets."""
-    from hrlm.compress import compress
+    from hrlm.training.compression import compress
 
     out = tmp_path_factory.mktemp("compressed") / "tiny-int8"
     compress(trained_model, out, quantize="int8", onnx=True, data=tickets_csv)
     return out
+
+
+# --- databases: every test that stores runs on SQLite and, marked postgres, on PostgreSQL ----------------
+
+PG_URL = os.environ.get("HRLM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _pg_admin() -> Any:
+    import psycopg
+
+    try:
+        return psycopg.connect(
+            PG_URL.replace("postgresql+psycopg://", "postgresql://"), autocommit=True, connect_timeout=3
+        )
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL at {PG_URL} is unreachable ({str(exc).strip().splitlines()[0]}); CI runs these tests")
+
+
+@contextlib.contextmanager
+def pg_schema() -> Iterator[str]:
+    """A URL whose connections live in a new schema of the test database, dropped afterwards."""
+    schema = f"hrlm_test_{uuid.uuid4().hex[:12]}"
+    conn = _pg_admin()
+    conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        conn.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated-nothing database URL: a SQLite file, or (marked postgres) a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'hrlm.db'}"
+    else:
+        with pg_schema() as url:
+            yield url

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from hrlm._version import __version__
 
 _LAZY = {
     "ConfigError": "hrlm.errors",
@@ -22,16 +22,16 @@ _LAZY = {
     "LabelError": "hrlm.errors",
     "ModelError": "hrlm.errors",
     "ModelNotFound": "hrlm.errors",
-    "Prediction": "hrlm.inference",
-    "Predictor": "hrlm.inference",
+    "Prediction": "hrlm.inference.predictor",
+    "Predictor": "hrlm.inference.predictor",
     "TrainConfig": "hrlm.config",
-    "TrainResult": "hrlm.training",
-    "evaluate": "hrlm.evaluation",
-    "fit": "hrlm.training",
-    "load": "hrlm.inference",
+    "TrainResult": "hrlm.training.fitting",
+    "evaluate": "hrlm.inference.scoring",
+    "fit": "hrlm.training.fitting",
+    "load": "hrlm.inference.predictor",
     "load_dataset": "hrlm.data",
     "split_dataset": "hrlm.data",
-    "train": "hrlm.training",
+    "train": "hrlm.training.fitting",
 }
 
 __all__ = sorted([*_LAZY, "__version__"])
@@ -65,6 +65,5 @@ if TYPE_CHECKING:
         ModelError,
         ModelNotFound,
     )
-    from hrlm.evaluation import evaluate
-    from hrlm.inference import Prediction, Predictor, load
+    from hrlm.inference import Prediction, Predictor, evaluate, load
     from hrlm.training import TrainResult, fit, train

@@ -17,9 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hrlm import unpadded
 from hrlm.errors import ConfigError, ModelError, ModelNotFound
-from hrlm.packing import Packed
 
 META_FILE = "hrlm.json"
 FORMAT_VERSION = 1
@@ -57,7 +55,7 @@ class ModelMeta:
     train_config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
-    # backend name -> agreement check with fp32 on held-out data (see hrlm.backends.check_passes)
+    # backend name -> agreement check with fp32 on held-out data (see hrlm.inference.backends.check_passes)
     backend_checks: dict[str, dict[str, Any]] = field(default_factory=dict)
     format: int = FORMAT_VERSION
 
@@ -172,19 +170,6 @@ class HrlmModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.head_logits(self.pool(input_ids, attention_mask))
 
-    @property
-    def supports_packing(self) -> bool:
-        """Whether :meth:`packed` can run this encoder (BERT with absolute positions; see :mod:`hrlm.unpadded`).
-
-        Other families number positions differently (RoBERTa starts after the padding index) or lay
-        out their blocks otherwise; they keep padded batches.
-        """
-        return unpadded.supports(self.encoder)
-
-    def packed(self, batch: Packed) -> dict[str, torch.Tensor]:
-        """Logits of a packed batch's windows (see :mod:`hrlm.packing`), in ``batch.order``; inference only."""
-        return unpadded.forward(self, batch)
-
     def freeze(self, layers: int = 0, *, encoder: bool = False) -> None:
         """Stop gradients through the embeddings and the bottom ``layers`` blocks, or the whole encoder."""
         if encoder:
@@ -271,7 +256,7 @@ def default_pooling(encoder: nn.Module, requested: str, *, freeze_encoder: bool 
     return "pooler"
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     """No per-file progress bars from transformers: hrlm shows its own progress."""
     from transformers.utils import logging as hf_logging
 
@@ -290,7 +275,7 @@ def build_model(
     """A fresh model: pretrained encoder from ``base_dir`` and newly initialised heads."""
     from transformers import AutoConfig, AutoModel
 
-    _quiet_transformers()
+    quiet_transformers()
     config = AutoConfig.from_pretrained(str(base_dir), local_files_only=True)
     if dropout is not None:
         for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
@@ -365,7 +350,7 @@ def load_model(folder: str | os.PathLike[str]) -> tuple[HrlmModel, Any, ModelMet
 
     from hrlm.encoders import load_tokenizer
 
-    _quiet_transformers()
+    quiet_transformers()
     path = Path(folder)
     meta = read_meta(path)
     weights = path / "model.safetensors"

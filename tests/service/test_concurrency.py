@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from hrlm.service import ServiceSettings, create_app
-from hrlm.service.serving import ModelRef, folder_version
+from hrlm.service.served_model import ModelRef, folder_version
 from hrlm.store import make_engine
 from hrlm.store.records import count_predictions, stored_request_ids
 from tests.conftest import make_texts

@@ -26,14 +26,14 @@ import pytest
 from sqlalchemy import Engine, func, select, update
 
 from hrlm.errors import Conflict, NotFound
-from hrlm.jobs import JobStore, run_job
-from hrlm.registry import Registry
+from hrlm.lifecycle.jobs import JobStore, run_job
+from hrlm.lifecycle.registry import Registry
 from hrlm.service.settings import ServiceSettings
 from hrlm.store import make_engine, upgrade
 from hrlm.store.tables import audit_log, jobs, review_feedback, utcnow
 from tests.service.conftest import add_users, bearer
 from tests.service.test_crash import free_port
-from tests.test_retrain import FEEDBACK, add_feedback, holdout_file
+from tests.lifecycle.test_retrain import FEEDBACK, add_feedback, holdout_file
 
 REDIS_URL = os.environ.get("HRLM_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 
@@ -131,7 +131,7 @@ def test_fail_stale_marks_jobs_of_dead_runners_failed(engine: Engine) -> None:
 
 def test_run_job_records_the_reason_of_a_failure(engine: Engine, db_url: str, tmp_path: Path) -> None:
     settings = ServiceSettings(database_url=db_url, registry_dir=str(tmp_path / "reg"), train_data=__file__)
-    settings = settings.model_copy(update={"holdout_data": __file__})
+    settings = settings.model_copy(update={"holdout_data": __file__}).lifecycle()
     store = JobStore(engine)
     job = store.create("retrain", actor="alice", runner="inprocess")
     assert run_job(job["id"], settings, engine=engine) is None
@@ -220,7 +220,7 @@ def test_cli_retrain_rejects_and_jobs_show_it(
 ) -> None:
     from typer.testing import CliRunner
 
-    from hrlm.cli import app, out_console
+    from hrlm.cli.app import app, out_console
 
     monkeypatch.setattr(out_console, "width", 200)  # a wide terminal: table cells are not folded
 
@@ -285,7 +285,7 @@ def start_worker(db_url: str, redis_url: str, log: Path, *extra: str, **env: str
 def test_worker_runs_a_queued_retrain(
     trained_model: Path, db_url: str, tickets_csv: Path, tmp_path: Path, redis_queue: str
 ) -> None:
-    from hrlm.job_runners import JobManager
+    from hrlm.lifecycle.runners import JobManager
 
     engine = make_engine(db_url)
     upgrade(engine)
@@ -294,7 +294,7 @@ def test_worker_runs_a_queued_retrain(
     add_feedback(engine, FEEDBACK)
     settings = ServiceSettings(
         **loop_settings(db_url, tmp_path, tickets_csv, job_runner="redis", redis_url=redis_queue)
-    )
+    ).lifecycle()
     manager = JobManager(engine, settings)
     job = manager.submit("retrain", actor="admin", params={"margin": -1.0})
     manager.close()
@@ -442,13 +442,14 @@ def test_server_killed_and_restarted_keeps_every_review_answer(
 
 
 def test_no_password_travels_through_redis() -> None:
-    from hrlm.job_runners import portable_settings
     from hrlm.service import ServiceSettings
 
-    data = portable_settings(
+    data = (
         ServiceSettings(
             database_url="postgresql://hrlm:s3cret@db.internal/hrlm", redis_url="redis://:hunter2@queue:6379/0"
         )
+        .lifecycle()
+        .portable()
     )
     assert "s3cret" not in str(data) and "hunter2" not in str(data)
     assert data["database_url"] == "postgresql://hrlm@db.internal/hrlm"

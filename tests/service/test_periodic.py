@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from hrlm.service.periodic import Periodic
-from hrlm.service.review_filler import QueueFiller
+from hrlm.service.queue_filler import QueueFiller
 
 
 class Flaky(Periodic):

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from hrlm.cli import app as cli_app
 from hrlm.errors import ConfigError
-from hrlm.registry import Registry
+from hrlm.lifecycle.registry import Registry
 from hrlm.service import ServiceSettings, create_app
 from hrlm.store import make_engine
 from hrlm.store.tables import audit_log

@@ -19,18 +19,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hrlm import __version__
+from hrlm._version import __version__
 from hrlm.errors import HrlmError, PayloadTooLarge, ServiceError, Unauthorized
 from hrlm.service.auth import gate
-from hrlm.service.core import Service
-from hrlm.service.job_routes import build_job_router
-from hrlm.service.registry_routes import build_registry_router
-from hrlm.service.review_routes import build_review_router
-from hrlm.service.routes import build_router
-from hrlm.service.serving import ModelSource
+from hrlm.service.routes.jobs import build_job_router
+from hrlm.service.routes.pages import build_ui_router
+from hrlm.service.routes.pages import open_paths as ui_open_paths
+from hrlm.service.routes.predict import build_router
+from hrlm.service.routes.registry import build_registry_router
+from hrlm.service.routes.review import build_review_router
+from hrlm.service.runtime import Service
+from hrlm.service.served_model import ModelSource
 from hrlm.service.settings import ServiceSettings
-from hrlm.service.ui import build_ui_router
-from hrlm.service.ui import open_paths as ui_open_paths
 
 log = logging.getLogger("hrlm.service")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")

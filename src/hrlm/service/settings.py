@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSett
 
 from hrlm.config import BACKENDS, check_choice, load_toml
 from hrlm.errors import ConfigError
+from hrlm.lifecycle.settings import LifecycleSettings
 
 # the [serve] table of the file ServiceSettings.load reads, for the duration of that call
 _TOML: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("hrlm_serve_toml", default=None)
@@ -145,6 +147,11 @@ class ServiceSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings, InitSettingsSource(settings_cls, _TOML.get() or {})
+
+    def lifecycle(self) -> LifecycleSettings:
+        """The settings retraining, the registry and background jobs read, taken from these."""
+        names = {f.name for f in dataclasses.fields(LifecycleSettings)}
+        return LifecycleSettings(**{k: v for k, v in self.model_dump().items() if k in names})
 
     @classmethod
     def load(cls, config: str | Path | None = None, **flags: Any) -> ServiceSettings:

@@ -110,7 +110,7 @@ def upgrade(engine: Engine, revision: str = "head") -> str | None:
             command.upgrade(cfg, revision)
         return current_revision(engine)
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot migrate the database at {describe(engine)}: {_short(exc)}") from None
+        raise StoreError(f"cannot migrate the database at {describe(engine)}: {first_line(exc)}") from None
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -139,10 +139,10 @@ def ping(engine: Engine) -> None:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except SQLAlchemyError as exc:
-        raise StoreError(f"database at {describe(engine)} is unreachable: {_short(exc)}") from None
+        raise StoreError(f"database at {describe(engine)} is unreachable: {first_line(exc)}") from None
 
 
-def _short(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     """The first line of a driver error, without SQLAlchemy's background link."""
     with contextlib.suppress(Exception):
         orig = getattr(exc, "orig", None)

@@ -1,6 +1,6 @@
 """Rows of the model registry: model versions and their stage events, and the registry's lock.
 
-The rules (which stage may follow which, rollback) live in :mod:`hrlm.registry`; this module only
+The rules (which stage may follow which, rollback) live in :mod:`hrlm.lifecycle.registry`; this module only
 reads and writes rows, inside the caller's transaction.
 """
 
@@ -158,6 +158,6 @@ def _json(value: Any) -> Any:
 
 
 def _store_error(engine: Engine, exc: OperationalError) -> StoreError:
-    from hrlm.store.db import _short, describe
+    from hrlm.store.db import describe, first_line
 
-    return StoreError(f"the model registry's database at {describe(engine)} failed: {_short(exc)}")
+    return StoreError(f"the model registry's database at {describe(engine)} failed: {first_line(exc)}")

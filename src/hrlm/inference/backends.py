@@ -1,0 +1,401 @@
+"""Inference backends: one interface over PyTorch and ONNX Runtime, and the rule that picks one.
+
+A backend turns a padded batch of token ids into the logits of every task::
+
+    torch-fp32   PyTorch in float32: the reference every other backend is checked against
+    torch-bf16   PyTorch with bf16 autocast: CUDA, or a CPU with AVX-512 BF16 / AMX
+    torch-fp16   PyTorch with fp16 autocast (CUDA only)
+    torch-int8   PyTorch dynamic int8 quantization of the transformer blocks' linear layers (CPU)
+    onnx-fp32    ONNX Runtime with its graph optimizations (CPU; ``pip install 'hrlm[onnx]'``)
+    onnx-int8    ONNX Runtime with dynamically quantized int8 weights (CPU)
+
+``auto`` never silently loses accuracy: on a CPU it uses a backend other than fp32 (bf16 where the
+CPU computes it natively) only when ``hrlm.json`` records that the backend passed an agreement check
+on held-out data (see :func:`check_passes`), as ``hrlm compress`` writes; among those it takes the
+one that was fastest in that check. On CUDA it is bf16 (fp32 where the GPU lacks bf16).
+
+ONNX models come from the model folder (``model.onnx``, ``model.int8.onnx``, written by
+``hrlm compress --onnx``) or, when the folder has none, are exported once into a cache
+(``$HRLM_CACHE_DIR``, default ``~/.cache/hrlm``) keyed by a hash of the weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hrlm.config import BACKENDS, check_choice
+from hrlm.errors import ConfigError, ModelError
+from hrlm.inference import unpadded
+from hrlm.inference.packing import Packed
+from hrlm.modeling import HrlmModel, ModelMeta, encoder_layers
+
+log = logging.getLogger("hrlm")
+
+QUANTIZED = ("torch-int8", "onnx-int8")
+ONNX_FILES = {"onnx-fp32": "model.onnx", "onnx-int8": "model.int8.onnx"}
+# The agreement check a non-reference backend must pass before `auto` uses it.
+MIN_LABEL_AGREEMENT = 0.99
+MAX_ACCURACY_DROP = 0.003
+MIN_CHECK_DOCS = 100
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX-512 BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def autocast(device: torch.device, precision: str) -> Any:
+    """An autocast context for ``precision`` (a no-op for fp32)."""
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=precision in ("bf16", "fp16"))
+
+
+class Backend:
+    """Runs the model on a padded batch: ``backend(ids, mask)`` gives float32 logits per task."""
+
+    name: str = ""
+    device = torch.device("cpu")
+
+    @property
+    def supports_packing(self) -> bool:
+        """Whether :meth:`packed` runs windows laid end to end without padding (see :mod:`hrlm.inference.packing`)."""
+        return False
+
+    def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def packed(self, batch: Packed) -> dict[str, np.ndarray]:
+        raise NotImplementedError(f"backend {self.name} does not run packed batches")
+
+
+class TorchBackend(Backend):
+    """The model in float32, or under bf16/fp16 autocast.
+
+    Under autocast the backend runs its own copy of the model whose linear layers already hold
+    bf16/fp16 weights (see :func:`hrlm.inference.unpadded.cast_linears`: same results, no cast per forward
+    pass); other parameters are shared with ``model``. Packed batches use one fused query-key-value
+    projection per layer. Both are taken from ``model`` when the backend is built: build a new
+    backend after training changes the weights.
+    """
+
+    def __init__(self, model: HrlmModel, device: torch.device, precision: str = "fp32", name: str = "") -> None:
+        model = model.to(device)
+        lowp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.model = (unpadded.cast_linears(model, lowp) if lowp else model).eval()
+        self.device = device
+        self.precision = precision
+        self.name = name or f"torch-{precision}"
+        self.qkv = unpadded.fuse_qkv(self.model.encoder) if unpadded.supports(self.model.encoder) else None
+
+    @property
+    def supports_packing(self) -> bool:
+        return unpadded.supports(self.model.encoder)
+
+    @torch.inference_mode()
+    def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, np.ndarray]:
+        with autocast(self.device, self.precision):
+            logits = self.model(ids.to(self.device), mask.to(self.device))
+        return _numpy(logits)
+
+    @torch.inference_mode()
+    def packed(self, batch: Packed) -> dict[str, np.ndarray]:
+        with autocast(self.device, self.precision):
+            logits = unpadded.forward(self.model, batch.to(self.device), self.qkv)
+        return _numpy(logits)
+
+
+def _numpy(logits: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {name: value.float().cpu().numpy() for name, value in logits.items()}
+
+
+def quantize_torch_int8(model: HrlmModel) -> HrlmModel:
+    """A copy whose transformer blocks compute their linear layers in int8 (dynamic quantization).
+
+    Embeddings, pooler and heads stay in float32: they cost little and the heads decide the label.
+    """
+    quantized = copy.deepcopy(model).to("cpu").eval()
+    with warnings.catch_warnings():
+        # torch.ao.quantization is deprecated in favour of torchao, which needs torch.compile to be fast on
+        # CPU; the eager API still works in the torch version hrlm pins.
+        warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor.*deprecated", category=UserWarning)
+        # One scale per output channel: measurably closer to fp32 than one per matrix, at the same speed.
+        spec = {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}
+        for block in encoder_layers(quantized.encoder):
+            torch.ao.quantization.quantize_dynamic(block, spec, dtype=torch.qint8, inplace=True)
+    return quantized
+
+
+def onnxruntime() -> Any:
+    """The ``onnxruntime`` module, or a one-line error saying how to install it."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ConfigError(
+            "the onnx backends need ONNX Runtime, which is not installed; run `pip install 'hrlm[onnx]'` "
+            "or choose --backend torch-fp32."
+        ) from None
+    return ort
+
+
+class OnnxBackend(Backend):
+    """An ONNX Runtime session over an exported model, all graph optimizations on, on ``threads`` threads."""
+
+    def __init__(self, path: Path, task_names: list[str], *, threads: int, name: str) -> None:
+        ort = onnxruntime()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.path = path
+        self.task_names = task_names
+        self.name = name
+
+    def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, np.ndarray]:
+        outputs = self.session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+        return {name: np.asarray(out, dtype=np.float32) for name, out in zip(self.task_names, outputs, strict=True)}
+
+
+class _Logits(nn.Module):
+    """The model with a tuple output, as ONNX export wants it."""
+
+    def __init__(self, model: HrlmModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits = self.model(input_ids, attention_mask)
+        return tuple(logits[t.name] for t in self.model.tasks)
+
+
+def export_onnx(model: HrlmModel, path: str | os.PathLike[str]) -> Path:
+    """Export encoder and heads to one ONNX file with dynamic batch and sequence axes.
+
+    Inputs are ``input_ids`` and ``attention_mask`` (int64, batch x tokens); output ``i`` holds the
+    logits of task ``i``.
+    """
+    onnxruntime()  # fail early, with the install hint, when the extra is missing
+    target = Path(path)
+    wrapper = _Logits(copy.deepcopy(model).to("cpu").float()).eval()
+    # The example batch has padding, so that the traced graph keeps the attention mask.
+    ids = torch.full((2, 8), 2, dtype=torch.long)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
+    with warnings.catch_warnings(), quiet[0], quiet[1]:
+        warnings.simplefilter("ignore")  # the exporter's notes on axis names and pytree deprecations
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        try:
+            torch.onnx.export(
+                wrapper,
+                (ids, mask),
+                str(target),
+                input_names=["input_ids", "attention_mask"],
+                output_names=[f"logits_{i}" for i in range(len(model.tasks))],
+                dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+        except Exception as exc:  # the exporter raises many kinds; the user needs one line and a way out
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ModelError(
+                f"could not export the {type(model.encoder).__name__} to ONNX ({reason}); use a torch-* backend."
+            ) from exc
+    return target
+
+
+def quantize_onnx_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
+    """Write an ONNX model whose matrix products use int8 weights, activations quantized on the fly."""
+    onnxruntime()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()  # the quantizer logs every skipped tensor to the root logger
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            # Per-channel weight scales: slower than one scale per matrix, but fewer labels change.
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        root.setLevel(level)
+    return Path(dst)
+
+
+def cache_dir() -> Path:
+    """Where exported ONNX models are kept: ``$HRLM_CACHE_DIR``, else ``~/.cache/hrlm``."""
+    return Path(os.environ.get("HRLM_CACHE_DIR") or Path.home() / ".cache" / "hrlm")
+
+
+def _weights_key(folder: Path, meta: ModelMeta) -> str:
+    digest = hashlib.sha256()
+    for name in ("model.safetensors", "config.json"):
+        with (folder / name).open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    digest.update(f"{meta.pooling}|{[t.name for t in meta.tasks]}".encode())
+    return digest.hexdigest()[:24]
+
+
+def onnx_file(name: str, model: HrlmModel, meta: ModelMeta, folder: Path | None, scratch: list[Any]) -> Path:
+    """The ONNX file of backend ``name``: the model folder's own, else one exported (once) to the cache.
+
+    A model that lives only in memory is exported to a temporary folder that ``scratch`` keeps alive.
+    """
+    filename = ONNX_FILES[name]
+    if folder is not None and (folder / filename).is_file():
+        return folder / filename
+    if folder is not None and (folder / "model.safetensors").is_file():
+        where = cache_dir() / "onnx" / _weights_key(folder, meta)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="hrlm-onnx-")
+        scratch.append(tmp)
+        where = Path(tmp.name)
+    target = where / filename
+    if target.is_file():
+        return target
+    where.mkdir(parents=True, exist_ok=True)
+    fp32 = where / ONNX_FILES["onnx-fp32"]
+    if not fp32.is_file():
+        log.info("exporting the model to ONNX once (cached in %s)", where)
+        _atomic(fp32, lambda p: export_onnx(model, p))
+    if name == "onnx-int8":
+        _atomic(target, lambda p: quantize_onnx_int8(fp32, p))
+    return target
+
+
+def _atomic(target: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def check_passes(check: dict[str, Any]) -> bool:
+    """Whether a recorded agreement check allows ``auto`` to use its backend.
+
+    At least :data:`MIN_CHECK_DOCS` held-out documents, label agreement with fp32 of at least 99%,
+    and accuracy no more than 0.3 points below fp32. The thresholds are applied here, to the recorded
+    numbers, rather than trusting a stored verdict.
+    """
+    try:
+        return (
+            int(check["n"]) >= MIN_CHECK_DOCS
+            and float(check["label_agreement"]) >= MIN_LABEL_AGREEMENT
+            and float(check["accuracy_delta"]) >= -MAX_ACCURACY_DROP - 1e-12
+        )
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def _onnx_available() -> bool:
+    try:
+        onnxruntime()
+    except ConfigError:
+        return False
+    return True
+
+
+@dataclass
+class Choice:
+    """The backend to build, the device it runs on, and why it was chosen."""
+
+    name: str
+    device: torch.device
+    reason: str
+
+
+def choose_backend(requested: str, meta: ModelMeta, device: torch.device, *, device_given: bool = False) -> Choice:
+    """Resolve ``auto`` and check that an explicit backend can run here.
+
+    Args:
+        requested: one of :data:`hrlm.config.BACKENDS`.
+        meta: the model's metadata; its ``backend_checks`` decide what ``auto`` may use.
+        device: the resolved device (``cuda`` or ``cpu``).
+        device_given: the caller asked for this device explicitly (so CPU-only backends are an error
+            on CUDA rather than a quiet move to the CPU).
+
+    Raises:
+        ConfigError: the backend is unknown or cannot run on this device or installation.
+    """
+    check_choice("backend", requested, BACKENDS)
+    cpu = torch.device("cpu")
+    if requested == "auto":
+        if device.type == "cuda":
+            bf16 = torch.cuda.is_bf16_supported()
+            return Choice("torch-bf16" if bf16 else "torch-fp32", device, "CUDA")
+        passing = {
+            name: check
+            for name, check in meta.backend_checks.items()
+            if name in BACKENDS and name != "auto" and check_passes(check)
+        }
+        if not _onnx_available():
+            passing = {k: v for k, v in passing.items() if not k.startswith("onnx-")}
+        reference = "torch-bf16" if cpu_has_fast_bf16() else "torch-fp32"
+        if not passing:
+            return Choice(reference, cpu, "no backend has passed an agreement check for this model")
+        best = max(passing, key=lambda k: float(passing[k].get("docs_per_s") or 0.0))
+        check = passing[best]
+        return Choice(
+            best,
+            cpu,
+            f"passed the agreement check on {check['n']} documents "
+            f"({check['label_agreement']:.2%} of labels agree with fp32)",
+        )
+    if requested.startswith("onnx-") or requested == "torch-int8":
+        if device.type == "cuda" and device_given:
+            raise ConfigError(f"backend {requested} runs on the CPU only; use --device cpu or a torch-* backend.")
+        if requested.startswith("onnx-"):
+            onnxruntime()
+        return Choice(requested, cpu, "requested")
+    if requested == "torch-fp16" and device.type != "cuda":
+        raise ConfigError("backend torch-fp16 needs a CUDA GPU; on a CPU use torch-fp32, torch-bf16 or an int8 one.")
+    return Choice(requested, device, "requested")
+
+
+def build_backend(
+    choice: Choice,
+    model: HrlmModel,
+    meta: ModelMeta,
+    *,
+    folder: Path | None,
+    threads: int,
+    scratch: list[Any],
+) -> Backend:
+    """The backend ``choice`` names, over ``model`` (which it does not modify)."""
+    if choice.name == "torch-int8":
+        return TorchBackend(quantize_torch_int8(model), choice.device, "fp32", name="torch-int8")
+    if choice.name.startswith("onnx-"):
+        path = onnx_file(choice.name, model, meta, folder, scratch)
+        return OnnxBackend(path, [t.name for t in meta.tasks], threads=threads, name=choice.name)
+    return TorchBackend(model, choice.device, choice.name.split("-", 1)[1])

@@ -1,0 +1,13 @@
+"""The review loop's library: what reviewers are shown, what they answer, and what it measures.
+
+Modules: ``answers`` (the review policy, next item, leases, submitted answers, labelled examples for
+retraining), ``fill`` (sorting new predictions into the queue: low confidence, uncertainty sampling,
+random share, near-duplicates), ``stats`` (queue statistics, reviewer agreement and kappa).
+It needs the store (``pip install 'hrlm[serve]'``), not the service.
+"""
+
+from __future__ import annotations
+
+from hrlm.review.answers import ReviewPolicy, fill_queue, labelled_examples
+
+__all__ = ["ReviewPolicy", "fill_queue", "labelled_examples"]

@@ -1,0 +1,1 @@
+"""HTTP routes, one module per area: ``predict``, ``review``, ``registry``, ``jobs``, ``pages`` (HTML)."""

@@ -1,0 +1,144 @@
+"""Routes of the model registry: promote and roll back (admin), a version's history and report files.
+
+Promotion and rollback need the registry: a service started with ``--model DIR`` answers them
+with 409. Both reload the model at once; other processes' changes arrive by the registry follower.
+
+No ``from __future__ import annotations`` here: FastAPI must see the body models as objects.
+"""
+
+import asyncio
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse
+
+from hrlm.errors import Conflict
+from hrlm.lifecycle import Registry, report_file, report_files
+from hrlm.service.auth import require
+from hrlm.service.schemas.predict import ErrorOut
+from hrlm.service.schemas.registry import PromoteIn, ReasonIn, ReportsOut, StageChangeOut, VersionHistoryOut
+from hrlm.service.served_model import find_version
+from hrlm.store.users import Principal
+from hrlm.store.versions import VersionInfo
+
+log = logging.getLogger("hrlm.service")
+ROLES_CHANGE = ("admin",)
+ROLES_READ = ("reviewer", "admin")
+# A report is hrlm's own HTML, but label names and texts in it come from data: the page runs no script
+# and is sandboxed into an opaque origin that cannot read the tokens the review pages keep.
+REPORT_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; sandbox",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorOut} for code in codes}
+
+
+def _registry(request: Request) -> Registry:
+    service = request.app.state.service
+    registry: Registry | None = service.registry
+    if registry is None:
+        raise Conflict(
+            f"this service serves the model folder {service.model.ref.path} (--model / HRLM_MODEL), not the "
+            "model registry; to promote and roll back, register it (`hrlm models register DIR --promote`) and "
+            "serve without --model."
+        )
+    return registry
+
+
+async def _changed(request: Request, info: VersionInfo) -> dict[str, Any]:
+    """Load the new production version now, and say which version answers."""
+    service = request.app.state.service
+    out: dict[str, Any] = {"version": info.version, "stage": info.stage}
+    try:
+        await service.reload()
+    except Exception as exc:  # the change is stored; the follower retries the load
+        log.warning("stored the change to %s but cannot load it: %s", info.version, exc)
+        out["warning"] = f"the change is stored, but this service could not load {info.version}: {exc}"
+    out["serving"] = service.model.version
+    return out
+
+
+def build_registry_router() -> APIRouter:
+    """The registry's routes."""
+    router = APIRouter(tags=["models"])
+
+    @router.post(
+        "/v1/models/rollback",
+        response_model=StageChangeOut,
+        response_model_exclude_none=True,
+        responses=_errors(401, 403, 409, 422),
+        summary="Roll production back to the version that was in production before it",
+    )
+    async def rollback(
+        request: Request, body: ReasonIn | None = None, principal: Principal = Depends(require(*ROLES_CHANGE))
+    ) -> dict[str, Any]:
+        """Archive the production version and bring back the previous one; this service swaps at once."""
+        registry = _registry(request)
+        reason = body.reason if body else None
+        info = await asyncio.to_thread(registry.rollback, principal.name, reason)
+        return await _changed(request, info)
+
+    @router.post(
+        "/v1/models/{version}/promote",
+        response_model=StageChangeOut,
+        response_model_exclude_none=True,
+        responses=_errors(401, 403, 404, 409, 422),
+        summary="Put a version in production",
+    )
+    async def promote(
+        version: str,
+        request: Request,
+        body: PromoteIn | None = None,
+        principal: Principal = Depends(require(*ROLES_CHANGE)),
+    ) -> dict[str, Any]:
+        """Promote a candidate or archived version (a rejected one with `force`); production before is archived."""
+        registry = _registry(request)
+        body = body or PromoteIn()
+        info = await asyncio.to_thread(registry.promote, version, principal.name, body.reason, force=body.force)
+        return await _changed(request, info)
+
+    @router.get(
+        "/v1/models/{version}/history",
+        response_model=VersionHistoryOut,
+        responses=_errors(401, 403, 404, 409),
+        summary="A registered version's origin, stage history, gate comparison and report files",
+    )
+    async def history(version: str, request: Request, _: Principal = Depends(require(*ROLES_READ))) -> dict[str, Any]:
+        registry = _registry(request)
+
+        def read() -> dict[str, Any]:
+            info = registry.get(version)
+            events = [e.to_dict() for e in registry.history(version)]
+            return {**info.to_dict(), "events": events, "reports": report_files(info.path)}
+
+        return await asyncio.to_thread(read)
+
+    @router.get(
+        "/v1/models/{version}/report",
+        response_model=ReportsOut,
+        responses=_errors(401, 403, 404),
+        summary="The files of a version's report folder",
+    )
+    async def reports(version: str, request: Request, _: Principal = Depends(require(*ROLES_READ))) -> dict[str, Any]:
+        ref = await asyncio.to_thread(find_version, request.app.state.service.source, version)
+        return {"version": ref.version, "reports": report_files(ref.path)}
+
+    @router.get(
+        "/v1/models/{version}/report/{name:path}",
+        response_class=FileResponse,
+        responses={200: {"description": "The file (HTML, PNG, JSON, Markdown)."}, **_errors(401, 403, 404)},
+        summary="One file of a version's report folder (report.html, metrics.json, gate.md, ...)",
+    )
+    async def report(
+        version: str, name: str, request: Request, _: Principal = Depends(require(*ROLES_READ))
+    ) -> FileResponse:
+        """Served with a sandboxing Content-Security-Policy; paths outside the report folder answer 404."""
+        ref = await asyncio.to_thread(find_version, request.app.state.service.source, version)
+        return FileResponse(report_file(ref.path, name), headers=REPORT_HEADERS)
+
+    return router

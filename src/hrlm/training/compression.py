@@ -1,0 +1,367 @@
+"""Smaller and faster models: pruning, int8 quantization, ONNX export, and what they cost in accuracy.
+
+:func:`compress` reads a model folder and writes a new one (never over an existing folder):
+
+- ``prune`` with ``prune_heads``: whole attention heads are removed, the lowest-magnitude ones of
+  every layer; the layers then compute fewer heads, so this saves time and memory.
+- ``prune`` alone: the smallest-magnitude weights of every linear layer of the transformer blocks
+  are set to zero (unstructured). Dense kernels do not skip zeros, so this alone makes nothing
+  faster or smaller on disk; it is the first step of sparse deployment and a way to measure how
+  much a model can lose.
+- with training data, a short recovery fine-tune follows the pruning (pruned weights stay zero).
+- ``quantize="int8"``: the int8 backends are checked (``torch-int8``; ``onnx-int8`` with ``onnx``).
+- ``onnx``: ``model.onnx`` (and ``model.int8.onnx``) are exported into the new folder.
+
+With held-out labelled ``data``, every backend of the new folder is measured against the new
+folder's own fp32 predictions, and against the original model: size on disk, docs/s, accuracy and
+label agreement. The results are the table ``compress.md`` in the new folder and the agreement
+checks in its ``hrlm.json``; ``--backend auto`` uses a backend other than fp32 only when its check
+passed (see :func:`hrlm.inference.backends.check_passes`).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from hrlm._fs import atomic_dir, atomic_file, write_json
+from hrlm._version import __version__
+from hrlm.config import TrainConfig
+from hrlm.data import Dataset, load_dataset, split_dataset
+from hrlm.errors import ConfigError
+from hrlm.evaluation import compute_metrics
+from hrlm.inference import (
+    MIN_CHECK_DOCS,
+    ONNX_FILES,
+    Predictor,
+    check_passes,
+    cpu_has_fast_bf16,
+    decide,
+    default_threads,
+    export_onnx,
+    quantize_onnx_int8,
+)
+from hrlm.modeling import META_FILE, HrlmModel, ModelMeta, attention_heads, encoder_layers, load_model, save_model
+from hrlm.modeling import prune_heads as remove_heads
+
+log = logging.getLogger("hrlm")
+
+QUANTIZE_MODES = ("int8",)
+
+
+@dataclass
+class CompressResult:
+    """What :func:`compress` wrote and measured."""
+
+    out: Path
+    rows: list[dict[str, Any]]
+    checks: dict[str, dict[str, Any]]
+    notes: list[str] = field(default_factory=list)
+
+
+def prune_linear(model: HrlmModel, fraction: float) -> list[nn.Linear]:
+    """Zero the ``fraction`` smallest-magnitude weights of every linear layer of the transformer blocks.
+
+    The pruning stays a mask over the weights (so that a recovery fine-tune keeps them at zero)
+    until :func:`make_permanent`. Returns the pruned layers.
+    """
+    layers = [m for block in encoder_layers(model.encoder) for m in block.modules() if isinstance(m, nn.Linear)]
+    for layer in layers:
+        torch_prune.l1_unstructured(layer, "weight", amount=fraction)
+    return layers
+
+
+def make_permanent(layers: list[nn.Linear]) -> None:
+    """Fold pruning masks into the weights."""
+    for layer in layers:
+        if torch_prune.is_pruned(layer):
+            torch_prune.remove(layer, "weight")
+
+
+def head_magnitudes(model: HrlmModel) -> list[list[float]]:
+    """Per layer, the L2 norm of each attention head's query, key, value and output weights."""
+    scores = []
+    blocks: list[Any] = list(encoder_layers(model.encoder))
+    for block in blocks:
+        attn = block.attention
+        size, count = int(attn.self.attention_head_size), int(attn.self.num_attention_heads)
+        parts = [attn.self.query.weight, attn.self.key.weight, attn.self.value.weight, attn.output.dense.weight.T]
+        norms = torch.zeros(count)
+        for w in parts:
+            norms += w.detach().float().reshape(count, size, -1).pow(2).sum(dim=(1, 2)).cpu()
+        scores.append(norms.sqrt().tolist())
+    return scores
+
+
+def prune_attention_heads(model: HrlmModel, fraction: float) -> dict[int, list[int]]:
+    """Remove ``round(fraction * heads)`` lowest-magnitude attention heads of every layer (at least one stays).
+
+    Returns:
+        The heads removed, by layer and original index.
+    """
+    plan: dict[int, list[int]] = {}
+    for layer, scores in enumerate(head_magnitudes(model)):
+        count = min(round(fraction * len(scores)), len(scores) - 1)
+        if count > 0:
+            plan[layer] = sorted(int(h) for h in np.argsort(scores, kind="stable")[:count])
+    if not plan:
+        heads = attention_heads(model.encoder)
+        raise ConfigError(f"prune = {fraction} removes no head of layers with {heads} heads; use a larger fraction.")
+    remove_heads(model.encoder, plan)
+    return plan
+
+
+def compress(
+    model_dir: str | Path,
+    out: str | Path,
+    *,
+    prune: float = 0.0,
+    prune_heads: bool = False,
+    quantize: str | None = None,
+    onnx: bool = False,
+    data: str | Path | None = None,
+    train_data: str | Path | None = None,
+    recovery_epochs: float = 1.0,
+    text_col: str = "text",
+    label_col: str | None = None,
+    threads: int | None = None,
+    progress: bool = False,
+) -> CompressResult:
+    """Write a pruned, quantized and/or ONNX-exported copy of a model folder, and measure it.
+
+    Args:
+        model_dir: a folder written by ``hrlm train`` (or ``hrlm compress``).
+        out: the new folder; it must not exist.
+        prune: fraction of weights (or, with ``prune_heads``, of each layer's attention heads) to remove.
+        prune_heads: prune whole attention heads instead of single weights.
+        quantize: ``"int8"`` to check the int8 backends (and export ``model.int8.onnx`` with ``onnx``).
+        onnx: export ``model.onnx`` (and ``model.int8.onnx``) into the new folder.
+        data: held-out labelled data: size, docs/s, accuracy and agreement of every backend, and the
+            agreement checks that let ``--backend auto`` use a quantized backend.
+        train_data: labelled data for a short recovery fine-tune after pruning.
+        recovery_epochs: length of that fine-tune.
+        text_col, label_col: columns of ``data`` and ``train_data`` (label: the model's by default).
+        threads: CPU threads for measuring and fine-tuning.
+
+    Returns:
+        The new folder, the table rows and the agreement checks.
+
+    Raises:
+        ConfigError: ``out`` exists, nothing was asked for, or a setting is out of range.
+    """
+    source, target = Path(model_dir), Path(out)
+    if target.exists():
+        raise ConfigError(f"{target} already exists; compress writes a new folder, choose another --out.")
+    if not 0.0 <= prune < 1.0:
+        raise ConfigError(f"prune = {prune} must be a fraction in [0, 1).")
+    if prune_heads and prune == 0:
+        raise ConfigError("--prune-heads needs --prune, the fraction of each layer's heads to remove (e.g. 0.25).")
+    if quantize is not None and quantize not in QUANTIZE_MODES:
+        raise ConfigError(f"quantize = {quantize!r} is not valid; choose one of {', '.join(QUANTIZE_MODES)}.")
+    if prune == 0 and quantize is None and not onnx:
+        raise ConfigError("nothing to do; pass --prune, --quantize int8 or --onnx.")
+    if train_data is not None and prune == 0:
+        raise ConfigError("--train-data is for the recovery fine-tune after pruning; pass --prune too.")
+    threads = threads or default_threads()
+
+    model, tokenizer, meta = load_model(source)
+    held_out = _load_labelled(data, meta, text_col, label_col) if data is not None else None
+    train_ds = _load_labelled(train_data, meta, text_col, label_col) if train_data is not None else None
+    notes: list[str] = []
+    if held_out is not None and len(held_out) < MIN_CHECK_DOCS:
+        notes.append(
+            f"{data} has {len(held_out)} documents; an agreement check needs at least {MIN_CHECK_DOCS}, "
+            "so --backend auto will not use a quantized backend."
+        )
+    if held_out is None and (quantize or onnx):
+        notes.append("no --data: nothing was checked, so --backend auto keeps using fp32 for this model.")
+
+    rows: list[dict[str, Any]] = []
+    measured: dict[str, _Measured] = {}
+    if held_out is not None:
+        original = Predictor(model, tokenizer, meta, backend="torch-fp32", device="cpu", threads=threads, folder=source)
+        measured["original"] = _measure(original, held_out)
+        rows.append(_row("original torch-fp32", _size(source / "model.safetensors"), measured["original"], None))
+
+    settings: dict[str, Any] = {"prune": prune, "prune_heads": prune_heads, "quantize": quantize, "onnx": onnx}
+    if prune > 0:
+        settings.update(
+            _prune(model, tokenizer, meta, prune, prune_heads, train_ds, recovery_epochs, threads, progress)
+        )
+        if not prune_heads:
+            notes.append(
+                "unstructured pruning zeroes weights but dense kernels still multiply them: same size and speed."
+            )
+
+    new_meta = copy.deepcopy(meta)
+    new_meta.hrlm_version = __version__
+    backends = ["torch-fp32"]
+    if cpu_has_fast_bf16():
+        backends.append("torch-bf16")
+    if quantize == "int8":
+        backends.append("torch-int8")
+    if onnx:
+        backends += ["onnx-fp32", *(["onnx-int8"] if quantize == "int8" else [])]
+
+    with atomic_dir(target) as tmp:
+        save_model(model, tokenizer, new_meta, tmp)
+        if onnx:
+            export_onnx(model, tmp / ONNX_FILES["onnx-fp32"])
+            if quantize == "int8":
+                quantize_onnx_int8(tmp / ONNX_FILES["onnx-fp32"], tmp / ONNX_FILES["onnx-int8"])
+        checks: dict[str, dict[str, Any]] = {}
+        if held_out is not None:
+            weights_size = _size(tmp / "model.safetensors")
+            for name in backends:
+                if name == "torch-fp32" and prune == 0:
+                    result = measured["original"]  # the very same weights
+                else:
+                    predictor = Predictor(
+                        model, tokenizer, new_meta, backend=name, device="cpu", threads=threads, folder=tmp
+                    )
+                    result = _measure(predictor, held_out)
+                measured[name] = result
+                reference = measured["torch-fp32"]
+                checks[name] = _check(result, reference, held_out, data, threads)
+                size = _size(tmp / ONNX_FILES[name]) if name in ONNX_FILES else weights_size
+                row = _row(f"compressed {name}", size, result, reference)
+                row["vs_original"] = round(_agreement(result.labels, measured["original"].labels), 4)
+                row["check"] = "pass" if check_passes(checks[name]) else "fail"
+                rows.append(row)
+            fp32 = measured["torch-fp32"]
+            new_meta.metrics = {"split": f"hrlm compress --data {Path(str(data)).name}", **fp32.metrics}
+        elif prune > 0:
+            new_meta.metrics = {}  # the source's metrics describe other weights
+        new_meta.backend_checks = checks
+        new_meta.extra = {**meta.extra, "compress": {"source": str(source), **settings, "notes": notes}}
+        write_json(tmp / META_FILE, new_meta.to_dict())
+        write_json(tmp / "compress.json", {"settings": settings, "rows": rows, "checks": checks, "notes": notes})
+        with atomic_file(tmp / "compress.md") as fh:
+            fh.write(markdown_table(rows, source, settings, notes))
+    return CompressResult(out=target, rows=rows, checks=checks, notes=notes)
+
+
+@dataclass
+class _Measured:
+    labels: list[Any]
+    metrics: dict[str, Any]
+    docs_per_s: float
+
+
+def _load_labelled(path: str | Path, meta: ModelMeta, text_col: str, label_col: str | None) -> Dataset:
+    task = meta.tasks[0]
+    sep = meta.train_config.get("label_sep") if task.multi_label else None
+    return load_dataset(
+        Path(path),
+        text_col=text_col,
+        label_col=label_col or meta.train_config.get("label_col", "label"),
+        label_sep=(sep or "|") if task.multi_label else None,
+    )
+
+
+def _measure(predictor: Predictor, ds: Dataset) -> _Measured:
+    """Labels, metrics and throughput of one backend on ``ds`` (after a short warm-up)."""
+    assert ds.labels is not None
+    task = predictor.tasks[0]
+    predictor.predict_proba(ds.texts[:8])
+    start = time.perf_counter()
+    probs = predictor.predict_proba(ds.texts)[task.name]
+    seconds = time.perf_counter() - start
+    labels = decide(probs, task)
+    metrics = compute_metrics(ds.labels, labels, probs, task.labels, multi_label=task.multi_label)
+    keep = ("n", "accuracy", "macro_f1", "weighted_f1", "micro_f1")
+    return _Measured(labels, {k: metrics[k] for k in keep if k in metrics}, len(ds) / max(seconds, 1e-9))
+
+
+def _agreement(a: list[Any], b: list[Any]) -> float:
+    return float(np.mean([x == y for x, y in zip(a, b, strict=True)])) if a else 0.0
+
+
+def _check(result: _Measured, reference: _Measured, ds: Dataset, data: Any, threads: int) -> dict[str, Any]:
+    """The agreement check of one backend against fp32 of the same weights, as ``hrlm.json`` records it."""
+    check = {
+        "n": len(ds),
+        "label_agreement": round(_agreement(result.labels, reference.labels), 6),
+        "accuracy": result.metrics["accuracy"],
+        "reference_accuracy": reference.metrics["accuracy"],
+        "accuracy_delta": round(result.metrics["accuracy"] - reference.metrics["accuracy"], 6),
+        "docs_per_s": round(result.docs_per_s, 2),
+        "threads": threads,
+        "data": str(data),
+        "data_fingerprint": ds.fingerprint(),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    check["passed"] = check_passes(check)
+    return check
+
+
+def _row(system: str, size: int, result: _Measured, reference: _Measured | None) -> dict[str, Any]:
+    return {
+        "system": system,
+        "size_mb": round(size / 1e6, 1),
+        "docs_per_s": round(result.docs_per_s, 1),
+        "accuracy": result.metrics["accuracy"],
+        "agreement": round(_agreement(result.labels, reference.labels), 4) if reference else None,
+    }
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
+
+
+def _prune(
+    model: HrlmModel,
+    tokenizer: Any,
+    meta: ModelMeta,
+    fraction: float,
+    heads: bool,
+    train_ds: Dataset | None,
+    epochs: float,
+    threads: int,
+    progress: bool,
+) -> dict[str, Any]:
+    """Prune, fine-tune briefly when there is training data, and make the pruning permanent."""
+    from hrlm.training.fitting import finetune
+
+    info: dict[str, Any] = {}
+    pruned: list[nn.Linear] = []
+    if heads:
+        before = sum(attention_heads(model.encoder))
+        info["removed_heads"] = {str(k): v for k, v in prune_attention_heads(model, fraction).items()}
+        info["heads"] = f"{sum(attention_heads(model.encoder))} of {before}"
+    else:
+        pruned = prune_linear(model, fraction)
+    if train_ds is not None:
+        known = set(TrainConfig.names())
+        stored = {k: v for k, v in meta.train_config.items() if k in known}
+        cfg = TrainConfig.from_dict({**stored, "epochs": float(epochs), "threads": threads, "base": None})
+        splits = split_dataset(train_ds, val_size=cfg.val_size, test_size=0.0, seed=cfg.seed)
+        run = finetune(model, tokenizer, cfg, splits, progress=progress)
+        info["recovery"] = {"epochs": epochs, "train_rows": len(splits["train"]), **run}
+        model.to("cpu")
+    make_permanent(pruned)
+    model.eval()
+    return info
+
+
+def markdown_table(rows: list[dict[str, Any]], source: Path, settings: dict[str, Any], notes: list[str]) -> str:
+    """The table of :func:`compress` as Markdown, for ``compress.md``."""
+    lines = [f"# hrlm compress of {source}", "", "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()), ""]
+    if rows:
+        keys = list(dict.fromkeys(k for row in rows for k in row))
+        lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        lines += ["| " + " | ".join("" if row.get(k) is None else str(row[k]) for k in keys) + " |" for row in rows]
+    else:
+        lines.append("Nothing was measured: pass --data to compare sizes, speed and accuracy.")
+    lines += ["", *[f"- {n}" for n in notes]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,139 @@
+"""Few-shot learning with the SetFit method (Tunstall et al., 2022).
+
+With a handful of labels per class, a classifier head on top of a fully fine-tuned encoder has too
+little to learn from. SetFit first fine-tunes the encoder contrastively on sentence pairs made from
+the few labelled texts (same label: similar, different labels: dissimilar), which multiplies the
+training signal, then fits a linear head on the tuned encoder's mean-pooled vectors.
+
+:func:`choose_method` picks SetFit automatically when the training split has fewer labelled texts
+per class than ``TrainConfig.few_shot_below``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from hrlm._progress import ProgressBar
+from hrlm.config import TrainConfig
+from hrlm.data import Dataset
+from hrlm.errors import ConfigError
+from hrlm.inference import autocast, collate
+from hrlm.modeling import HrlmModel
+from hrlm.training.loop import lr_factor
+
+log = logging.getLogger("hrlm")
+
+
+def choose_method(cfg: TrainConfig, train: Dataset) -> str:
+    """``finetune`` or ``setfit``: the configured method, or for ``auto`` SetFit below the threshold.
+
+    Multi-label and multi-task data always use fine-tuning: SetFit's pairs need one label per text.
+    """
+    if train.extra_tasks:
+        if cfg.method == "setfit":
+            raise ConfigError(
+                "several label columns train by fine-tuning; drop --method setfit or train one model per column."
+            )
+        return "finetune"
+    if cfg.method != "auto":
+        if cfg.method == "setfit" and train.multi_label:
+            raise ConfigError("method = 'setfit' needs single-label data; use --method finetune for multi-label.")
+        return cfg.method
+    if train.multi_label or not train.labels:
+        return "finetune"
+    per_class = len(train) / max(1, len(train.label_names))
+    return "setfit" if per_class < cfg.few_shot_below else "finetune"
+
+
+def contrastive_pairs(labels: Sequence[int], pairs_per_text: int, rng: random.Random) -> list[tuple[int, int, float]]:
+    """For each text, ``pairs_per_text`` positive and as many negative partners (SetFit's sampling).
+
+    Returns ``(i, j, target)`` with target 1.0 for the same label and 0.0 for different labels.
+    A class of one text has no positive partner; its texts get negatives only.
+
+    Example:
+        >>> pairs = contrastive_pairs([0, 0, 1], 1, random.Random(0))
+        >>> sorted(t for _, _, t in pairs)
+        [0.0, 0.0, 0.0, 1.0, 1.0]
+    """
+    by_label: dict[int, list[int]] = defaultdict(list)
+    for i, lab in enumerate(labels):
+        by_label[lab].append(i)
+    pairs: list[tuple[int, int, float]] = []
+    for i, lab in enumerate(labels):
+        same = [j for j in by_label[lab] if j != i]
+        other = [j for j in range(len(labels)) if labels[j] != lab]
+        for _ in range(pairs_per_text):
+            if same:
+                pairs.append((i, rng.choice(same), 1.0))
+            if other:
+                pairs.append((i, rng.choice(other), 0.0))
+    rng.shuffle(pairs)
+    return pairs
+
+
+def train_contrastive(
+    model: HrlmModel,
+    windows: Sequence[Sequence[int]],
+    labels: Sequence[int],
+    cfg: TrainConfig,
+    *,
+    pad_id: int,
+    device: torch.device,
+    precision: str,
+    show: bool = True,
+) -> dict[str, float]:
+    """Fine-tune the encoder so that the cosine similarity of two texts' pooled vectors is 1 for the
+    same label and 0 for different labels (mean squared error, as SetFit's CosineSimilarityLoss).
+
+    Returns:
+        ``pairs``, ``steps``, ``seconds`` and the final mean ``loss``.
+    """
+    rng = random.Random(cfg.seed)
+    pairs = contrastive_pairs(labels, cfg.setfit_pairs, rng)
+    if not pairs:
+        raise ConfigError("few-shot training needs at least two classes with labelled texts.")
+    batch = max(2, cfg.batch_size)  # pairs per step, as SetFit's batch size
+    total = max(1, math.ceil(len(pairs) / batch))
+    warmup = int(cfg.warmup_ratio * total)
+    params = [p for p in model.encoder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.setfit_lr, weight_decay=cfg.weight_decay)
+    bar = ProgressBar(total, "contrastive pairs", unit="steps", fields={"loss": "-"}, enabled=show)
+    model.train()
+    t0 = time.perf_counter()
+    running = 0.0
+    steps = 0
+    try:
+        for step in range(total):
+            chunk = pairs[step * batch : (step + 1) * batch]
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.setfit_lr * lr_factor(step, warmup=warmup, total=total)
+            left, mask_l = collate([windows[i] for i, _, _ in chunk], pad_id)
+            right, mask_r = collate([windows[j] for _, j, _ in chunk], pad_id)
+            target = torch.tensor([t for _, _, t in chunk], device=device)
+            with autocast(device, precision):
+                a = model.pool(left.to(device), mask_l.to(device))
+                b = model.pool(right.to(device), mask_r.to(device))
+            cos = nn.functional.cosine_similarity(a.float(), b.float())
+            loss = nn.functional.mse_loss(cos, target)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            running = 0.9 * running + 0.1 * float(loss.detach()) if step else float(loss.detach())
+            bar.update(step + 1, loss=f"{running:.4f}")
+            steps = step + 1
+    except KeyboardInterrupt:  # the head is still fitted on what the encoder has learned so far
+        log.warning("contrastive training interrupted after %d of %d steps", steps, total)
+    finally:
+        bar.close()
+    model.eval()
+    return {"pairs": len(pairs), "steps": steps, "seconds": time.perf_counter() - t0, "loss": running}

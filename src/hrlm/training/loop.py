@@ -1,0 +1,399 @@
+"""The training loops: learning-rate schedule, length-grouped batches, validation, and the runners.
+
+:func:`train_full` fine-tunes encoder and heads with AdamW; :func:`train_head_only` fits the heads on
+features computed once. Both keep the best weights by the validation metric and stop early.
+:mod:`hrlm.training.fitting` prepares the data and the model, calls them, and writes the model folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hrlm._progress import ProgressBar
+from hrlm.config import TrainConfig
+from hrlm.data import Dataset
+from hrlm.evaluation import compute_metrics
+from hrlm.inference import (
+    TorchBackend,
+    aggregate,
+    autocast,
+    collate,
+    decide,
+    length_batches,
+    probabilities,
+    window_logits,
+)
+from hrlm.modeling import HrlmModel, TaskSpec
+from hrlm.text import Encoded
+from hrlm.training.frozen import FrozenCache
+from hrlm.training.multitask import MultiTaskLoss
+
+log = logging.getLogger("hrlm")
+
+
+def lr_factor(step: int, *, warmup: int, total: int) -> float:
+    """Linear warmup to 1 over ``warmup`` steps, then linear decay to 0 at ``total``.
+
+    Example:
+        >>> [round(lr_factor(s, warmup=2, total=6), 2) for s in range(7)]
+        [0.0, 0.5, 1.0, 0.75, 0.5, 0.25, 0.0]
+    """
+    if step < warmup:
+        return step / max(1, warmup)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def length_grouped_order(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffled batches of similar-length samples.
+
+    Samples are shuffled, cut into mega-batches of 50 batches, sorted by length inside each, and
+    the resulting batches are shuffled again: padding stays small while the order stays random.
+    """
+    idx = list(range(len(lengths)))
+    rng.shuffle(idx)
+    mega = batch_size * 50
+    batches: list[list[int]] = []
+    for start in range(0, len(idx), mega):
+        chunk = sorted(idx[start : start + mega], key=lambda i: lengths[i], reverse=True)
+        batches.extend(chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def doc_targets(ds: Dataset, task: TaskSpec) -> torch.Tensor:
+    """Class ids per document, or a multi-hot row per document for multi-label tasks."""
+    assert ds.labels is not None
+    index = {lab: i for i, lab in enumerate(task.labels)}
+    if task.multi_label:
+        multi_hot = torch.zeros((len(ds), len(task.labels)), dtype=torch.float32)
+        for row, labs in enumerate(ds.labels):
+            for lab in labs:
+                multi_hot[row, index[lab]] = 1.0
+        return multi_hot
+    return torch.tensor([index[lab] for lab in ds.labels], dtype=torch.long)
+
+
+def task_loss(task: TaskSpec, ds: Dataset, mode: str, device: torch.device) -> nn.Module:
+    counts = ds.label_counts()
+    n = len(ds)
+    if task.multi_label:
+        if mode == "balanced":
+            pos = torch.tensor([max(counts[lab], 1) for lab in task.labels], dtype=torch.float32)
+            return nn.BCEWithLogitsLoss(pos_weight=((n - pos) / pos).clamp(1.0, 20.0).to(device))
+        return nn.BCEWithLogitsLoss()
+    if mode == "balanced":
+        k = len(task.labels)
+        weights = torch.tensor([n / (k * max(counts[lab], 1)) for lab in task.labels], dtype=torch.float32)
+        return nn.CrossEntropyLoss(weight=weights.to(device))
+    return nn.CrossEntropyLoss()
+
+
+def _doc_loss(logits: np.ndarray, ds: Dataset, task: TaskSpec) -> float:
+    """Unweighted loss of aggregated document logits, for the learning curves."""
+    targets = doc_targets(ds, task)
+    x = torch.from_numpy(logits)
+    if task.multi_label:
+        return float(nn.functional.binary_cross_entropy_with_logits(x, targets))
+    return float(nn.functional.cross_entropy(x, targets))
+
+
+class Evaluator:
+    """Validation metric and loss of the current weights on pre-encoded validation windows."""
+
+    def __init__(
+        self,
+        ds: Dataset | None,
+        enc: Encoded | None,
+        task: TaskSpec,
+        cfg: TrainConfig,
+        pad_id: int,
+        device: torch.device,
+        precision: str,
+    ) -> None:
+        self.ds, self.enc, self.task, self.cfg = ds, enc, task, cfg
+        self.pad_id, self.device, self.precision = pad_id, device, precision
+
+    @property
+    def available(self) -> bool:
+        return self.ds is not None and len(self.ds) > 0
+
+    def doc_logits(self, model: HrlmModel) -> np.ndarray:
+        assert self.enc is not None
+        was_training = model.training
+        model.eval()
+        backend = TorchBackend(model, self.device, self.precision)
+        per_window = window_logits(backend, self.enc.windows, pad_id=self.pad_id)[self.task.name]
+        model.train(was_training)
+        return aggregate(per_window, self.enc.doc_index, self.enc.n_docs, self.cfg.aggregate)
+
+    def score(self, logits: np.ndarray) -> tuple[float, float]:
+        """(metric, loss) of document logits; higher metric is better (loss is negated for 'loss')."""
+        assert self.ds is not None and self.ds.labels is not None
+        loss = _doc_loss(logits, self.ds, self.task)
+        if self.cfg.metric == "loss":
+            return -loss, loss
+        probs = probabilities(logits, self.task.multi_label)
+        metrics = compute_metrics(
+            self.ds.labels, decide(probs, self.task), probs, self.task.labels, multi_label=self.task.multi_label
+        )
+        return float(metrics[self.cfg.metric]), loss
+
+
+@dataclass
+class RunState:
+    best_state: dict[str, torch.Tensor]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_metric: float = -math.inf
+    best_loss: float = math.inf
+    best_step: int = 0
+    bad_evals: int = 0
+    train_seconds: float = 0.0
+    samples: int = 0
+    interrupted: bool = False
+
+    def record(self, model: nn.Module, entry: dict[str, Any], metric: float | None, patience: int) -> bool:
+        """Add a history entry; keep the weights if they are the best; True when training should stop."""
+        self.history.append(entry)
+        if metric is None:
+            self.best_state = _snapshot(model)
+            self.best_step = entry["step"]
+            return False
+        loss = entry["val_loss"] if entry["val_loss"] is not None else math.inf
+        # A tie on the metric (common on small validation sets) is broken by the validation loss.
+        if metric > self.best_metric + 1e-9 or (abs(metric - self.best_metric) <= 1e-9 and loss < self.best_loss):
+            self.best_metric, self.best_loss, self.best_step, self.bad_evals = metric, loss, entry["step"], 0
+            self.best_state = _snapshot(model)
+            return False
+        self.bad_evals += 1
+        return patience > 0 and self.bad_evals >= patience
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _history_entry(
+    epoch: float, step: int, train_loss: float, evaluator: Evaluator, model: HrlmModel, cfg: TrainConfig
+) -> tuple[dict[str, Any], float | None]:
+    entry: dict[str, Any] = {
+        "epoch": round(epoch, 4),
+        "step": step,
+        "train_loss": round(train_loss, 6),
+        "val_loss": None,
+        "val_metric": None,
+        "metric": cfg.metric,
+    }
+    if not evaluator.available:
+        return entry, None
+    metric, loss = evaluator.score(evaluator.doc_logits(model))
+    entry["val_loss"] = round(loss, 6)
+    entry["val_metric"] = round(loss if cfg.metric == "loss" else metric, 6)
+    return entry, metric
+
+
+@dataclass
+class TrainingRun:
+    """What a training runner works with."""
+
+    model: HrlmModel
+    cfg: TrainConfig
+    enc: Encoded
+    targets: torch.Tensor
+    evaluator: Evaluator
+    loss_fn: nn.Module
+    pad_id: int
+    device: torch.device
+    precision: str
+    show: bool
+    on_eval: Callable[[dict[str, Any]], None] | None
+
+
+def _batches_forever(lengths: Sequence[int], batch_size: int, seed: int) -> Iterator[tuple[int, list[int]]]:
+    epoch = 0
+    while True:
+        for batch in length_grouped_order(lengths, batch_size, random.Random(seed + epoch)):
+            yield epoch, batch
+        epoch += 1
+
+
+def train_full(run: TrainingRun) -> RunState:
+    """Fine-tune the (partly frozen) encoder and the heads with AdamW and a linear schedule."""
+    model, cfg, enc, evaluator = run.model, run.cfg, run.enc, run.evaluator
+    targets, loss_fn, pad_id, device, precision = run.targets, run.loss_fn, run.pad_id, run.device, run.precision
+    task = model.tasks[0]
+    batches_per_epoch = math.ceil(len(enc.windows) / cfg.batch_size)
+    steps_per_epoch = max(1, math.ceil(batches_per_epoch / cfg.grad_accum))
+    total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    warmup = int(cfg.warmup_ratio * total)
+    eval_every = cfg.eval_steps or steps_per_epoch
+
+    # Biases and LayerNorm weights are not decayed, as in BERT's original recipe.
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 else decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
+    state = RunState(best_state=_snapshot(model))
+    t_cache = time.perf_counter()
+    cache = FrozenCache.build(model, enc.windows, cfg.freeze_layers, pad_id, device, precision)
+    state.train_seconds += time.perf_counter() - t_cache
+    bar = ProgressBar(total, "training", unit="steps", fields={"loss": "-", "val": "-"}, enabled=run.show)
+    stream = _batches_forever(enc.lengths, cfg.batch_size, cfg.seed)
+    model.train()
+    running, running_n = 0.0, 0
+    step = 0
+    try:
+        while step < total:
+            t0 = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * lr_factor(step, warmup=warmup, total=total)
+            for _ in range(cfg.grad_accum):
+                _, batch = next(stream)
+                if cache is not None:
+                    hidden, mask = cache.batch(batch)
+                    with autocast(device, precision):
+                        out = model.upper(hidden.to(device), mask.to(device), cache.layers)
+                else:
+                    ids, mask = collate([enc.windows[i] for i in batch], pad_id)
+                    with autocast(device, precision):
+                        out = model(ids.to(device), mask.to(device))
+                batch_targets = targets[batch].to(device)
+                if isinstance(loss_fn, MultiTaskLoss):
+                    loss = loss_fn(out, batch_targets) / cfg.grad_accum
+                else:
+                    loss = loss_fn(out[task.name].float(), batch_targets) / cfg.grad_accum
+                loss.backward()
+                running += float(loss.detach()) * cfg.grad_accum
+                running_n += 1
+                state.samples += len(batch)
+            # Clip after accumulation so that the limit applies to the full step's gradient.
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            state.train_seconds += time.perf_counter() - t0
+            bar.update(step, loss=f"{running / max(running_n, 1):.4f}")
+            if step % eval_every == 0 or step == total:
+                entry, metric = _history_entry(
+                    step / steps_per_epoch, step, running / max(running_n, 1), evaluator, model, cfg
+                )
+                running, running_n = 0.0, 0
+                model.train()
+                stop = state.record(model, entry, metric, cfg.early_stopping_patience)
+                if entry["val_metric"] is not None:
+                    bar.update(step, val=f"{cfg.metric} {entry['val_metric']:.4f}")
+                if run.on_eval is not None:
+                    run.on_eval(entry)
+                if stop:
+                    log.info("early stopping at step %d: no improvement in %d evaluations", step, state.bad_evals)
+                    break
+    except KeyboardInterrupt:
+        state.interrupted = True
+        log.warning("interrupted at step %d; keeping the best weights so far", step)
+        if not state.history:
+            entry, metric = _history_entry(
+                step / steps_per_epoch, step, running / max(running_n, 1), evaluator, model, cfg
+            )
+            state.record(model, entry, metric, 0)
+    finally:
+        bar.close()
+    return state
+
+
+def train_head_only(run: TrainingRun) -> RunState:
+    """Train the heads on encoder features computed once.
+
+    With the encoder frozen, its output never changes: it is computed once per window and the
+    head, a linear model, is fitted on the cached vectors with L-BFGS, which converges in seconds.
+    Each round of 10 L-BFGS iterations is one entry of the learning curves.
+    """
+    model, cfg, enc, evaluator = run.model, run.cfg, run.enc, run.evaluator
+    targets, loss_fn, pad_id, device, precision = run.targets, run.loss_fn, run.pad_id, run.device, run.precision
+    task = model.tasks[0]
+    t0 = time.perf_counter()
+    features = _pooled_features(model, enc.windows, pad_id, device, precision)
+    val_features = None
+    if evaluator.available:
+        assert evaluator.enc is not None
+        val_features = _pooled_features(model, evaluator.enc.windows, pad_id, device, precision)
+    head = model.head(task.name)
+    y = targets.to(device)
+    rounds = max(1, math.ceil(cfg.epochs * 5))
+    optimizer = torch.optim.LBFGS(
+        head.parameters(), lr=1.0, max_iter=10, history_size=20, line_search_fn="strong_wolfe"
+    )
+    l2 = cfg.weight_decay / max(len(features), 1)
+    # Throughput counts each window once: the encoder pass is the cost, the head fit is negligible.
+    state = RunState(best_state=_snapshot(model), samples=len(features))
+    bar = ProgressBar(rounds, "training head", unit="rounds", fields={"loss": "-", "val": "-"}, enabled=run.show)
+    model.eval()
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = loss_fn(head(features).float(), y) + l2 * head.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    try:
+        for r in range(1, rounds + 1):
+            loss = float(optimizer.step(closure).detach())
+            state.train_seconds = time.perf_counter() - t0
+            entry: dict[str, Any] = {
+                "epoch": r / 5,
+                "step": r,
+                "train_loss": round(loss, 6),
+                "val_loss": None,
+                "val_metric": None,
+                "metric": cfg.metric,
+            }
+            metric = None
+            if val_features is not None:
+                assert evaluator.enc is not None
+                with torch.no_grad():
+                    window = head(val_features).float().cpu().numpy()
+                logits = aggregate(window, evaluator.enc.doc_index, evaluator.enc.n_docs, cfg.aggregate)
+                metric, vloss = evaluator.score(logits)
+                entry["val_loss"] = round(vloss, 6)
+                entry["val_metric"] = round(vloss if cfg.metric == "loss" else metric, 6)
+            stop = state.record(model, entry, metric, cfg.early_stopping_patience)
+            bar.update(r, loss=f"{loss:.4f}", val=f"{cfg.metric} {entry['val_metric']}")
+            if run.on_eval is not None:
+                run.on_eval(entry)
+            if stop:
+                break
+    except KeyboardInterrupt:
+        state.interrupted = True
+    finally:
+        bar.close()
+    return state
+
+
+@torch.no_grad()  # not inference_mode: the cached features feed the head's autograd graph
+def _pooled_features(
+    model: HrlmModel, windows: Sequence[Sequence[int]], pad_id: int, device: torch.device, precision: str
+) -> torch.Tensor:
+    out = torch.zeros((len(windows), int(model.config.hidden_size)), dtype=torch.float32, device=device)
+    for batch in length_batches([len(w) for w in windows], max_tokens=16384, max_batch=128):
+        ids, mask = collate([windows[i] for i in batch], pad_id)
+        with autocast(device, precision):
+            out[batch] = model.pool(ids.to(device), mask.to(device)).float()
+    return out

@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from hrlm.cli import app
+from hrlm.errors import ConfigError
+from hrlm.inference.predictor import Predictor
+from hrlm.modeling import attention_heads, encoder_layers, load_model
+from hrlm.training.compression import compress, head_magnitudes, make_permanent, prune_attention_heads, prune_linear
+from tests.conftest import make_texts
+
+runner = CliRunner()
+
+
+def _zero_fractions(model: nn.Module) -> list[float]:
+    return [
+        float((m.weight == 0).float().mean())
+        for block in encoder_layers(model.encoder)  # type: ignore[attr-defined]
+        for m in block.modules()
+        if isinstance(m, nn.Linear)
+    ]
+
+
+def test_unstructured_pruning_zeroes_the_smallest_weights(trained_model: Path) -> None:
+    model, _, _ = load_model(trained_model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    layers = prune_linear(model, 0.3)
+    make_permanent(layers)
+    assert len(layers) == 2 * 6  # query, key, value, attention output, intermediate, output per block
+    for layer in layers:
+        assert abs(float((layer.weight == 0).float().mean()) - 0.3) < 0.01
+        assert not hasattr(layer, "weight_mask")  # permanent: a plain weight again
+    # embeddings, pooler and heads are untouched
+    for name, p in model.named_parameters():
+        if "layer." not in name:
+            assert torch.equal(p, before[name]), name
+
+
+def test_pruned_weights_are_the_smallest(trained_model: Path) -> None:
+    model, _, _ = load_model(trained_model)
+    original = model.encoder.encoder.layer[0].attention.self.query.weight.detach().abs().clone()
+    make_permanent(prune_linear(model, 0.5))
+    pruned = model.encoder.encoder.layer[0].attention.self.query.weight.detach()
+    assert original[pruned == 0].max() <= original[pruned != 0].min()
+
+
+def test_compress_prunes_recovers_and_reloads(trained_model: Path, tickets_csv: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pruned"
+    result = compress(trained_model, out, prune=0.3, data=tickets_csv, train_data=tickets_csv, recovery_epochs=1)
+    model, _, meta = load_model(out)
+    fractions = _zero_fractions(model)
+    assert min(fractions) >= 0.299  # the recovery fine-tune kept pruned weights at zero
+    assert meta.extra["compress"]["recovery"]["train_rows"] > 0
+    assert [r["system"] for r in result.rows][:2] == ["original torch-fp32", "compressed torch-fp32"]
+    assert result.rows[1]["accuracy"] >= 0.8
+    assert Predictor.from_dir(out).predict("vpn login locked").label in ("it", "leave", "payroll")
+    assert "same size and speed" in (out / "compress.md").read_text()
+
+
+def test_head_pruning_removes_the_weakest_heads_and_reloads(trained_model: Path) -> None:
+    model, _, _ = load_model(trained_model)
+    scores = head_magnitudes(model)
+    plan = prune_attention_heads(model, 0.5)
+    assert attention_heads(model.encoder) == [2, 2]
+    for layer, removed in plan.items():
+        assert sorted(removed) == sorted(np.argsort(scores[layer])[:2].tolist())
+    query = model.encoder.encoder.layer[0].attention.self.query
+    assert tuple(query.weight.shape) == (16, 32)  # 2 heads of 8 dimensions remain
+    with pytest.raises(ConfigError, match="removes no head"):
+        prune_attention_heads(load_model(trained_model)[0], 0.1)
+
+
+def test_head_pruned_folder_reloads_with_the_same_logits(
+    trained_model: Path, tickets_csv: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "heads"
+    result = compress(trained_model, out, prune=0.5, prune_heads=True, onnx=True, data=tickets_csv)
+    reloaded, _, meta = load_model(out)
+    assert attention_heads(reloaded.encoder) == [2, 2]
+    assert json.loads((out / "config.json").read_text())["hrlm_kept_heads"] == [2, 2]
+    texts = [t for t, _ in make_texts(5, seed=4)]
+    torch_logits = Predictor.from_dir(out, backend="torch-fp32").logits(texts)["label"]
+    onnx_logits = Predictor.from_dir(out, backend="onnx-fp32").logits(texts)["label"]
+    np.testing.assert_allclose(onnx_logits, torch_logits, atol=1e-4)
+    rows = {r["system"]: r for r in result.rows}
+    assert rows["compressed onnx-fp32"]["agreement"] == 1.0
+    assert meta.extra["compress"]["heads"] == "4 of 8"
+
+
+def test_compress_never_overwrites(trained_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "exists"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    with pytest.raises(ConfigError, match="already exists"):
+        compress(trained_model, out, quantize="int8")
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    with pytest.raises(ConfigError, match="already exists"):
+        compress(trained_model, trained_model, onnx=True)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "nothing to do"),
+        ({"quantize": "int4"}, "quantize = 'int4' is not valid"),
+        ({"prune": 1.5}, "must be a fraction"),
+        ({"prune_heads": True}, "--prune-heads needs --prune"),
+        ({"quantize": "int8", "train_data": "x.csv"}, "pass --prune too"),
+    ],
+)
+def test_bad_settings_are_errors(kwargs: dict, message: str, trained_model: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=message):
+        compress(trained_model, tmp_path / "new", **kwargs)
+    assert not (tmp_path / "new").exists()
+
+
+def test_compress_without_data_records_no_check(trained_model: Path, tmp_path: Path) -> None:
+    result = compress(trained_model, tmp_path / "q", quantize="int8")
+    assert result.rows == [] and result.checks == {}
+    assert any("no --data" in n for n in result.notes)
+    assert Predictor.from_dir(tmp_path / "q").backend_name in ("torch-fp32", "torch-bf16")
+
+
+def test_cli_compress_prints_the_table(compressed_model: Path, trained_model: Path, tickets_csv: Path) -> None:
+    table = (compressed_model / "compress.md").read_text()
+    for name in ("original torch-fp32", "compressed torch-int8", "compressed onnx-fp32", "compressed onnx-int8"):
+        assert name in table
+    out = compressed_model.parent / "cli-int8"
+    result = runner.invoke(app, ["compress", str(trained_model), "--out", str(out), "--quantize", "int8"])
+    assert result.exit_code == 0, result.output
+    assert "model:" in result.output and (out / "hrlm.json").exists()
+
+
+def test_cli_errors_are_one_line(trained_model: Path, tmp_path: Path, tickets_csv: Path) -> None:
+    bad = runner.invoke(app, ["compress", str(trained_model), "--out", str(tmp_path / "x"), "--quantize", "fp4"])
+    assert bad.exit_code == 1 and "quantize = 'fp4' is not valid" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1
+    bad = runner.invoke(app, ["predict", str(trained_model), str(tickets_csv), "--backend", "tensorrt"])
+    assert bad.exit_code == 1 and "backend = 'tensorrt' is not valid" in bad.output
+    assert "Traceback" not in bad.output

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from hrlm.config import TrainConfig
+from hrlm.data import dataset_from_records
+from hrlm.errors import ConfigError
+from hrlm.training.augmentation import ContextualSubstituter, augment_dataset, token_noise
+from hrlm.training.fewshot import choose_method, contrastive_pairs
+from tests.conftest import make_texts
+
+
+def test_token_noise_deletes_and_swaps_but_keeps_a_word() -> None:
+    rng = random.Random(0)
+    text = "one two three four five six seven eight nine ten"
+    noisy = [token_noise(text, rng) for _ in range(50)]
+    assert any(n != text for n in noisy)
+    assert all(set(n.split()) <= set(text.split()) and n for n in noisy)
+    assert any(len(n.split()) < 10 for n in noisy)  # deletions happen
+    assert any(len(n.split()) == 10 and n != text for n in noisy)  # swaps alone happen
+    assert token_noise("single", rng) == "single"
+
+
+def test_augmentation_adds_copies_to_train_only_with_its_own_seed() -> None:
+    ds = dataset_from_records(["pay me my salary now", "vpn is locked again today"], ["payroll", "it"])
+    a = augment_dataset(ds, "noise", copies=2, seed=1)
+    b = augment_dataset(ds, "noise", copies=2, seed=1)
+    c = augment_dataset(ds, "noise", copies=2, seed=2)
+    assert len(a) == 6 and a.labels == ["payroll", "it"] * 3
+    assert a.texts[:2] == ds.texts and a.texts == b.texts and a.texts != c.texts
+    assert "2 -> 6 training texts" in a.notes[-1]
+    assert augment_dataset(ds, "none") is ds
+
+
+def test_contextual_augmentation_needs_a_trained_mlm_head(tiny_bert: Path) -> None:
+    with pytest.raises(ConfigError, match="augment_mlm"):
+        TrainConfig(augment="contextual")
+    with pytest.raises(ConfigError, match=r"no trained masked-LM head.*hrlm pretrain"):
+        ContextualSubstituter(tiny_bert)
+
+
+def test_contextual_substitution_replaces_words_with_in_vocabulary_guesses(tiny_bert: Path, tmp_path: Path) -> None:
+    from hrlm.config import PretrainConfig
+    from hrlm.training.pretraining import pretrain
+
+    corpus = [t for t, _ in make_texts(30)]
+    pretrain(corpus, tmp_path / "mlm", PretrainConfig(base=str(tiny_bert), max_length=32, head_steps=5), progress=False)
+    sub = ContextualSubstituter(tmp_path / "mlm", share=0.5)
+    texts = ["my salary is late this month", "vpn login locked please help"]
+    out = sub(texts, random.Random(0))
+    assert len(out) == 2 and out != texts
+    vocab = set((tiny_bert / "vocab.txt").read_text().split())
+    for before, after in zip(texts, out, strict=True):
+        b, a = before.split(), after.split()
+        assert len(a) == len(b)  # one word for one word
+        changed = [w for w, v in zip(b, a, strict=True) if w != v]
+        assert changed and all(w.lower() in vocab and not w.startswith("##") for w in a if w not in b)
+
+
+def test_contrastive_pairs_balance_positives_and_negatives() -> None:
+    labels = [0, 0, 0, 1, 1, 2]
+    pairs = contrastive_pairs(labels, 4, random.Random(1))
+    for i, j, target in pairs:
+        assert i != j and target == float(labels[i] == labels[j])
+    pos = sum(t for *_, t in pairs)
+    assert pos == 4 * 5  # the singleton class 2 has no positive partner
+    assert len(pairs) - pos == 4 * 6
+
+
+def test_method_auto_picks_setfit_below_the_threshold() -> None:
+    few = dataset_from_records([f"t{i}" for i in range(20)], ["a", "b"] * 10)
+    many = dataset_from_records([f"t{i}" for i in range(40)], ["a", "b"] * 20)
+    assert choose_method(TrainConfig(), few) == "setfit"
+    assert choose_method(TrainConfig(), many) == "finetune"
+    assert choose_method(TrainConfig(method="finetune"), few) == "finetune"
+    multi = dataset_from_records(["x", "y"], [["a"], ["a", "b"]])
+    assert choose_method(TrainConfig(), multi) == "finetune"
+    with pytest.raises(ConfigError, match="single-label"):
+        choose_method(TrainConfig(method="setfit"), multi)
+
+
+def test_setfit_trains_a_mean_pooled_model_that_predicts(tiny_bert: Path, tmp_path: Path) -> None:
+    from hrlm.inference.predictor import Predictor
+    from hrlm.training.fitting import fit
+
+    rows = make_texts(4, seed=3)  # 4 labelled texts per class
+    train = dataset_from_records([t for t, _ in rows], [lab for _, lab in rows])
+    test_rows = make_texts(10, seed=4)
+    test = dataset_from_records([t for t, _ in test_rows], [lab for _, lab in test_rows])
+    cfg = TrainConfig(base=str(tiny_bert), max_length=32, setfit_pairs=10, setfit_lr=1e-3, batch_size=8, epochs=2)
+    result = fit(cfg, {"train": train, "test": test}, tmp_path / "m", progress=False)
+    assert any("SetFit" in n for n in result.notes)
+    predictor = Predictor.from_dir(tmp_path / "m")
+    assert predictor.meta.pooling == "mean" and predictor.meta.extra["method"] == "setfit"
+    assert result.metrics["accuracy"] > 0.5  # three separable classes from 12 labels
+    assert predictor.predict("salary payslip overtime").label in {"payroll", "leave", "it"}
+
+
+def test_train_cli_takes_augment_and_method(tiny_bert: Path, tickets_csv: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from hrlm.cli import app
+
+    args = ["train", str(tickets_csv), "--out", str(tmp_path / "m"), "--base", str(tiny_bert), "--quiet"]
+    extra = [
+        "--augment",
+        "noise",
+        "--augment-copies",
+        "1",
+        "--method",
+        "finetune",
+        "--epochs",
+        "1",
+        "--pooling",
+        "mean",
+    ]
+    result = CliRunner().invoke(app, [*args, *extra, "--max-length", "32"])
+    assert result.exit_code == 0, result.output
+    assert "augmentation (noise" in result.output
+    bad = CliRunner().invoke(app, [*args, "--augment", "contextual"])
+    assert bad.exit_code == 1 and "augment_mlm" in bad.output
