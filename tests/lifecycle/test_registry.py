@@ -47,7 +47,7 @@ def models(trained_model: Path, tmp_path: Path) -> list[Path]:
 
 
 def stages(registry: Registry) -> dict[str, str]:
-    return {v.version: v.stage for v in registry.list()}
+    return {v.version: v.stage for v in registry.versions()}
 
 
 def audit_actions(registry: Registry) -> list[tuple[str, str | None]]:
@@ -91,7 +91,7 @@ def test_register_refuses_what_is_not_a_model(registry: Registry, models: list[P
         registry.register(models[0], actor="ana", stage="archived")
     with pytest.raises(ConfigError, match="lies inside"):
         Registry(registry.engine, models[0] / "registry").register(models[0], actor="ana")
-    assert registry.list() == []
+    assert registry.versions() == []
     assert not registry.root.exists() or list(registry.root.iterdir()) == []
 
 

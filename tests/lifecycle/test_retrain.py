@@ -167,7 +167,7 @@ def test_holdout_overlapping_the_training_data_is_refused(
     settings = retrain_settings(db_url, tmp_path, tickets_csv).replace(holdout_data=str(tickets_csv))
     with pytest.raises(DataError, match="shares 120 text"):
         retrain(engine, registry, settings, actor="alice")
-    assert len(registry.list()) == 1  # nothing registered
+    assert len(registry.versions()) == 1  # nothing registered
 
 
 def test_missing_production_data_or_holdout_are_clear_errors(

@@ -31,9 +31,9 @@ from hrlm.lifecycle.registry import Registry
 from hrlm.service.settings import ServiceSettings
 from hrlm.store import make_engine, upgrade
 from hrlm.store.tables import audit_log, jobs, review_feedback, utcnow
+from tests.lifecycle.test_retrain import FEEDBACK, add_feedback, holdout_file
 from tests.service.conftest import add_users, bearer
 from tests.service.test_crash import free_port
-from tests.lifecycle.test_retrain import FEEDBACK, add_feedback, holdout_file
 
 REDIS_URL = os.environ.get("HRLM_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 
@@ -68,7 +68,7 @@ def test_job_lifecycle_and_one_retrain_at_a_time(engine: Engine) -> None:
     assert (done["state"], done["progress"], done["result"]) == ("succeeded", 1.0, {"decision": "rejected"})
     assert not store.fail(job["id"], "too late")  # a finished job stays finished
     again = store.create("retrain", actor="bob", runner="redis")  # the first one no longer blocks
-    assert [j["id"] for j in store.list()] == [again["id"], job["id"]]
+    assert [j["id"] for j in store.recent()] == [again["id"], job["id"]]
     with engine.connect() as conn:
         audited = conn.execute(select(audit_log.c.actor).where(audit_log.c.action == "retrain.request")).all()
     assert sorted(a for (a,) in audited) == ["alice", "bob"]
@@ -238,7 +238,7 @@ def test_cli_retrain_rejects_and_jobs_show_it(
     assert out.exit_code == 0, out.output
     assert "promotion gate: reject" in out.output and "rejected" in out.output
     assert registry.production() == registry.get(before.version)
-    job = JobStore(engine).list()[0]
+    job = JobStore(engine).recent()[0]
     assert (job["state"], job["runner"], job["result"]["decision"]) == ("succeeded", "cli", "rejected")
     listed = runner.invoke(app, ["jobs", "list", "--database-url", url])
     assert listed.exit_code == 0 and job["id"][:12] in listed.output and "rejected" in listed.output
@@ -353,7 +353,7 @@ def test_killing_the_worker_mid_retrain_leaves_production_and_feedback_intact(
             assert failed["error"].startswith("worker stopped: no heartbeat since"), failed["error"]
             # production is what it was, no candidate was registered, and no feedback was lost
             assert registry.production() == registry.get(before.version)
-            assert [v.version for v in registry.list()] == [before.version]
+            assert [v.version for v in registry.versions()] == [before.version]
             assert count(engine, review_feedback) == feedback_before
             # the dead worker's job no longer blocks the next retrain
             assert client.post("/v1/retrain", headers=bearer(tokens.admin)).status_code == 202

@@ -75,7 +75,7 @@ def models_list(
 ) -> None:
     """List the registered versions, newest first: stage, origin (and parent), macro F1, note."""
     with _registry(config, database_url, registry_dir) as registry:
-        rows = registry.list(stage)
+        rows = registry.versions(stage)
     table = Table(title=f"{len(rows)} model versions")
     for col in ("version", "stage", "origin", "created", "F1", "note"):
         wraps = col in ("origin", "created", "note")  # the others stay whole, to copy and to grep

@@ -206,7 +206,7 @@ def jobs_list(
     with migrated_store(config, database_url=database_url) as (settings, engine):
         store = JobStore(engine)
         store.fail_stale(settings.job_stale_s)
-        rows = store.list(limit=limit)
+        rows = store.recent(limit=limit)
     table = Table(title=f"{len(rows)} jobs (`hrlm jobs show ID` takes these ids or the whole one)")
     table.add_column("id", no_wrap=True)
     for col in ("kind", "state", "runner", "actor", "created", "result or message"):

@@ -13,7 +13,6 @@ Only one job of a kind is queued or running at a time; a second request raises :
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import datetime as dt
 import logging
@@ -132,7 +131,7 @@ class JobStore:
                 prefix = ids[0]
         return self.get(prefix)
 
-    def list(self, *, limit: int = 50, kind: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
+    def recent(self, *, limit: int = 50, kind: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
         """The newest jobs first."""
         query = select(jobs).order_by(jobs.c.created_at.desc()).limit(limit)
         if kind is not None:
@@ -175,7 +174,7 @@ class JobStore:
         """Mark a queued or running job failed with the reason."""
         return self._set(job_id, _ACTIVE, state="failed", finished_at=utcnow(), error=error[:4000], message="failed")
 
-    def fail_stale(self, stale_s: float) -> builtins.list[str]:
+    def fail_stale(self, stale_s: float) -> list[str]:
         """Fail every job whose runner stopped: running jobs (and in-process queued jobs) without a heartbeat
         for ``stale_s`` seconds. Returns their ids."""
         cutoff = utcnow() - dt.timedelta(seconds=stale_s)
@@ -183,7 +182,7 @@ class JobStore:
             and_(jobs.c.state == "running", jobs.c.heartbeat_at < cutoff),
             and_(jobs.c.state == "queued", jobs.c.runner == "inprocess", jobs.c.heartbeat_at < cutoff),
         )
-        failed: builtins.list[str] = []
+        failed: list[str] = []
         with self.engine.begin() as conn:
             rows = conn.execute(select(jobs.c.id, jobs.c.state, jobs.c.heartbeat_at).where(stale)).all()
             for row in rows:

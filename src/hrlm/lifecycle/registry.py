@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import builtins
 import hashlib
 import os
 import re
@@ -100,7 +99,7 @@ class Registry:
 
     # -- reading ----------------------------------------------------------------------------------
 
-    def list(self, stage: str | None = None) -> builtins.list[VersionInfo]:
+    def versions(self, stage: str | None = None) -> list[VersionInfo]:
         """Every version (or those in ``stage``), newest first."""
         query = select(model_versions).order_by(model_versions.c.created_at.desc(), model_versions.c.id.desc())
         if stage is not None:
@@ -120,7 +119,7 @@ class Registry:
             row = conn.execute(select(model_versions).where(model_versions.c.stage == "production")).first()
         return to_info(row) if row is not None else None
 
-    def history(self, version: str | None = None) -> builtins.list[StageEvent]:
+    def history(self, version: str | None = None) -> list[StageEvent]:
         """The stage changes of ``version`` (of every version when ``None``), oldest first."""
         query = select(model_stage_events).order_by(model_stage_events.c.id)
         with reading(self.engine) as conn:

@@ -26,7 +26,7 @@ from hrlm.service.metrics import Metrics
 
 
 @dataclass
-class Job:
+class PendingRequest:
     """One request's texts, and the future its answer is set on."""
 
     texts: list[str]
@@ -35,17 +35,17 @@ class Job:
     enqueued: float = field(default_factory=time.perf_counter)
 
 
-# (jobs, what infer returned, seconds of the model call) -> sets every job's future
-Finish = Callable[[list[Job], Any, float], Awaitable[None]]
+# (the requests, what infer returned, seconds of the model call) -> sets every request's future
+Finish = Callable[[list[PendingRequest], Any, float], Awaitable[None]]
 
 
 class MicroBatcher:
-    """Groups queued jobs into model calls.
+    """Groups pending requests into model calls.
 
     Args:
         infer: called on the worker thread with the batch's texts; whatever it returns goes to ``finish``.
-        finish: coroutine given the batch's jobs, ``infer``'s result and the call's seconds; it
-            must set each job's future (it runs as its own task, so the next model call need not wait).
+        finish: coroutine given the batch's requests, ``infer``'s result and the call's seconds; it
+            must set each request's future (it runs as its own task, so the next model call need not wait).
         max_batch: most texts in one call (a single request with more is still one call).
         max_wait_s: how long the oldest waiting request may wait for the batch to fill.
         max_queue: most texts waiting; beyond it :class:`Overloaded` (503).
@@ -69,7 +69,7 @@ class MicroBatcher:
         self.max_queue = max_queue
         self.enabled = enabled
         self.metrics = metrics
-        self._pending: collections.deque[Job] = collections.deque()
+        self._pending: collections.deque[PendingRequest] = collections.deque()
         self._pending_texts = 0
         self._arrived = asyncio.Event()
         self._full = asyncio.Event()
@@ -101,43 +101,43 @@ class MicroBatcher:
             raise Overloaded(
                 f"{self._pending_texts} texts are waiting for the model (max_queue = {self.max_queue}); retry shortly."
             )
-        job = Job(list(texts), asyncio.get_running_loop().create_future(), info)
-        self._pending.append(job)
+        request = PendingRequest(list(texts), asyncio.get_running_loop().create_future(), info)
+        self._pending.append(request)
         self._pending_texts += len(texts)
         self._gauge()
         self._arrived.set()
         if self._pending_texts >= self.max_batch:
             self._full.set()
-        return job.future
+        return request.future
 
     def _purge(self) -> None:
-        """Drop jobs whose request gave up (timed out) while queued."""
-        live = [job for job in self._pending if not job.future.done()]
+        """Drop requests that gave up (timed out) while queued."""
+        live = [request for request in self._pending if not request.future.done()]
         self._pending = collections.deque(live)
-        self._pending_texts = sum(len(job.texts) for job in live)
+        self._pending_texts = sum(len(request.texts) for request in live)
         self._gauge()
 
     def _gauge(self) -> None:
         if self.metrics is not None:
             self.metrics.queue_depth.set(self._pending_texts)
 
-    def _take(self) -> list[Job]:
-        jobs: list[Job] = []
+    def _take(self) -> list[PendingRequest]:
+        pending: list[PendingRequest] = []
         n = 0
         while self._pending:
-            job = self._pending[0]
-            if job.future.done():  # timed out or cancelled while waiting: never computed
+            request = self._pending[0]
+            if request.future.done():  # timed out or cancelled while waiting: never computed
                 self._pending.popleft()
-                self._pending_texts -= len(job.texts)
+                self._pending_texts -= len(request.texts)
                 continue
-            if jobs and (not self.enabled or n + len(job.texts) > self.max_batch):
+            if pending and (not self.enabled or n + len(request.texts) > self.max_batch):
                 break
             self._pending.popleft()
-            self._pending_texts -= len(job.texts)
-            jobs.append(job)
-            n += len(job.texts)
+            self._pending_texts -= len(request.texts)
+            pending.append(request)
+            n += len(request.texts)
         self._gauge()
-        return jobs
+        return pending
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -155,18 +155,18 @@ class MicroBatcher:
                     self._full.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._full.wait(), remaining)
-            jobs = self._take()
-            if not jobs:
+            pending = self._take()
+            if not pending:
                 continue
-            texts = [t for job in jobs for t in job.texts]
+            texts = [t for request in pending for t in request.texts]
             start = time.perf_counter()
             self._busy = True
             try:
                 result = await loop.run_in_executor(self._executor, self._infer, texts)
             except Exception as exc:
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
+                for request in pending:
+                    if not request.future.done():
+                        request.future.set_exception(exc)
                 continue
             finally:
                 self._busy = False
@@ -174,19 +174,19 @@ class MicroBatcher:
             seconds = time.perf_counter() - start
             if self.metrics is not None:
                 self.metrics.batch_size.observe(len(texts))
-                self.metrics.batch_requests.observe(len(jobs))
+                self.metrics.batch_requests.observe(len(pending))
                 self.metrics.inference.observe(seconds)
-            task = asyncio.create_task(self._finish_safely(jobs, result, seconds))
+            task = asyncio.create_task(self._finish_safely(pending, result, seconds))
             self._finishing.add(task)
             task.add_done_callback(self._finishing.discard)
 
-    async def _finish_safely(self, jobs: list[Job], result: Any, seconds: float) -> None:
+    async def _finish_safely(self, pending: list[PendingRequest], result: Any, seconds: float) -> None:
         try:
-            await self._finish(jobs, result, seconds)
+            await self._finish(pending, result, seconds)
         except Exception as exc:
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(exc)
+            for request in pending:
+                if not request.future.done():
+                    request.future.set_exception(exc)
 
     async def close(self, drain_s: float = 10.0) -> None:
         """Answer what is queued (for up to ``drain_s``), then stop the worker and its thread."""
@@ -197,9 +197,9 @@ class MicroBatcher:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-        for job in self._pending:
-            if not job.future.done():
-                job.future.set_exception(Overloaded("the service is stopping; retry against another instance."))
+        for request in self._pending:
+            if not request.future.done():
+                request.future.set_exception(Overloaded("the service is stopping; retry against another instance."))
         self._pending.clear()
         self._pending_texts = 0
         self._executor.shutdown(wait=True)

@@ -18,7 +18,7 @@ from hrlm.errors import RequestTimeout
 from hrlm.lifecycle import JobManager, Registry
 from hrlm.review import ReviewPolicy
 from hrlm.service.auth import Authenticator, RateLimiter
-from hrlm.service.batching import Job, MicroBatcher
+from hrlm.service.batching import MicroBatcher, PendingRequest
 from hrlm.service.metrics import Metrics
 from hrlm.service.queue_filler import QueueFiller
 from hrlm.service.recorder import Recorder
@@ -155,21 +155,23 @@ class Service:
         assert model is not None
         return model, model.predictor.predict(texts)
 
-    async def _finish(self, jobs: list[Job], result: tuple[LoadedModel, list[Any]], seconds: float) -> None:
+    async def _finish(
+        self, pending: list[PendingRequest], result: tuple[LoadedModel, list[Any]], seconds: float
+    ) -> None:
         model, preds = result
         now = time.perf_counter()
         created = utcnow()
         batch = len(preds)
         rows: list[dict[str, Any]] = []
-        answers: list[tuple[Job, list[Any], float]] = []
+        answers: list[tuple[PendingRequest, list[Any], float]] = []
         i = 0
-        for job in jobs:
-            mine = preds[i : i + len(job.texts)]
-            i += len(job.texts)
-            latency_ms = (now - job.enqueued) * 1000.0
-            answers.append((job, mine, latency_ms))
-            info: _RequestInfo = job.info
-            for pos, (text, pred) in enumerate(zip(job.texts, mine, strict=True)):
+        for request in pending:
+            mine = preds[i : i + len(request.texts)]
+            i += len(request.texts)
+            latency_ms = (now - request.enqueued) * 1000.0
+            answers.append((request, mine, latency_ms))
+            info: _RequestInfo = request.info
+            for pos, (text, pred) in enumerate(zip(request.texts, mine, strict=True)):
                 label = pred.label
                 rows.append(
                     {
@@ -188,9 +190,9 @@ class Service:
                 )
         self.metrics.predictions.labels(model_version=model.version).inc(batch)
         stored = await self.recorder.submit(rows)
-        for job, mine, latency_ms in answers:
-            if not job.future.done():
-                job.future.set_result(Answer(mine, model.version, stored, round(latency_ms, 3)))
+        for request, mine, latency_ms in answers:
+            if not request.future.done():
+                request.future.set_result(Answer(mine, model.version, stored, round(latency_ms, 3)))
 
     async def predict(self, texts: list[str], *, request_id: str, principal: Principal | None) -> Answer:
         """Predict ``texts`` in the next micro-batch; return once the records are stored (or failed to be).

@@ -93,7 +93,7 @@ class RegistrySource:
 
     def versions(self) -> list[ModelRef]:
         refs = []
-        for info in self.registry.list():
+        for info in self.registry.versions():
             if (info.path / "hrlm.json").is_file():
                 refs.append(ModelRef(info.version, info.path, stage=info.stage))
             else:  # deleted by hand: listing it would make every GET /v1/models fail

@@ -55,7 +55,7 @@ def build_job_router() -> APIRouter:
         """The newest jobs first; jobs of a worker that stopped are marked failed first."""
         jobs = request.app.state.service.jobs
         await asyncio.to_thread(jobs.sweep)
-        return {"jobs": await asyncio.to_thread(jobs.store.list, limit=limit)}
+        return {"jobs": await asyncio.to_thread(jobs.store.recent, limit=limit)}
 
     @router.get("/v1/jobs/{job_id}", response_model=JobOut, responses=_errors(401, 403, 404), summary="One job")
     async def get_job(job_id: str, request: Request, _: Principal = Depends(require(*ROLES))) -> dict[str, Any]:
