@@ -1,75 +1,398 @@
-"""Shared helpers of the benchmark scripts: machine description, git commit, result files."""
+"""Shared helpers of the benchmark scripts: what every results file records, and the tables they print.
+
+Every script calls :func:`add_run_options` on its parser (``--note``, repeatable, and
+``--results-dir``) and hands its figures to :func:`write_result`, which adds the record of the run
+in the shape of ``benchmarks/results.schema.json`` (``schema_version`` 2):
+
+- ``command`` and ``argv``: the command as run, with paths inside the project and ``../shared``
+  written relative to the project root and any other absolute path as ``<local>/<its name>``;
+- ``notes``: the script's own notes, then every ``--note`` given on the command line;
+- ``git_commit`` and ``git_dirty`` (tracked files differ from that commit), read when the run started;
+- ``versions`` of python, torch, transformers and hrlm;
+- ``machine``: CPU, usable cores, native bf16, GPU, and ``matmul_gflops``, the matrix-product rates
+  measured in this run (:func:`matmul_gflops`), so that a reader can tell a slow machine from a slow
+  system.
+
+Example:
+    parser = argparse.ArgumentParser()
+    add_run_options(parser)
+    args = parser.parse_args()
+    ...
+    write_result("accuracy-imdb", {"benchmark": "accuracy", ...}, notes=args.note, results_dir=args.results_dir)
+"""
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
+import functools
 import json
 import os
 import platform
+import re
+import shlex
+import statistics
 import subprocess
 import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+PROJECT = Path(__file__).resolve().parents[1]
+SHARED = PROJECT.parent / "shared"  # the data sets: ../shared/data/... from the project root
+RESULTS = PROJECT / "benchmarks" / "results"
+SCHEMA_VERSION = 2
+MATMUL_SIZE = 2048  # square products: large enough to reach a core's peak, a second or two on 2 cores
+MATMUL_REPEATS = 5
+# An absolute path of one machine, as the results test looks for it (not "<local>/x", not "../shared/x").
+MACHINE_PATH = re.compile(r"(?<![\w.~>-])/(?:tmp|work|root|home)(?:/|\b)")
+# Keys write_result sets itself; a payload holding one would silently replace the record of the run.
+RECORD_KEYS = (
+    "schema_version",
+    "command",
+    "argv",
+    "git_commit",
+    "git_dirty",
+    "date",
+    "versions",
+    "machine",
+)
 
 
-def machine() -> dict[str, Any]:
-    """CPU model, usable cores, GPU and torch version of this machine."""
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--note`` (repeatable) and ``--results-dir`` to a benchmark's parser.
+
+    Also reads the git state now, at the start of the run: see :func:`git_state`.
+    """
+    parser.add_argument(
+        "--note",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a note stored under 'notes' in the results file (repeat for several)",
+    )
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=RESULTS,
+        help="folder of the results files (default: benchmarks/results)",
+    )
+    git_state()
+
+
+def portable_path(value: str | os.PathLike[str], cwd: Path | None = None) -> str:
+    """A path as a results file may record it: relative to the project root, or ``<local>/<name>``.
+
+    Paths inside the project, or inside ``../shared`` next to it, become relative to the project root,
+    as a command run from a clean clone would name them; any other path exists on one machine only and
+    keeps just its last component.
+
+    Example:
+        >>> portable_path(PROJECT / "runs" / "imdb")
+        'runs/imdb'
+        >>> portable_path("/tmp/hrlm-imdb-model")
+        '<local>/hrlm-imdb-model'
+    """
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = (cwd or Path.cwd()) / path
+    # normpath first: a symlink inside the project stays a project path; resolve() for the other way round
+    for candidate in (Path(os.path.normpath(path)), path.resolve()):
+        for root in (PROJECT, SHARED):
+            if candidate == root or root in candidate.parents:
+                return os.path.relpath(candidate, PROJECT)
+    return f"<local>/{path.name}"
+
+
+def _is_absolute_path(value: str) -> bool:
+    """An absolute path of this machine: starts at an existing top-level folder, no white space."""
+    if not value.startswith(("/", "~/")) or any(c.isspace() for c in value):
+        return False
+    top = Path(value).expanduser().parts[:2]
+    return len(top) == 2 and Path(*top).exists()
+
+
+def portable_argv(argv: Sequence[str], cwd: Path | None = None) -> list[str]:
+    """``argv`` with every path made portable (:func:`portable_path`); other arguments unchanged.
+
+    A path is the script (``argv[0]``), an absolute path of this machine, or a relative path that exists
+    from ``cwd``; ``--option=value`` is looked at on its value.
+    """
+    cwd = cwd or Path.cwd()
+
+    def convert(arg: str) -> str:
+        if _is_absolute_path(arg) or (arg and not arg.startswith("-") and (cwd / arg).exists()):
+            return portable_path(arg, cwd)
+        return arg
+
+    out = [portable_path(argv[0], cwd)] if argv else []
+    for arg in argv[1:]:
+        if arg.startswith("--") and "=" in arg:
+            option, value = arg.split("=", 1)
+            out.append(f"{option}={convert(value)}")
+        else:
+            out.append(convert(arg))
+    return out
+
+
+def command(argv: Sequence[str] | None = None) -> str:
+    """The command line as run, for a shell at the project root (:func:`portable_argv`)."""
+    return shlex.join(["python", *portable_argv(sys.argv if argv is None else argv)])
+
+
+def portable_command(text: str) -> str:
+    """A ``python ...`` command line recorded earlier, with its paths made portable; other texts unchanged.
+
+    Example:
+        >>> portable_command("python benchmarks/fewshot.py --merge /tmp/a.json")
+        "python benchmarks/fewshot.py --merge '<local>/a.json'"
+    """
+    try:
+        words = shlex.split(text)
+    except ValueError:
+        return text
+    if len(words) < 2 or words[0] != "python":
+        return text
+    return shlex.join(["python", *portable_argv(words[1:], cwd=PROJECT)])
+
+
+@functools.cache
+def git_state() -> tuple[str | None, bool | None]:
+    """The commit checked out and whether tracked files differ from it; (None, None) outside a git checkout.
+
+    Read once per process, first by :func:`add_run_options`: a run of hours on a tree edited meanwhile ran
+    the code of its start. Untracked files do not count (scratch data and models live there).
+    """
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=PROJECT).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+    except (OSError, subprocess.CalledProcessError):
+        return None, None
+    return commit, dirty
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of python, torch, transformers and hrlm in this process."""
+    from importlib import metadata
+
+    def version(package: str) -> str | None:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return None
+
     import torch
 
+    from hrlm import __version__ as hrlm_version
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": version("transformers"),
+        "hrlm": hrlm_version,
+    }
+
+
+def matmul_gflops(
+    m: int = MATMUL_SIZE,
+    k: int = MATMUL_SIZE,
+    n: int = MATMUL_SIZE,
+    *,
+    threads: int | None = None,
+    precisions: Sequence[str] = ("fp32", "bf16"),
+    repeats: int = MATMUL_REPEATS,
+    statistic: str = "median",
+    device: str = "cpu",
+) -> dict[str, float | None]:
+    """GFLOP/s of ``(m, k) @ (k, n)`` products per precision (2 FLOPs per multiply-add), None where one fails.
+
+    One warm-up product, then ``repeats`` timed ones; ``statistic`` "median" reports the typical rate,
+    "best" the fastest (a limit: what the machine reaches at all). ``int8`` is torch's dynamic int8
+    linear layer (CPU only). Runs on ``threads`` threads (default: torch's current count), restored after.
+
+    Example:
+        >>> rates = matmul_gflops(256, 256, 256, threads=1, precisions=("fp32",))
+        >>> rates["fp32"] > 0
+        True
+    """
+    import torch
+    from torch import nn
+
+    if statistic not in ("median", "best"):
+        raise ValueError(f"statistic {statistic!r}: use 'median' or 'best'")
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    flops = 2.0 * m * k * n
+
+    def rate(fn: Callable[[], Any]) -> float:
+        fn()
+        sync()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+        seconds = min(times) if statistic == "best" else statistics.median(times)
+        return round(flops / seconds / 1e9, 1)
+
+    rates: dict[str, float | None] = {}
+    try:
+        with torch.inference_mode():
+            for name in precisions:
+                try:
+                    if name == "int8":
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")  # quantize_dynamic's deprecation notice
+                            linear = torch.ao.quantization.quantize_dynamic(
+                                nn.Sequential(nn.Linear(k, n)), {nn.Linear}, dtype=torch.qint8
+                            )
+                        rates[name] = rate(functools.partial(linear, torch.randn(m, k)))
+                    else:
+                        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+                        a = torch.randn(m, k, dtype=dtype, device=device)
+                        b = torch.randn(k, n, dtype=dtype, device=device)
+                        rates[name] = rate(functools.partial(torch.mm, a, b))
+                except (RuntimeError, NotImplementedError):  # a precision this build or device lacks
+                    rates[name] = None
+    finally:
+        torch.set_num_threads(before)
+    return rates
+
+
+@functools.cache
+def _machine_rates(threads: int) -> dict[str, Any]:
+    import torch
+
+    size, repeats = MATMUL_SIZE, MATMUL_REPEATS
+    return {
+        "size": size,
+        "repeats": repeats,
+        "statistic": "median",
+        "threads": threads,
+        **matmul_gflops(size, size, size, threads=threads, repeats=repeats),
+        "gpu": matmul_gflops(size, size, size, repeats=repeats, device="cuda") if torch.cuda.is_available() else None,
+    }
+
+
+def _cpu_model() -> str:
     cpu = platform.processor() or "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return cpu
+
+
+def machine(threads: int | None = None) -> dict[str, Any]:
+    """CPU model, usable cores, native bf16, GPU, and matrix-product rates at ``threads`` threads.
+
+    The rates (:func:`matmul_gflops`, ``MATMUL_SIZE`` squared, fp32 and bf16, median of
+    ``MATMUL_REPEATS``) are measured once per process and thread count, at the first call; ``threads``
+    defaults to torch's current count, the run's own where the script set it.
+    """
+    import torch
+
     from hrlm.inference.predictor import cpu_has_fast_bf16, default_threads
 
     return {
-        "cpu": cpu,
+        "cpu": _cpu_model(),
         "cores": default_threads(),
         "cpu_bf16": cpu_has_fast_bf16(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "torch": torch.__version__.split("+")[0],
-        "python": platform.python_version(),
+        "matmul_gflops": _machine_rates(threads or torch.get_num_threads()),
     }
 
 
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
+def run_record(notes: Iterable[str] = (), threads: int | None = None) -> dict[str, Any]:
+    """Everything a results file records about its run, besides the figures (see the module docstring)."""
+    commit, dirty = git_state()
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "command": command(),
+        "argv": portable_argv(sys.argv),
+        "notes": list(notes),
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "versions": versions(),
+        "machine": machine(threads),
+    }
 
 
-def command() -> str:
-    return " ".join(["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+def _portable_values(value: Any) -> Any:
+    """``value`` with every string that is an absolute path of this machine made portable."""
+    if isinstance(value, str):
+        return portable_path(value) if _is_absolute_path(value) else value
+    if isinstance(value, Path):
+        return portable_path(value)
+    if isinstance(value, dict):
+        return {k: _portable_values(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_portable_values(v) for v in value]
+    return value
 
 
-def write_result(name: str, payload: dict[str, Any]) -> Path:
-    """Write ``results/<name>.json`` in the shape of docs/BENCHMARKS.md."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def write_result(
+    name: str,
+    payload: dict[str, Any],
+    *,
+    notes: Iterable[str] = (),
+    results_dir: Path | None = None,
+    threads: int | None = None,
+) -> Path:
+    """Write ``<results_dir>/<name>.json``: the payload's figures with the record of the run.
+
+    Args:
+        name: the file name without ``.json``: ``<benchmark>-<dataset>[-<variant>]``.
+        payload: ``benchmark``, ``dataset``, ``split``, ``rows`` and whatever else the script measured;
+            its own ``notes`` come first in the file's ``notes``. Strings that are absolute paths of this
+            machine are written as :func:`portable_path` gives them.
+        notes: the ``--note`` texts of the command line.
+        results_dir: default ``benchmarks/results``.
+        threads: the run's thread count, at which the matrix-product rates are measured (default: torch's).
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: the payload holds a key of the run's record (``command``, ``machine``, ...).
+    """
+    clash = sorted(set(payload) & set(RECORD_KEYS))
+    if clash:
+        raise ValueError(f"payload keys {clash} are written by write_result itself; rename them in the script")
+    payload = dict(payload)
+    record = run_record([*payload.pop("notes", []), *notes], threads)
     doc = {
+        "schema_version": record.pop("schema_version"),
         "benchmark": payload.pop("benchmark"),
         "dataset": payload.pop("dataset"),
         "split": payload.pop("split"),
-        "command": command(),
-        "git_commit": git_commit(),
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": machine(),
-        **payload,
+        **record,
+        **_portable_values(payload),
     }
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(doc, indent=2) + "\n"
+    found = sorted({m.group(0).rstrip("/") for m in MACHINE_PATH.finditer(text)})
+    if found:
+        print(
+            f"warning: {name}.json names paths of this machine ({', '.join(found)}) inside longer texts; "
+            "tests/benchmarks/test_results_schema.py will reject it",
+            file=sys.stderr,
+        )
+    folder = results_dir or RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    path.write_text(text, encoding="utf-8")
     return path
 
 

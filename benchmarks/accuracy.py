@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import print_table, write_result
+from _common import add_run_options, print_table, write_result
 
 
 def load_splits(folder: Path, train_limit: int | None, val_size: int, seed: int):
@@ -91,6 +91,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--variant", default=None, help="suffix of the results file name")
     parser.add_argument("--keep-model", type=Path, default=None, help="write the trained model folder here")
+    add_run_options(parser)
     args = parser.parse_args()
 
     from hrlm.config import TrainConfig
@@ -148,6 +149,8 @@ def main() -> None:
             "settings": cfg.to_dict(),
             "history": result.history,
         },
+        notes=args.note,
+        results_dir=args.results_dir,
     )
     print(f"wrote {path}")
 

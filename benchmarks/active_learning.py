@@ -44,7 +44,7 @@ import httpx
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, print_table, write_result
+from _common import add_run_options, print_table, write_result
 
 STRATEGIES = ("uncertainty", "random")
 
@@ -307,6 +307,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     parser.add_argument("--threads", type=int, default=None)
+    add_run_options(parser)
     args = parser.parse_args()
 
     rows: list[dict[str, Any]] = []
@@ -339,7 +340,8 @@ def main() -> None:
             }
     print_table(rows, "active learning on onet_tasks through the service (macro F1 on the fixed holdout)")
     print(summary)
-    png = RESULTS / "active_learning-onet_tasks.png"
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    png = args.results_dir / "active_learning-onet_tasks.png"
     plot(rows, png, f"O*NET tasks, {args.seed_per_class}/class seed, {args.per_round} labels per round")
     path = write_result(
         "active_learning-onet_tasks",
@@ -347,7 +349,11 @@ def main() -> None:
             "benchmark": "active_learning",
             "dataset": "onet_tasks",
             "split": f"seed and pool from the suggested train split, holdout {args.holdout} rows of its test split",
-            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "settings": {
+                k: (str(v) if isinstance(v, Path) else v)
+                for k, v in vars(args).items()
+                if k not in ("note", "results_dir")  # recorded as notes and by argv
+            },
             "rows": rows,
             "summary": summary,
             "plot": png.name,
@@ -357,6 +363,9 @@ def main() -> None:
                 f"final random-sampling rows: {len(final_random)}",
             ],
         },
+        notes=args.note,
+        results_dir=args.results_dir,
+        threads=args.threads,
     )
     print(f"wrote {path} and {png}")
 

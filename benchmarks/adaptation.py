@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import print_table, write_result
+from _common import add_run_options, print_table, write_result
 from accuracy import load_splits, tfidf_row
 
 PUBLISHED = [
@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--keep", type=Path, default=None, help="keep the models in this folder")
     parser.add_argument("--skip-baseline", action="store_true")
+    add_run_options(parser)
     args = parser.parse_args()
 
     from hrlm.config import PretrainConfig
@@ -111,6 +112,8 @@ def main() -> None:
         path = write_result(
             f"adaptation-{dataset}",
             {"benchmark": "adaptation", "dataset": dataset, "split": split_desc, **payload},
+            notes=args.note,
+            results_dir=args.results_dir,
         )
         print(f"wrote {path}", flush=True)
 

@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import print_table, write_result
+from _common import add_run_options, print_table, write_result
 
 
 def run(cmd: list[str], work: Path) -> dict[str, Any]:
@@ -53,6 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="the onet_tasks folder")
     parser.add_argument("--threads", type=int, default=None)
+    add_run_options(parser)
     args = parser.parse_args()
 
     import pandas as pd
@@ -125,6 +126,9 @@ def main() -> None:
             "600 suggested-test texts; two tasks: 3,000 task statements with a task type, suggested split",
             "rows": rows,
         },
+        notes=args.note,
+        results_dir=args.results_dir,
+        threads=args.threads,
     )
     print(f"wrote {path}")
 

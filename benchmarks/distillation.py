@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import print_table, write_result
+from _common import add_run_options, print_table, write_result
 from accuracy import load_splits
 
 
@@ -45,6 +45,7 @@ def main() -> None:
         help="only measure docs/s of --teacher and this student on this machine (--test-limit texts, "
         "interleaved) and add them as cpu_rows to the existing results file",
     )
+    add_run_options(parser)
     args = parser.parse_args()
     if args.speed_of is not None:
         measure_speed(args)
@@ -95,6 +96,8 @@ def main() -> None:
             "history": result.history,
             "notes": result.notes,
         },
+        notes=args.note,
+        results_dir=args.results_dir,
     )
     print(f"wrote {path}")
 
@@ -103,7 +106,7 @@ def measure_speed(args: argparse.Namespace) -> None:
     import json
     import time
 
-    from _common import RESULTS, command, machine
+    from _common import run_record
     from hrlm.data import load_dataset
     from hrlm.inference.predictor import Predictor
 
@@ -122,10 +125,13 @@ def measure_speed(args: argparse.Namespace) -> None:
     rows = [{"system": name, "docs_per_s": round(2 * len(texts) / seconds[name], 2)} for name in models]
     rows[1]["speedup"] = round(rows[1]["docs_per_s"] / rows[0]["docs_per_s"], 2)
     print_table(rows, f"CPU speed, {len(texts)} IMDB test texts, torch fp32, windows of the teacher's length")
-    path = RESULTS / "distillation-imdb.json"
+    path = args.results_dir / "distillation-imdb.json"
     doc = json.loads(path.read_text(encoding="utf-8"))
     doc["cpu_rows"] = rows
-    doc["cpu_speed"] = {"command": command(), "machine": machine(), "texts": len(texts)}
+    # this run's own record: the file's top-level one belongs to the run that trained the student
+    record = run_record(args.note)
+    del record["schema_version"]
+    doc["cpu_speed"] = {**record, "texts": len(texts)}
     path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {path}")
 

@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, print_table, write_result
+from _common import add_run_options, portable_command, portable_path, print_table, write_result
 from accuracy import load_splits, tfidf_row
 
 
@@ -64,17 +64,36 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return summary
 
 
-def merge(files: list[Path]) -> None:
-    """Combine the runs of several result files (say, K values run in parallel) into one."""
+def source_record(path: Path, doc: dict[str, Any]) -> dict[str, Any]:
+    """What a merged file keeps of one of its sources: which run, on which commit and machine.
+
+    Commands, the source's own and those of its own sources, keep no path of one machine (``portable_command``).
+    """
+
+    def portable(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: portable_command(v) if k == "command" else portable(v) for k, v in value.items()}
+        return [portable(v) for v in value] if isinstance(value, list) else value
+
+    keys = ("command", "git_commit", "git_dirty", "date", "machine", "complete", "sources", "merged_from")
+    return portable({"file": portable_path(path), **{k: doc[k] for k in keys if k in doc}})
+
+
+def merge(files: list[Path], args: argparse.Namespace) -> Path:
+    """Combine the runs of several result files (say, K values run in parallel) into one.
+
+    The merged file's own commit is that of the merge; ``sources`` keeps each source's command, commit,
+    uncommitted-changes flag, date and machine (and, for a source that is itself a merge, its sources).
+    """
     import json
 
     docs = [json.loads(f.read_text(encoding="utf-8")) for f in files]
     runs = [r for d in docs for r in d["runs"]]
     summary = summarize(runs)
     print_table(summary, "few-shot on onet_tasks: mean and sd over seeds")
-    _plot(summary, sorted({r["shots"] for r in runs}))
+    _plot(summary, sorted({r["shots"] for r in runs}), args.results_dir)
     first = docs[0]
-    write_result(
+    return write_result(
         "fewshot-onet_tasks",
         {
             "benchmark": "fewshot",
@@ -83,9 +102,12 @@ def merge(files: list[Path]) -> None:
             "rows": summary,
             "runs": runs,
             "complete": all(d.get("complete") for d in docs),
-            "merged_from": [{"command": d["command"], "complete": d.get("complete")} for d in docs],
+            "sources": [source_record(f, d) for f, d in zip(files, docs, strict=True)],
             "settings": first["settings"],
         },
+        notes=args.note,
+        results_dir=args.results_dir,
+        threads=args.threads,
     )
 
 
@@ -122,9 +144,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the cores available)")
     parser.add_argument("--variant", default=None, help="suffix of the results file name")
     parser.add_argument("--merge", type=Path, nargs="+", default=None, help="only combine these results files")
+    add_run_options(parser)
     args = parser.parse_args()
     if args.merge:
-        merge(args.merge)
+        merge(args.merge, args)
         return
 
     from hrlm.config import TrainConfig
@@ -154,7 +177,7 @@ def main() -> None:
         summary = summarize(runs)
         if final:
             print_table(summary, f"few-shot on {dataset}: test {len(test)} texts, mean and sd over seeds")
-            _plot(summary, sorted({r["shots"] for r in runs}))
+            _plot(summary, sorted({r["shots"] for r in runs}), args.results_dir)
         write_result(
             f"fewshot-{dataset}" + (f"-{args.variant}" if args.variant else ""),
             {
@@ -167,6 +190,9 @@ def main() -> None:
                 "complete": final,
                 "settings": {**common, **{k: v[1] for k, v in configs.items()}},
             },
+            notes=args.note,
+            results_dir=args.results_dir,
+            threads=args.threads,
         )
 
     for k in args.shots:
@@ -186,7 +212,7 @@ def main() -> None:
     save(True)
 
 
-def _plot(summary: list[dict[str, Any]], shots: list[int]) -> None:
+def _plot(summary: list[dict[str, Any]], shots: list[int], folder: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,7 +237,8 @@ def _plot(summary: list[dict[str, Any]], shots: list[int]) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / "fewshot-onet_tasks.png")
+    folder.mkdir(parents=True, exist_ok=True)
+    fig.savefig(folder / "fewshot-onet_tasks.png")
     plt.close(fig)
 
 

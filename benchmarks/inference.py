@@ -30,13 +30,12 @@ import random
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import print_table, write_result
+from _common import add_run_options, matmul_gflops, print_table, write_result
 
 BACKENDS = ["torch-fp32", "torch-bf16", "torch-int8", "onnx-fp32", "onnx-int8"]
 PIPELINE = "transformers pipeline"
@@ -109,37 +108,18 @@ def flops_per_sequence(model_dir: Path) -> Any:
 
 
 def matmul_rates(threads: int, hidden: int, intermediate: int) -> dict[str, float]:
-    """GFLOP/s of this machine's matrix products at an encoder's shapes, per precision."""
-    import torch
-    from torch import nn
+    """GFLOP/s of this machine's matrix products at an encoder's shapes, per precision: the best of 5.
 
-    torch.set_num_threads(threads)
-    m = 32 * 256  # a batch of 32 windows of 256 tokens
-    rates = {}
-
-    def best(fn: Any, flops: float) -> float:
-        fn()
-        times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return flops / min(times) / 1e9
-
-    flops = 2.0 * m * hidden * intermediate
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a = torch.randn(m, hidden, dtype=dtype)
-        b = torch.randn(hidden, intermediate, dtype=dtype)
-        rates[name] = round(best(lambda a=a, b=b: torch.mm(a, b), flops), 1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        linear = torch.ao.quantization.quantize_dynamic(
-            nn.Sequential(nn.Linear(hidden, intermediate)), {nn.Linear}, dtype=torch.qint8
-        )
-    x = torch.randn(m, hidden)
-    with torch.inference_mode():
-        rates["int8"] = round(best(lambda: linear(x), flops), 1)
-    return rates
+    A batch of 32 windows of 256 tokens through the encoder's widest linear layer (int8: torch's dynamic
+    int8 linear); the results file's ``machine.matmul_gflops`` is the shared 2048-square measurement.
+    """
+    rates = matmul_gflops(
+        32 * 256, hidden, intermediate, threads=threads, precisions=("fp32", "bf16", "int8"), statistic="best"
+    )
+    missing = [name for name, rate in rates.items() if rate is None]
+    if missing:
+        raise SystemExit(f"torch on this machine cannot multiply matrices in {missing}: no limit to compare with")
+    return {name: rate for name, rate in rates.items() if rate is not None}
 
 
 def peak_rss_mb(args: argparse.Namespace, name: str) -> float | None:
@@ -175,6 +155,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-memory", action="store_true", help="skip the per-system memory probes")
     parser.add_argument("--rss-probe", default=None, help=argparse.SUPPRESS)
+    add_run_options(parser)
     args = parser.parse_args()
     if args.rss_probe:
         rss_probe(args)
@@ -287,6 +268,9 @@ def main() -> None:
             "notes": notes,
             "load_average_1min": {"start": round(load_before[0], 2), "end": round(os.getloadavg()[0], 2)},
         },
+        notes=args.note,
+        results_dir=args.results_dir,
+        threads=args.threads,
     )
     print(f"wrote {path}")
 

@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import print_table, write_result
+from _common import add_run_options, print_table, write_result
 
 
 def main() -> None:
@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=42)
+    add_run_options(parser)
     args = parser.parse_args()
 
     from hrlm.config import TrainConfig
@@ -103,6 +104,9 @@ def main() -> None:
                 "test_s: time to score the test split, one pass for the multi-task model, one per model otherwise."
             ],
         },
+        notes=args.note,
+        results_dir=args.results_dir,
+        threads=args.threads,
     )
     print(f"wrote {path}")
 

@@ -49,7 +49,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import print_table, write_result
+from _common import add_run_options, print_table, write_result
 
 IMDB_DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imdb" / "test.csv.gz"
 
@@ -346,6 +346,7 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=3, help="whole runs per dataset; the summary is their median (noisy machines)"
     )
+    add_run_options(parser)
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats {args.repeats}: give at least 1")
@@ -382,6 +383,9 @@ def main() -> None:
                 },
                 **result,
             },
+            notes=args.note,
+            results_dir=args.results_dir,
+            threads=args.threads,
         )
         print(f"wrote {path}")
 
