@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,6 +69,34 @@ def test_contrastive_pairs_balance_positives_and_negatives() -> None:
     pos = sum(t for *_, t in pairs)
     assert pos == 4 * 5  # the singleton class 2 has no positive partner
     assert len(pairs) - pos == 4 * 6
+
+
+def test_contrastive_training_does_not_decay_biases_or_layernorm(
+    tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from hrlm.modeling import TaskSpec, build_model
+    from hrlm.training.fewshot import train_contrastive
+
+    built: list[torch.optim.AdamW] = []
+
+    class RecordedAdamW(torch.optim.AdamW):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(torch.optim, "AdamW", RecordedAdamW)
+    model = build_model(tiny_bert, [TaskSpec("label", ["a", "b"])], pooling="mean")
+    cfg = TrainConfig(base=str(tiny_bert), weight_decay=0.1, setfit_pairs=1, batch_size=4)
+    windows = [[2, 10, 11, 3], [2, 12, 3], [2, 20, 21, 3], [2, 22, 3]]
+    device = torch.device("cpu")
+    train_contrastive(model, windows, [0, 0, 1, 1], cfg, pad_id=0, device=device, precision="fp32", show=False)
+    (optimizer,) = built
+    decay_of = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    for name, p in model.encoder.named_parameters():
+        exempt = name.endswith("bias") or "LayerNorm" in name
+        assert decay_of[id(p)] == (0.0 if exempt else 0.1), name
 
 
 def test_method_auto_picks_setfit_below_the_threshold() -> None:

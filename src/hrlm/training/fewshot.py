@@ -11,10 +11,7 @@ per class than ``TrainConfig.few_shot_below``.
 
 from __future__ import annotations
 
-import logging
-import math
 import random
-import time
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -27,9 +24,7 @@ from hrlm.data import Dataset
 from hrlm.errors import ConfigError
 from hrlm.inference import autocast, collate
 from hrlm.modeling import HrlmModel
-from hrlm.training.loop import lr_factor
-
-log = logging.getLogger("hrlm")
+from hrlm.training.loop import Optimization, run_steps
 
 
 def choose_method(cfg: TrainConfig, train: Dataset) -> str:
@@ -94,46 +89,34 @@ def train_contrastive(
     """Fine-tune the encoder so that the cosine similarity of two texts' pooled vectors is 1 for the
     same label and 0 for different labels (mean squared error, as SetFit's CosineSimilarityLoss).
 
+    The optimisation is :func:`hrlm.training.loop.run_steps`'s, at ``setfit_lr``: biases and LayerNorm
+    weights are not decayed, as in every other trainer.
+
     Returns:
-        ``pairs``, ``steps``, ``seconds`` and the final mean ``loss``.
+        ``pairs``, ``steps``, ``seconds`` (in training steps) and the mean training ``loss`` of the pass.
     """
     rng = random.Random(cfg.seed)
     pairs = contrastive_pairs(labels, cfg.setfit_pairs, rng)
     if not pairs:
         raise ConfigError("few-shot training needs at least two classes with labelled texts.")
-    batch = max(2, cfg.batch_size)  # pairs per step, as SetFit's batch size
-    total = max(1, math.ceil(len(pairs) / batch))
-    warmup = int(cfg.warmup_ratio * total)
+    size = max(2, cfg.batch_size)  # pairs per step, as SetFit's batch size
+    batches = [pairs[i : i + size] for i in range(0, len(pairs), size)]  # one pass over the pairs
+
+    def loss_of_batch(batch: list[tuple[int, int, float]]) -> tuple[torch.Tensor, int]:
+        left, mask_l = collate([windows[i] for i, _, _ in batch], pad_id)
+        right, mask_r = collate([windows[j] for _, j, _ in batch], pad_id)
+        target = torch.tensor([t for _, _, t in batch], device=device)
+        with autocast(device, precision):
+            a = model.pool(left.to(device), mask_l.to(device))
+            b = model.pool(right.to(device), mask_r.to(device))
+        cos = nn.functional.cosine_similarity(a.float(), b.float())
+        return nn.functional.mse_loss(cos, target), len(batch)
+
+    # Only the encoder learns here; the head is fitted afterwards on its pooled vectors.
     params = [p for p in model.encoder.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.setfit_lr, weight_decay=cfg.weight_decay)
-    bar = ProgressBar(total, "contrastive pairs", unit="steps", fields={"loss": "-"}, enabled=show)
-    model.train()
-    t0 = time.perf_counter()
-    running = 0.0
-    steps = 0
-    try:
-        for step in range(total):
-            chunk = pairs[step * batch : (step + 1) * batch]
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.setfit_lr * lr_factor(step, warmup=warmup, total=total)
-            left, mask_l = collate([windows[i] for i, _, _ in chunk], pad_id)
-            right, mask_r = collate([windows[j] for _, j, _ in chunk], pad_id)
-            target = torch.tensor([t for _, _, t in chunk], device=device)
-            with autocast(device, precision):
-                a = model.pool(left.to(device), mask_l.to(device))
-                b = model.pool(right.to(device), mask_r.to(device))
-            cos = nn.functional.cosine_similarity(a.float(), b.float())
-            loss = nn.functional.mse_loss(cos, target)
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            running = 0.9 * running + 0.1 * float(loss.detach()) if step else float(loss.detach())
-            bar.update(step + 1, loss=f"{running:.4f}")
-            steps = step + 1
-    except KeyboardInterrupt:  # the head is still fitted on what the encoder has learned so far
-        log.warning("contrastive training interrupted after %d of %d steps", steps, total)
-    finally:
-        bar.close()
+    opt = Optimization.from_config(cfg, steps=len(batches), lr=cfg.setfit_lr)
+    bar = ProgressBar(opt.steps, "contrastive pairs", unit="steps", fields={"loss": "-"}, enabled=show)
+    # Ctrl-C stops this pass cleanly: the head is then fitted on what the encoder has learned so far.
+    done = run_steps(model, params, iter(batches), loss_of_batch, opt, bar=bar)
     model.eval()
-    return {"pairs": len(pairs), "steps": steps, "seconds": time.perf_counter() - t0, "loss": running}
+    return {"pairs": len(pairs), "steps": done.steps, "seconds": done.seconds, "loss": done.train_loss}

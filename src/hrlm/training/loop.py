@@ -1,8 +1,9 @@
-"""The training loops: learning-rate schedule, length-grouped batches, validation, and the runners.
+"""The one training loop (AdamW, schedule, accumulation, clipping, Ctrl-C), its evaluator, and the runners.
 
-:func:`train_full` fine-tunes encoder and heads with AdamW; :func:`train_head_only` fits the heads on
-features computed once. Both keep the best weights by the validation metric and stop early.
-:mod:`hrlm.training.fitting` prepares the data and the model, calls them, and writes the model folder.
+:func:`run_steps` is what every trainer runs: :func:`train_full` (fine-tuning, and distillation through
+it), masked-LM pretraining and SetFit's contrastive pairs; each brings its batches and the loss of one.
+:func:`train_head_only` fits the heads on features computed once. Both runners keep the best weights by
+the validation metric and stop early; :mod:`hrlm.training.fitting` calls them and writes the model folder.
 """
 
 from __future__ import annotations
@@ -11,16 +12,16 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from hrlm._progress import ProgressBar
-from hrlm.config import TrainConfig
+from hrlm.config import PretrainConfig, TrainConfig
 from hrlm.data import Dataset
 from hrlm.evaluation import compute_metrics
 from hrlm.inference import (
@@ -40,6 +41,8 @@ from hrlm.training.multitask import MultiTaskLoss
 
 log = logging.getLogger("hrlm")
 
+B = TypeVar("B")  # a batch, whatever the trainer's loss function reads
+
 
 def lr_factor(step: int, *, warmup: int, total: int) -> float:
     """Linear warmup to 1 over ``warmup`` steps, then linear decay to 0 at ``total``.
@@ -51,6 +54,151 @@ def lr_factor(step: int, *, warmup: int, total: int) -> float:
     if step < warmup:
         return step / max(1, warmup)
     return max(0.0, (total - step) / max(1, total - warmup))
+
+
+@dataclass(frozen=True)
+class Optimization:
+    """How the weights move: AdamW over ``steps`` steps of ``grad_accum`` batches, warmup, decay, clipping.
+
+    Example:
+        >>> opt = Optimization(lr=1e-4, steps=100, warmup_ratio=0.1, weight_decay=0.01, max_grad_norm=1.0)
+        >>> opt.lr_at(0), opt.lr_at(5), opt.lr_at(10), opt.lr_at(100)
+        (0.0, 5e-05, 0.0001, 0.0)
+    """
+
+    lr: float
+    steps: int
+    warmup_ratio: float
+    weight_decay: float
+    max_grad_norm: float
+    grad_accum: int = 1
+
+    @classmethod
+    def from_config(
+        cls, cfg: TrainConfig | PretrainConfig, *, steps: int, lr: float | None = None, grad_accum: int = 1
+    ) -> Optimization:
+        """The settings of ``cfg`` for a run of ``steps`` steps at peak rate ``lr`` (default ``cfg.lr``)."""
+        return cls(
+            lr=cfg.lr if lr is None else lr,
+            steps=steps,
+            warmup_ratio=cfg.warmup_ratio,
+            weight_decay=cfg.weight_decay,
+            max_grad_norm=cfg.max_grad_norm,
+            grad_accum=grad_accum,
+        )
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of step ``step`` (from 0): :func:`lr_factor` of the peak ``lr``."""
+        return self.lr * lr_factor(step, warmup=int(self.warmup_ratio * self.steps), total=self.steps)
+
+
+def param_groups(params: Iterable[nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups: weight matrices decay, biases and LayerNorm weights do not.
+
+    Decay pulls weights towards zero: for a matrix, the wanted preference for simple maps; for a bias
+    or a LayerNorm gain, which only shifts or scales a feature, a pull towards a dead or silenced
+    feature that regularises nothing (BERT's recipe exempts them). They are the 1-d tensors.
+
+    Example:
+        >>> layers = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+        >>> [(len(g["params"]), g["weight_decay"]) for g in param_groups(layers.parameters(), 0.01)]
+        [(1, 0.01), (3, 0.0)]
+    """
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for p in params:
+        (no_decay if p.ndim < 2 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@dataclass
+class StepsDone:
+    """What :func:`run_steps` did, updated as it goes, so that it is right even when Ctrl-C stops it."""
+
+    steps: int = 0
+    seconds: float = 0.0  # in training steps; evaluation is not counted
+    samples: int = 0
+    interrupted: bool = False
+    loss_sum: float = 0.0  # since the last evaluation, over batches
+    loss_count: int = 0
+
+    @property
+    def train_loss(self) -> float:
+        """The mean training loss of the batches since the last evaluation (or the start)."""
+        return self.loss_sum / max(self.loss_count, 1)
+
+
+def run_steps(
+    model: nn.Module,
+    params: Sequence[nn.Parameter],
+    batches: Iterator[B],
+    loss_of_batch: Callable[[B], tuple[torch.Tensor, int]],
+    opt: Optimization,
+    *,
+    bar: ProgressBar,
+    evaluate: Callable[[int, float], bool] | None = None,
+    eval_every: int = 0,
+) -> StepsDone:
+    """Train ``params`` with AdamW for ``opt.steps`` steps: the one training loop of hrlm.
+
+    Args:
+        model: the module that holds ``params``; in training mode for every step.
+        params: the parameters to train, every one with ``requires_grad``.
+        batches: at least ``opt.steps * opt.grad_accum`` batches (an endless stream will do).
+        loss_of_batch: the mean loss of a batch (its forward pass under autocast, if the caller
+            wants one) and the number of samples in the batch.
+        opt: learning rate, schedule, weight decay, accumulation and clipping.
+        bar: shows the steps and the training loss; closed on return.
+        evaluate: called every ``eval_every`` steps and after the last with the step and the mean
+            training loss since the previous call; returns True to stop (early stopping).
+
+    Returns:
+        Steps, seconds and samples, and ``interrupted``: Ctrl-C, in a step or in ``evaluate``, ends the
+        loop cleanly and leaves the weights as they are, for the caller to keep the best or the last.
+
+    Example:
+        >>> layer = nn.Linear(2, 1)
+        >>> opt = Optimization(lr=0.1, steps=3, warmup_ratio=0.0, weight_decay=0.01, max_grad_norm=1.0)
+        >>> done = run_steps(layer, list(layer.parameters()), iter([torch.ones(4, 2)] * 3),
+        ...                  lambda x: (layer(x).pow(2).mean(), len(x)), opt, bar=ProgressBar(3, "demo", enabled=False))
+        >>> done.steps, done.samples, done.interrupted
+        (3, 12, False)
+    """
+    optimizer = torch.optim.AdamW(param_groups(params, opt.weight_decay), lr=opt.lr)
+    done = StepsDone()
+    model.train()
+    try:
+        while done.steps < opt.steps:
+            t0 = time.perf_counter()
+            # The schedule is a pure function of the step, so a run's rates never depend on its history.
+            for group in optimizer.param_groups:
+                group["lr"] = opt.lr_at(done.steps)
+            for _ in range(opt.grad_accum):
+                loss, n = loss_of_batch(next(batches))
+                # Divided so that the accumulated gradient is that of the mean over all the step's batches.
+                (loss / opt.grad_accum).backward()
+                done.loss_sum += float(loss.detach())
+                done.loss_count += 1
+                done.samples += n
+            # Clip after accumulation so that the limit applies to the full step's gradient.
+            nn.utils.clip_grad_norm_(params, opt.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            done.steps += 1
+            done.seconds += time.perf_counter() - t0
+            bar.update(done.steps, loss=f"{done.train_loss:.4f}")
+            if evaluate is not None and (done.steps % eval_every == 0 or done.steps == opt.steps):
+                stop = evaluate(done.steps, done.train_loss)
+                done.loss_sum, done.loss_count = 0.0, 0
+                model.train()  # evaluation may have left the model in eval mode
+                if stop:
+                    break
+    except KeyboardInterrupt:
+        done.interrupted = True
+        log.warning("%s interrupted at step %d of %d", bar.label, done.steps, opt.steps)
+    finally:
+        bar.close()
+    return done
 
 
 def length_grouped_order(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -189,8 +337,9 @@ def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _history_entry(
-    epoch: float, step: int, train_loss: float, evaluator: Evaluator, model: HrlmModel, cfg: TrainConfig
+    epoch: float, step: int, train_loss: float, cfg: TrainConfig, evaluator: Evaluator, logits: Any
 ) -> tuple[dict[str, Any], float | None]:
+    """An entry of the learning curves, and the metric, scored on validation ``logits`` unless ``None``."""
     entry: dict[str, Any] = {
         "epoch": round(epoch, 4),
         "step": step,
@@ -199,9 +348,9 @@ def _history_entry(
         "val_metric": None,
         "metric": cfg.metric,
     }
-    if not evaluator.available:
+    if logits is None:
         return entry, None
-    metric, loss = evaluator.score(evaluator.doc_logits(model))
+    metric, loss = evaluator.score(logits)
     entry["val_loss"] = round(loss, 6)
     entry["val_metric"] = round(loss if cfg.metric == "loss" else metric, 6)
     return entry, metric
@@ -224,98 +373,70 @@ class TrainingRun:
     on_eval: Callable[[dict[str, Any]], None] | None
 
 
-def _batches_forever(lengths: Sequence[int], batch_size: int, seed: int) -> Iterator[tuple[int, list[int]]]:
+def batches_forever(lengths: Sequence[int], batch_size: int, seed: int) -> Iterator[list[int]]:
+    """Index batches without end: length-grouped (:func:`length_grouped_order`), reshuffled every epoch."""
     epoch = 0
     while True:
-        for batch in length_grouped_order(lengths, batch_size, random.Random(seed + epoch)):
-            yield epoch, batch
+        yield from length_grouped_order(lengths, batch_size, random.Random(seed + epoch))
         epoch += 1
 
 
 def train_full(run: TrainingRun) -> RunState:
-    """Fine-tune the (partly frozen) encoder and the heads with AdamW and a linear schedule."""
+    """Fine-tune the (partly frozen) encoder and the heads with :func:`run_steps`, evaluating as it goes."""
     model, cfg, enc, evaluator = run.model, run.cfg, run.enc, run.evaluator
     targets, loss_fn, pad_id, device, precision = run.targets, run.loss_fn, run.pad_id, run.device, run.precision
     task = model.tasks[0]
     batches_per_epoch = math.ceil(len(enc.windows) / cfg.batch_size)
     steps_per_epoch = max(1, math.ceil(batches_per_epoch / cfg.grad_accum))
     total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    warmup = int(cfg.warmup_ratio * total)
-    eval_every = cfg.eval_steps or steps_per_epoch
-
-    # Biases and LayerNorm weights are not decayed, as in BERT's original recipe.
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 else decay).append(p)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
-    )
+    opt = Optimization.from_config(cfg, steps=total, grad_accum=cfg.grad_accum)
     state = RunState(best_state=_snapshot(model))
     t_cache = time.perf_counter()
     cache = FrozenCache.build(model, enc.windows, cfg.freeze_layers, pad_id, device, precision)
     state.train_seconds += time.perf_counter() - t_cache
+
+    def loss_of_batch(batch: list[int]) -> tuple[torch.Tensor, int]:
+        if cache is not None:
+            hidden, mask = cache.batch(batch)
+            with autocast(device, precision):
+                out = model.upper(hidden.to(device), mask.to(device), cache.layers)
+        else:
+            ids, mask = collate([enc.windows[i] for i in batch], pad_id)
+            with autocast(device, precision):
+                out = model(ids.to(device), mask.to(device))
+        batch_targets = targets[batch].to(device)
+        if isinstance(loss_fn, MultiTaskLoss):
+            return loss_fn(out, batch_targets), len(batch)
+        return loss_fn(out[task.name].float(), batch_targets), len(batch)
+
     bar = ProgressBar(total, "training", unit="steps", fields={"loss": "-", "val": "-"}, enabled=run.show)
-    stream = _batches_forever(enc.lengths, cfg.batch_size, cfg.seed)
-    model.train()
-    running, running_n = 0.0, 0
-    step = 0
-    try:
-        while step < total:
-            t0 = time.perf_counter()
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * lr_factor(step, warmup=warmup, total=total)
-            for _ in range(cfg.grad_accum):
-                _, batch = next(stream)
-                if cache is not None:
-                    hidden, mask = cache.batch(batch)
-                    with autocast(device, precision):
-                        out = model.upper(hidden.to(device), mask.to(device), cache.layers)
-                else:
-                    ids, mask = collate([enc.windows[i] for i in batch], pad_id)
-                    with autocast(device, precision):
-                        out = model(ids.to(device), mask.to(device))
-                batch_targets = targets[batch].to(device)
-                if isinstance(loss_fn, MultiTaskLoss):
-                    loss = loss_fn(out, batch_targets) / cfg.grad_accum
-                else:
-                    loss = loss_fn(out[task.name].float(), batch_targets) / cfg.grad_accum
-                loss.backward()
-                running += float(loss.detach()) * cfg.grad_accum
-                running_n += 1
-                state.samples += len(batch)
-            # Clip after accumulation so that the limit applies to the full step's gradient.
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            state.train_seconds += time.perf_counter() - t0
-            bar.update(step, loss=f"{running / max(running_n, 1):.4f}")
-            if step % eval_every == 0 or step == total:
-                entry, metric = _history_entry(
-                    step / steps_per_epoch, step, running / max(running_n, 1), evaluator, model, cfg
-                )
-                running, running_n = 0.0, 0
-                model.train()
-                stop = state.record(model, entry, metric, cfg.early_stopping_patience)
-                if entry["val_metric"] is not None:
-                    bar.update(step, val=f"{cfg.metric} {entry['val_metric']:.4f}")
-                if run.on_eval is not None:
-                    run.on_eval(entry)
-                if stop:
-                    log.info("early stopping at step %d: no improvement in %d evaluations", step, state.bad_evals)
-                    break
-    except KeyboardInterrupt:
+
+    def history_entry(step: int, train_loss: float) -> tuple[dict[str, Any], float | None]:
+        logits = evaluator.doc_logits(model) if evaluator.available else None
+        return _history_entry(step / steps_per_epoch, step, train_loss, cfg, evaluator, logits)
+
+    def evaluate(step: int, train_loss: float) -> bool:
+        entry, metric = history_entry(step, train_loss)
+        stop = state.record(model, entry, metric, cfg.early_stopping_patience)
+        if entry["val_metric"] is not None:
+            bar.update(step, val=f"{cfg.metric} {entry['val_metric']:.4f}")
+        if run.on_eval is not None:
+            run.on_eval(entry)
+        if stop:
+            log.info("early stopping at step %d: no improvement in %d evaluations", step, state.bad_evals)
+        return stop
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    batches = batches_forever(enc.lengths, cfg.batch_size, cfg.seed)
+    eval_every = cfg.eval_steps or steps_per_epoch
+    done = run_steps(model, trainable, batches, loss_of_batch, opt, bar=bar, evaluate=evaluate, eval_every=eval_every)
+    state.train_seconds += done.seconds
+    state.samples += done.samples
+    if done.interrupted:
         state.interrupted = True
-        log.warning("interrupted at step %d; keeping the best weights so far", step)
-        if not state.history:
-            entry, metric = _history_entry(
-                step / steps_per_epoch, step, running / max(running_n, 1), evaluator, model, cfg
-            )
-            state.record(model, entry, metric, 0)
-    finally:
-        bar.close()
+        log.warning("keeping the best weights so far")
+        if not state.history:  # stopped before the first evaluation: record where it stopped
+            state.record(model, *history_entry(done.steps, done.train_loss), 0)
     return state
 
 
@@ -357,23 +478,13 @@ def train_head_only(run: TrainingRun) -> RunState:
         for r in range(1, rounds + 1):
             loss = float(optimizer.step(closure).detach())
             state.train_seconds = time.perf_counter() - t0
-            entry: dict[str, Any] = {
-                "epoch": r / 5,
-                "step": r,
-                "train_loss": round(loss, 6),
-                "val_loss": None,
-                "val_metric": None,
-                "metric": cfg.metric,
-            }
-            metric = None
+            logits = None
             if val_features is not None:
                 assert evaluator.enc is not None
                 with torch.no_grad():
                     window = head(val_features).float().cpu().numpy()
                 logits = aggregate(window, evaluator.enc.doc_index, evaluator.enc.n_docs, cfg.aggregate)
-                metric, vloss = evaluator.score(logits)
-                entry["val_loss"] = round(vloss, 6)
-                entry["val_metric"] = round(vloss if cfg.metric == "loss" else metric, 6)
+            entry, metric = _history_entry(r / 5, r, loss, cfg, evaluator, logits)
             stop = state.record(model, entry, metric, cfg.early_stopping_patience)
             bar.update(r, loss=f"{loss:.4f}", val=f"{cfg.metric} {entry['val_metric']}")
             if run.on_eval is not None:

@@ -16,8 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -33,7 +32,7 @@ from hrlm.errors import ConfigError, DataError
 from hrlm.inference import autocast, default_threads, resolve_device, resolve_precision
 from hrlm.modeling import quiet_transformers
 from hrlm.text import normalize
-from hrlm.training.loop import length_grouped_order, lr_factor, seed_everything
+from hrlm.training.loop import Optimization, batches_forever, run_steps, seed_everything
 from hrlm.training.mlm_data import (
     IGNORE,
     Batch,
@@ -150,12 +149,8 @@ class _Data:
     def stream(self, seed: int) -> Iterator[Batch]:
         """Batches forever: length-grouped, reshuffled and re-masked every epoch."""
         g = torch.Generator().manual_seed(seed)
-        lengths = [len(e.ids) for e in self.examples]
-        epoch = 0
-        while True:
-            for idx in length_grouped_order(lengths, self.cfg.batch_size, random.Random(seed + epoch)):
-                yield self.collate(idx, g)
-            epoch += 1
+        for idx in batches_forever([len(e.ids) for e in self.examples], self.cfg.batch_size, seed):
+            yield self.collate(idx, g)
 
     def fixed_batches(self, seed: int) -> list[Batch]:
         """The same masks every time, so that losses before and after training compare."""
@@ -188,64 +183,6 @@ def heldout_loss(model: Any, batches: Sequence[Batch], device: torch.device, pre
         result["nsp_loss"] = round(nsp_total / nsp_n, 5)
         result["nsp_accuracy"] = round(nsp_right / nsp_n, 4)
     return result
-
-
-def _optimizer(params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
-    )
-
-
-def _run_steps(
-    model: Any,
-    params: list[nn.Parameter],
-    stream: Iterator[Batch],
-    *,
-    steps: int,
-    lr: float,
-    cfg: PretrainConfig,
-    device: torch.device,
-    precision: str,
-    label: str,
-    show: bool,
-    on_eval: Callable[[int, float], dict[str, Any] | None] | None = None,
-    eval_every: int = 0,
-) -> tuple[float, int, bool]:
-    """AdamW with linear warmup and decay over ``steps``; returns (seconds, samples, interrupted)."""
-    optimizer = _optimizer(params, lr, cfg.weight_decay)
-    warmup = int(cfg.warmup_ratio * steps)
-    bar = ProgressBar(steps, label, unit="steps", fields={"loss": "-"}, enabled=show)
-    seconds, samples, running, running_n = 0.0, 0, 0.0, 0
-    model.train()
-    try:
-        for step in range(1, steps + 1):
-            t0 = time.perf_counter()
-            for group in optimizer.param_groups:
-                group["lr"] = lr * lr_factor(step - 1, warmup=warmup, total=steps)
-            batch = next(stream)
-            mlm, nsp, _ = _losses(model, batch, device, precision)
-            loss = mlm + nsp if nsp is not None else mlm
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            seconds += time.perf_counter() - t0
-            samples += len(batch.ids)
-            running += float(loss.detach())
-            running_n += 1
-            bar.update(step, loss=f"{running / running_n:.3f}")
-            if on_eval is not None and eval_every and (step % eval_every == 0 or step == steps):
-                on_eval(step, running / running_n)
-                running, running_n = 0.0, 0
-                model.train()
-    except KeyboardInterrupt:
-        log.warning("interrupted during %s; keeping the weights so far", label)
-        return seconds, samples, True
-    finally:
-        bar.close()
-    return seconds, samples, False
 
 
 def pretrain(
@@ -320,6 +257,10 @@ def pretrain(
     seconds = 0.0
     samples = 0
 
+    def loss_of_batch(batch: Batch) -> tuple[torch.Tensor, int]:
+        mlm, nsp, _ = _losses(model, batch, device, precision)
+        return (mlm + nsp if nsp is not None else mlm), len(batch.ids)
+
     warm_steps = cfg.head_steps if head_new else 0
     if warm_steps:
         # The encoder (and the tied output matrix) stays fixed: only the new head's transform,
@@ -327,14 +268,13 @@ def pretrain(
         for p in model.base_model.parameters():
             p.requires_grad_(False)
         head_params = [p for p in model.parameters() if p.requires_grad]
-        s, n, stopped = _run_steps(
-            model, head_params, stream, steps=warm_steps, lr=cfg.head_lr, cfg=cfg, device=device,
-            precision=precision, label="warming up the MLM head", show=progress,
-        )  # fmt: skip
-        seconds, samples = seconds + s, samples + n
+        opt = Optimization.from_config(cfg, steps=warm_steps, lr=cfg.head_lr)
+        bar = ProgressBar(warm_steps, "warming up the MLM head", unit="steps", fields={"loss": "-"}, enabled=progress)
+        warm = run_steps(model, head_params, stream, loss_of_batch, opt, bar=bar)
+        seconds, samples = seconds + warm.seconds, samples + warm.samples
         for p in model.parameters():
             p.requires_grad_(True)
-        if stopped:
+        if warm.interrupted:  # nothing to measure against yet: stop the whole run
             raise KeyboardInterrupt
     elif not head_new:
         notes.append("the base encoder has a trained masked-LM head; no warm-up needed")
@@ -347,16 +287,17 @@ def pretrain(
     steps_per_epoch = max(1, math.ceil(len(train_ex) / cfg.batch_size))
     total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
-    def on_eval(step: int, train_loss: float) -> None:
+    def evaluate(step: int, train_loss: float) -> bool:
         entry = {"step": step, "epoch": round(step / steps_per_epoch, 4), "train_loss": round(train_loss, 5)}
         history.append({**entry, **heldout_loss(model, val_batches, device, precision)})
+        return False
 
     params = [p for p in model.parameters() if p.requires_grad]
-    s, n, interrupted = _run_steps(
-        model, params, stream, steps=total, lr=cfg.lr, cfg=cfg, device=device, precision=precision,
-        label="pretraining", show=progress, on_eval=on_eval, eval_every=cfg.eval_steps or steps_per_epoch,
-    )  # fmt: skip
-    seconds, samples = seconds + s, samples + n
+    opt = Optimization.from_config(cfg, steps=total)
+    bar = ProgressBar(total, "pretraining", unit="steps", fields={"loss": "-"}, enabled=progress)
+    eval_every = cfg.eval_steps or steps_per_epoch
+    done = run_steps(model, params, stream, loss_of_batch, opt, bar=bar, evaluate=evaluate, eval_every=eval_every)
+    seconds, samples, interrupted = seconds + done.seconds, samples + done.samples, done.interrupted
     after = heldout_loss(model, val_batches, device, precision)
     if interrupted:
         history.append({"step": None, "epoch": None, "train_loss": None, **after})
