@@ -37,17 +37,9 @@ from hrlm.modeling import HrlmModel, ModelMeta, TaskSpec, build_model, save_mode
 from hrlm.report import write_report
 from hrlm.text import Encoded, encode_documents
 from hrlm.training.augmentation import augment_dataset
+from hrlm.training.evaluator import Evaluator, doc_targets, task_loss
 from hrlm.training.fewshot import choose_method, train_contrastive
-from hrlm.training.loop import (
-    Evaluator,
-    RunState,
-    TrainingRun,
-    doc_targets,
-    seed_everything,
-    task_loss,
-    train_full,
-    train_head_only,
-)
+from hrlm.training.loop import RunState, TrainingRun, seed_everything, train_full, train_head_only
 from hrlm.training.multitask import MultiEvaluator, MultiTaskLoss, pack_targets, parse_weights
 
 log = logging.getLogger("hrlm")
