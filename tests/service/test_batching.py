@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from hrlm.errors import Overloaded
-from hrlm.service.batching import Job, MicroBatcher
+from hrlm.service.batching import MicroBatcher, PendingRequest
 
 
 class Model:
@@ -31,7 +31,7 @@ class Model:
         return [len(t) for t in texts]
 
 
-async def _finish(jobs: list[Job], result: Any, seconds: float) -> None:
+async def _finish(jobs: list[PendingRequest], result: Any, seconds: float) -> None:
     i = 0
     for job in jobs:
         job.future.set_result(result[i : i + len(job.texts)])

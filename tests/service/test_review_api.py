@@ -129,6 +129,9 @@ def test_review_routes_check_roles_and_bodies(app: Any, tokens: Tokens) -> None:
     assert r.status_code == 422
     r = app.post("/v1/review/items/987654", json={"action": "accept"}, headers=bearer(tokens.reviewer))
     assert r.status_code == 404 and r.json()["error"] == "NotFound"
+    for beyond in ("9223372036854775808", "0", "-1"):  # past 64 bits, or no id at all: a 422, never a driver error
+        r = app.post(f"/v1/review/items/{beyond}", json={"action": "flag"}, headers=bearer(tokens.reviewer))
+        assert r.status_code == 422 and r.json()["errors"][0]["loc"][-1] == "item_id", beyond
     r = app.post(url, json={"action": "flag", "note": "not a ticket"}, headers=bearer(tokens.reviewer))
     assert r.status_code == 200 and r.json()["state"] == "flagged"
     r = app.post(url, json={"action": "accept"}, headers=bearer(tokens.admin))

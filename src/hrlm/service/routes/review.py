@@ -4,9 +4,9 @@ No ``from __future__ import annotations``: FastAPI must see the body models as o
 """
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 
 from hrlm.review import answers
 from hrlm.service.auth import require
@@ -23,6 +23,7 @@ from hrlm.service.schemas.review import (
 from hrlm.store.users import Principal
 
 ROLES_REVIEW = ("reviewer", "admin")
+MAX_ID = 2**63 - 1  # ids are 64-bit integers in both databases; a larger one is a 422, never a driver error
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -52,7 +53,7 @@ def build_review_router() -> APIRouter:
 
     @router.post("/items/{item_id}", response_model=ReviewResultOut, responses=_errors(401, 403, 404, 409, 422, 429))
     async def answer(
-        item_id: int,
+        item_id: Annotated[int, Path(ge=1, le=MAX_ID, description="The item's id, as GET /v1/review/next gave it.")],
         body: ReviewAnswerIn,
         request: Request,
         principal: Principal = Depends(require(*ROLES_REVIEW)),
