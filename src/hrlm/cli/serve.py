@@ -14,17 +14,20 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from hrlm.cli.app import BACKEND_HELP, app, err_console, handles_errors, out_console
+from hrlm.cli.app import app, err_console, given, handles_errors, out_console
+from hrlm.config import BACKEND_HELP
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from hrlm.service.settings import ServiceSettings
 
-DB_HELP = (
-    "Database URL: sqlite:///FILE or postgresql://USER@HOST/DB. (default: $HRLM_DATABASE_URL, else sqlite:///hrlm.db)"
-)
-SERVE_CONFIG_HELP = "TOML file whose [serve] table holds service settings; HRLM_* variables and flags override it."
+# The options of `hrlm serve` cannot take their defaults and help from ServiceSettings (cli.app.option):
+# every `hrlm` command imports this module, and hrlm.service needs the service's extra and costs about a
+# second to import. So they are written here, once, and tests/cli/test_options.py checks them against it.
+DB_URL_HELP = "Database URL: sqlite:///FILE or postgresql://USER@HOST/DB."
+DB_HELP = f"{DB_URL_HELP} (default: $HRLM_DATABASE_URL, else sqlite:///hrlm.db)"  # where the flag's default is None
+SERVE_CONFIG_HELP = r"TOML file whose \[serve] table holds service settings; HRLM_* variables and flags override it."
 
 users_app = typer.Typer(help="API users of the service: add (prints a token), list, revoke.", no_args_is_help=True)
 db_app = typer.Typer(help="The service's database: apply migrations.", no_args_is_help=True)
@@ -120,29 +123,33 @@ def db_upgrade(
 @app.command()
 @handles_errors
 def serve(
+    ctx: typer.Context,
     model: Annotated[
-        Path | None,
-        typer.Option(help="Model folder to serve. (default: $HRLM_MODEL, else the registry's production version)"),
+        Path | None, typer.Option(help="Model folder to serve. (default: the registry's production version)")
     ] = None,
-    host: Annotated[str | None, typer.Option(help="Interface to bind. (default: 127.0.0.1, loopback only)")] = None,
-    port: Annotated[int | None, typer.Option(help="Port. (default: 8000)")] = None,
+    host: Annotated[
+        str, typer.Option(help="Interface to bind; loopback keeps the service to this machine.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     config: Annotated[Path | None, typer.Option("--config", help=SERVE_CONFIG_HELP)] = None,
-    database_url: Annotated[str | None, typer.Option(help=DB_HELP)] = None,
+    database_url: Annotated[str, typer.Option(help=DB_URL_HELP)] = "sqlite:///hrlm.db",
     registry_dir: Annotated[
-        Path | None,
-        typer.Option(help="Folder of the model registry, served when --model is not given. (default: hrlm-models)"),
-    ] = None,
-    backend: Annotated[str | None, typer.Option(help=BACKEND_HELP)] = None,
+        Path,
+        typer.Option(help="Folder of the model registry; without --model, its production version is served."),
+    ] = Path("hrlm-models"),
+    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads of the model. (default: all cores)")] = None,
     batching: Annotated[
-        bool | None, typer.Option("--batching/--no-batching", help="Micro-batch concurrent requests. (default: on)")
-    ] = None,
-    max_batch: Annotated[int | None, typer.Option(help="Most texts in one model call. (default: 32)")] = None,
-    max_wait_ms: Annotated[
-        float | None, typer.Option(help="Longest wait for a batch to fill, in ms. (default: 5)")
-    ] = None,
+        bool, typer.Option("--batching/--no-batching", help="Micro-batch concurrent requests into one model call.")
+    ] = True,
+    max_batch: Annotated[int, typer.Option(help="Most texts in one model call.")] = 32,
+    max_wait_ms: Annotated[float, typer.Option(help="Longest wait for a batch to fill, in milliseconds.")] = 5.0,
 ) -> None:
-    """Serve a model over HTTP: /v1/predict, /v1/models, /healthz, /readyz, /metrics (see README)."""
+    """Serve a model over HTTP: /v1/predict, /v1/models, /healthz, /readyz, /metrics (see README).
+
+    Each option is also the variable HRLM_<NAME> and a key of the --config file's serve table:
+    flags win over variables, variables over the file, the file over the defaults shown.
+    """
     import uvicorn
 
     from hrlm.service import create_app
@@ -150,19 +157,7 @@ def serve(
     from hrlm.service.settings import ServiceSettings
     from hrlm.store import make_engine, ping, upgrade
 
-    settings = ServiceSettings.load(
-        config,
-        model=str(model) if model is not None else None,
-        host=host,
-        port=port,
-        database_url=database_url,
-        registry_dir=str(registry_dir) if registry_dir is not None else None,
-        backend=backend,
-        threads=threads,
-        batching=batching,
-        max_batch=max_batch,
-        max_wait_ms=max_wait_ms,
-    )
+    settings = ServiceSettings.load(config, **given(ctx, ServiceSettings.model_fields))
     # check what can be checked before uvicorn starts, so a mistake is one line, not a traceback
     engine = make_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
     try:

@@ -13,175 +13,77 @@ from rich.markup import escape
 from rich.table import Table
 
 from hrlm.cli.app import (
-    BACKEND_HELP,
     Aggregate,
     Device,
     Precision,
     Truncate,
     app,
     err_console,
+    given,
     handles_errors,
+    option,
     option_value,
     out_console,
 )
+from hrlm.config import BACKEND_HELP, TrainConfig
 
 
 @app.command()
 @handles_errors
 def train(
+    ctx: typer.Context,
     data: Annotated[Path, typer.Argument(help="Training data: CSV, TSV, JSONL or Parquet (optionally .gz).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
     config: Annotated[Path | None, typer.Option("--config", help="TOML file of settings; flags override it.")] = None,
-    text_col: Annotated[str | None, typer.Option(help="Column holding the text. (default: text)")] = None,
-    label_col: Annotated[
-        str | None, typer.Option(help='Column holding the label(s); "a,b" trains one head per column. (default: label)')
-    ] = None,
-    label_sep: Annotated[
-        str | None, typer.Option(help="Separator of several labels in one cell (multi-label).")
-    ] = None,
-    task_weights: Annotated[
-        str | None,
-        typer.Option(help='Several label columns (--label-col "a,b"): loss weight per task, like "1,0.5".'),
-    ] = None,
-    split_col: Annotated[str | None, typer.Option(help="Column giving train/validation/test per row.")] = None,
-    group_col: Annotated[str | None, typer.Option(help="Column of groups kept on one side of the split.")] = None,
-    strict: Annotated[
-        bool | None, typer.Option("--strict", help="Fail on empty texts or labels instead of dropping them.")
-    ] = None,
-    base: Annotated[
-        str | None, typer.Option(help="Local BERT-family model folder. (default: packaged all-MiniLM-L6-v2)")
-    ] = None,
-    epochs: Annotated[float | None, typer.Option(help="Passes over the training data. (default: 4)")] = None,
-    max_length: Annotated[
-        int | None, typer.Option(help="Tokens per window, special tokens included. (default: 256)")
-    ] = None,
-    stride: Annotated[
-        int | None, typer.Option(help="Tokens shared by consecutive windows. (default: max-length / 4)")
-    ] = None,
-    truncate: Annotated[
-        Truncate | None, typer.Option(help="none = overlapping windows; head or head+tail keep one window.")
-    ] = None,
-    aggregate: Annotated[
-        Aggregate | None, typer.Option(help="How window logits combine per document. (default: mean)")
-    ] = None,
-    pooling: Annotated[
-        str | None,
-        typer.Option(help="Document vector: pooler (BERT's), cls, mean, or auto (pooler; mean when frozen)."),
-    ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Samples per batch. (default: 32)")] = None,
-    grad_accum: Annotated[int | None, typer.Option(help="Batches per optimizer step. (default: 1)")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate of AdamW. (default: 1e-4)")] = None,
-    warmup_ratio: Annotated[
-        float | None, typer.Option(help="Fraction of steps of linear warmup. (default: 0.06)")
-    ] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay. (default: 0.01)")] = None,
-    max_grad_norm: Annotated[
-        float | None, typer.Option(help="Gradient norm clipping threshold. (default: 1.0)")
-    ] = None,
-    dropout: Annotated[
-        float | None, typer.Option(help="Dropout of the encoder and head. (default: the encoder's)")
-    ] = None,
-    class_weights: Annotated[
-        str | None, typer.Option(help="none or balanced (weights classes by inverse frequency).")
-    ] = None,
-    patience: Annotated[
-        int | None, typer.Option(help="Evaluations without improvement before stopping; 0 = never.")
-    ] = None,
-    metric: Annotated[
-        str | None, typer.Option(help="Validation metric: macro_f1, weighted_f1, micro_f1, accuracy, loss.")
-    ] = None,
-    eval_steps: Annotated[
-        int | None, typer.Option(help="Evaluate every N optimizer steps. (default: every epoch)")
-    ] = None,
-    freeze_layers: Annotated[
-        int | None, typer.Option(help="Freeze the embeddings and the bottom N layers (their output is cached).")
-    ] = None,
-    freeze_encoder: Annotated[
-        bool | None, typer.Option("--freeze-encoder", help="Train the head only, on cached features.")
-    ] = None,
-    method: Annotated[
-        str | None,
-        typer.Option(help="finetune, setfit (few-shot), or auto: setfit below --few-shot-below labels per class."),
-    ] = None,
-    few_shot_below: Annotated[
-        int | None, typer.Option(help="auto uses SetFit below this many labelled texts per class. (default: 16)")
-    ] = None,
-    setfit_pairs: Annotated[
-        int | None, typer.Option(help="SetFit: positive and negative pairs drawn per text. (default: 20)")
-    ] = None,
-    setfit_lr: Annotated[float | None, typer.Option(help="SetFit: encoder learning rate. (default: 2e-5)")] = None,
-    augment: Annotated[
-        str | None,
-        typer.Option(help="Augment the training split: none, noise (word deletion, swaps), contextual, both."),
-    ] = None,
-    augment_copies: Annotated[
-        int | None, typer.Option(help="Augmented copies of each training text. (default: 1)")
-    ] = None,
-    augment_seed: Annotated[int | None, typer.Option(help="Seed of the augmentation. (default: 13)")] = None,
-    augment_mlm: Annotated[
-        str | None, typer.Option(help="Encoder with a trained masked-LM head for contextual (hrlm pretrain --out).")
-    ] = None,
-    val_size: Annotated[float | None, typer.Option(help="Fraction held out for validation. (default: 0.1)")] = None,
-    test_size: Annotated[
-        float | None, typer.Option(help="Fraction held out for the test report. (default: 0.1)")
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed. (default: 42)")] = None,
-    precision: Annotated[
-        Precision | None, typer.Option(help="auto = bf16 where the hardware computes it natively.")
-    ] = None,
-    device: Annotated[Device | None, typer.Option(help="auto = CUDA when present.")] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads. (default: the cores this process may use)")] = None,
+    # from here to --threads: the TrainConfig setting of the same name (--patience: early_stopping_patience)
+    text_col: str = option(TrainConfig, "text_col"),
+    label_col: str = option(TrainConfig, "label_col"),
+    label_sep: str | None = option(TrainConfig, "label_sep"),
+    task_weights: str | None = option(TrainConfig, "task_weights"),
+    split_col: str | None = option(TrainConfig, "split_col"),
+    group_col: str | None = option(TrainConfig, "group_col"),
+    strict: bool = option(TrainConfig, "strict", "--strict"),
+    base: str | None = option(TrainConfig, "base"),
+    epochs: float = option(TrainConfig, "epochs"),
+    max_length: int = option(TrainConfig, "max_length"),
+    stride: int | None = option(TrainConfig, "stride"),
+    truncate: Truncate = option(TrainConfig, "truncate"),
+    aggregate: Aggregate = option(TrainConfig, "aggregate"),
+    pooling: str = option(TrainConfig, "pooling"),
+    batch_size: int = option(TrainConfig, "batch_size"),
+    grad_accum: int = option(TrainConfig, "grad_accum"),
+    lr: float = option(TrainConfig, "lr"),
+    warmup_ratio: float = option(TrainConfig, "warmup_ratio"),
+    weight_decay: float = option(TrainConfig, "weight_decay"),
+    max_grad_norm: float = option(TrainConfig, "max_grad_norm"),
+    dropout: float | None = option(TrainConfig, "dropout"),
+    class_weights: str = option(TrainConfig, "class_weights"),
+    early_stopping_patience: int = option(TrainConfig, "early_stopping_patience", "--patience"),
+    metric: str = option(TrainConfig, "metric"),
+    eval_steps: int | None = option(TrainConfig, "eval_steps"),
+    freeze_layers: int = option(TrainConfig, "freeze_layers"),
+    freeze_encoder: bool = option(TrainConfig, "freeze_encoder", "--freeze-encoder"),
+    method: str = option(TrainConfig, "method"),
+    few_shot_below: int = option(TrainConfig, "few_shot_below"),
+    setfit_pairs: int = option(TrainConfig, "setfit_pairs"),
+    setfit_lr: float = option(TrainConfig, "setfit_lr"),
+    augment: str = option(TrainConfig, "augment"),
+    augment_copies: int = option(TrainConfig, "augment_copies"),
+    augment_seed: int = option(TrainConfig, "augment_seed"),
+    augment_mlm: str | None = option(TrainConfig, "augment_mlm"),
+    val_size: float = option(TrainConfig, "val_size"),
+    test_size: float = option(TrainConfig, "test_size"),
+    seed: int = option(TrainConfig, "seed"),
+    precision: Precision = option(TrainConfig, "precision"),
+    device: Device = option(TrainConfig, "device"),
+    threads: int | None = option(TrainConfig, "threads"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out folder.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Fine-tune a model on labelled text and write a model folder with its report."""
-    from hrlm.config import TrainConfig
     from hrlm.training import train as run_train
 
-    cfg = TrainConfig.from_sources(
-        config,
-        text_col=text_col,
-        label_col=label_col,
-        label_sep=label_sep,
-        task_weights=task_weights,
-        split_col=split_col,
-        group_col=group_col,
-        strict=strict,
-        base=base,
-        epochs=epochs,
-        max_length=max_length,
-        stride=stride,
-        truncate=option_value(truncate),
-        aggregate=option_value(aggregate),
-        pooling=pooling,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        lr=lr,
-        warmup_ratio=warmup_ratio,
-        weight_decay=weight_decay,
-        max_grad_norm=max_grad_norm,
-        dropout=dropout,
-        class_weights=class_weights,
-        early_stopping_patience=patience,
-        metric=metric,
-        eval_steps=eval_steps,
-        freeze_layers=freeze_layers,
-        freeze_encoder=freeze_encoder,
-        method=method,
-        few_shot_below=few_shot_below,
-        setfit_pairs=setfit_pairs,
-        setfit_lr=setfit_lr,
-        augment=augment,
-        augment_copies=augment_copies,
-        augment_seed=augment_seed,
-        augment_mlm=augment_mlm,
-        val_size=val_size,
-        test_size=test_size,
-        seed=seed,
-        precision=option_value(precision),
-        device=option_value(device),
-        threads=threads,
-    )
+    cfg = TrainConfig.from_sources(config, **given(ctx, TrainConfig.names()))
     result = run_train(data, out, cfg, overwrite=overwrite, progress=not quiet)
     for note in result.notes:
         err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)

@@ -9,9 +9,12 @@ job), ``runners`` (in a thread of the service, or on a Redis queue for ``hrlm wo
 
 from __future__ import annotations
 
-from hrlm.lifecycle.jobs import JobStore, run_job
-from hrlm.lifecycle.registry import Registry, VersionInfo, report_file, report_files
-from hrlm.lifecycle.runners import JobManager, RedisRunner, safe_url, work
+from hrlm._extras import needs_extras
+
+with needs_extras("the model registry and retraining (hrlm.lifecycle)"):
+    from hrlm.lifecycle.jobs import JobStore, run_job
+    from hrlm.lifecycle.registry import Registry, VersionInfo, report_file, report_files
+    from hrlm.lifecycle.runners import JobManager, RedisRunner, safe_url, work
 
 __all__ = [
     "JobManager",

@@ -8,6 +8,9 @@ It needs the store (``pip install 'hrlm[serve]'``), not the service.
 
 from __future__ import annotations
 
-from hrlm.review.answers import ReviewPolicy, fill_queue, labelled_examples
+from hrlm._extras import needs_extras
+
+with needs_extras("the review loop (hrlm.review)"):
+    from hrlm.review.answers import ReviewPolicy, fill_queue, labelled_examples
 
 __all__ = ["ReviewPolicy", "fill_queue", "labelled_examples"]

@@ -8,7 +8,10 @@ The library never imports this package.
 
 from __future__ import annotations
 
-from hrlm.service.app import create_app
-from hrlm.service.settings import ServiceSettings
+from hrlm._extras import needs_extras
+
+with needs_extras("the REST service (hrlm.service)"):
+    from hrlm.service.app import create_app
+    from hrlm.service.settings import ServiceSettings
 
 __all__ = ["ServiceSettings", "create_app"]

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
-from hrlm.config import BACKENDS, check_choice, load_toml
+from hrlm.config import BACKEND_HELP, BACKENDS, check_choice, load_toml
 from hrlm.errors import ConfigError
 from hrlm.lifecycle.settings import LifecycleSettings
 
@@ -33,27 +33,31 @@ class ServiceSettings(BaseSettings):
 
     # what is served, and where
     model: str | None = Field(
-        default=None, description="Model folder to serve; none = the registry's production version."
+        default=None, description="Model folder to serve. (default: the registry's production version)"
     )
-    host: str = Field(default="127.0.0.1", description="Interface to bind; loopback unless told otherwise.")
-    port: int = Field(default=8000, ge=0, le=65535)
+    host: str = Field(default="127.0.0.1", description="Interface to bind; loopback keeps the service to this machine.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port to listen on.")
     database_url: str = Field(
-        default="sqlite:///hrlm.db", description="SQLAlchemy URL: sqlite:///file or postgresql://..."
+        default="sqlite:///hrlm.db", description="Database URL: sqlite:///FILE or postgresql://USER@HOST/DB."
     )
-    sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "FULL"
+    sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = Field(
+        default="FULL", description="SQLite's synchronous pragma: FULL loses no committed record on a power cut."
+    )
     migrate: bool = Field(default=True, description="Run the database migrations at start.")
     # the model
-    backend: str = "auto"
-    threads: int | None = Field(default=None, ge=1, description="CPU threads of the model (default: all cores).")
+    backend: str = Field(default="auto", description=BACKEND_HELP)
+    threads: int | None = Field(default=None, ge=1, description="CPU threads of the model. (default: all cores)")
     max_tokens: int | None = Field(
         default=None,
         ge=64,
         description="Token budget of one forward pass (default: the Predictor's, 1,024 on a CPU and 16,384 on a GPU).",
     )
     # micro-batching
-    batching: bool = Field(default=True, description="Group concurrent requests into one model call.")
+    batching: bool = Field(default=True, description="Micro-batch concurrent requests into one model call.")
     max_batch: int = Field(default=32, ge=1, le=4096, description="Most texts in one model call.")
-    max_wait_ms: float = Field(default=5.0, ge=0, le=1000, description="How long a lone request waits for company.")
+    max_wait_ms: float = Field(
+        default=5.0, ge=0, le=1000, description="Longest wait for a batch to fill, in milliseconds."
+    )
     max_queue: int = Field(default=2048, ge=1, description="Most texts waiting for the model; more get 503.")
     # limits
     max_texts: int = Field(default=64, ge=1, le=10_000, description="Most texts in one request.")
@@ -76,7 +80,8 @@ class ServiceSettings(BaseSettings):
     )
     # the model registry (issue 5): where registered and retrained model folders live
     registry_dir: str = Field(
-        default="hrlm-models", description="Folder of the registry's model versions (one sub-folder per version)."
+        default="hrlm-models",
+        description="Folder of the model registry; without --model, its production version is served.",
     )
     registry_poll_s: float = Field(
         default=5.0, ge=0, description="How often the service checks the registry's production version; 0 = never."
@@ -128,8 +133,8 @@ class ServiceSettings(BaseSettings):
     job_stale_s: float = Field(
         default=60.0, gt=0, description="A running job without a heartbeat for this long is marked failed."
     )
-    access_log: bool = False
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = Field(default=False, description="Log every request (uvicorn's access log).")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="uvicorn's log level.")
 
     @field_validator("backend")
     @classmethod

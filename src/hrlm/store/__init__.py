@@ -7,8 +7,11 @@ migrations under ``migrations/`` ship inside the package, so ``hrlm db upgrade``
 
 from __future__ import annotations
 
-from hrlm.store.db import make_engine, normalize_url, ping, upgrade
-from hrlm.store.users import Principal, authenticate, create_user, list_users, revoke_user
+from hrlm._extras import needs_extras
+
+with needs_extras("the store (hrlm.store)"):
+    from hrlm.store.db import make_engine, normalize_url, ping, upgrade
+    from hrlm.store.users import Principal, authenticate, create_user, list_users, revoke_user
 
 __all__ = [
     "Principal",

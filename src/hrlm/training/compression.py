@@ -36,7 +36,7 @@ from torch.nn.utils import prune as torch_prune
 
 from hrlm._fs import atomic_dir, atomic_file, write_json
 from hrlm._version import __version__
-from hrlm.config import TrainConfig
+from hrlm.config import CompressConfig, TrainConfig
 from hrlm.data import Dataset, load_dataset, split_dataset
 from hrlm.errors import ConfigError
 from hrlm.evaluation import compute_metrics
@@ -55,8 +55,6 @@ from hrlm.modeling import META_FILE, HrlmModel, ModelMeta, attention_heads, enco
 from hrlm.modeling import prune_heads as remove_heads
 
 log = logging.getLogger("hrlm")
-
-QUANTIZE_MODES = ("int8",)
 
 
 @dataclass
@@ -124,55 +122,48 @@ def prune_attention_heads(model: HrlmModel, fraction: float) -> dict[int, list[i
 def compress(
     model_dir: str | Path,
     out: str | Path,
+    cfg: CompressConfig | None = None,
     *,
-    prune: float = 0.0,
-    prune_heads: bool = False,
-    quantize: str | None = None,
-    onnx: bool = False,
     data: str | Path | None = None,
     train_data: str | Path | None = None,
-    recovery_epochs: float = 1.0,
-    text_col: str = "text",
-    label_col: str | None = None,
-    threads: int | None = None,
     progress: bool = False,
+    **changes: Any,
 ) -> CompressResult:
     """Write a pruned, quantized and/or ONNX-exported copy of a model folder, and measure it.
 
     Args:
         model_dir: a folder written by ``hrlm train`` (or ``hrlm compress``).
         out: the new folder; it must not exist.
-        prune: fraction of weights (or, with ``prune_heads``, of each layer's attention heads) to remove.
-        prune_heads: prune whole attention heads instead of single weights.
-        quantize: ``"int8"`` to check the int8 backends (and export ``model.int8.onnx`` with ``onnx``).
-        onnx: export ``model.onnx`` (and ``model.int8.onnx``) into the new folder.
+        cfg: what to do (see :class:`CompressConfig`): ``prune`` a fraction of weights (or, with
+            ``prune_heads``, of each layer's attention heads); ``quantize="int8"`` to check the int8
+            backends (and export ``model.int8.onnx`` with ``onnx``); ``onnx`` to export ``model.onnx``;
+            ``recovery_epochs`` of fine-tuning after pruning; the ``text_col`` and ``label_col`` of
+            ``data`` and ``train_data`` (label: the model's by default); CPU ``threads``.
         data: held-out labelled data: size, docs/s, accuracy and agreement of every backend, and the
             agreement checks that let ``--backend auto`` use a quantized backend.
         train_data: labelled data for a short recovery fine-tune after pruning.
-        recovery_epochs: length of that fine-tune.
-        text_col, label_col: columns of ``data`` and ``train_data`` (label: the model's by default).
-        threads: CPU threads for measuring and fine-tuning.
+        changes: settings of :class:`CompressConfig` changed from ``cfg``'s, like ``quantize="int8"``.
 
     Returns:
         The new folder, the table rows and the agreement checks.
 
     Raises:
-        ConfigError: ``out`` exists, nothing was asked for, or a setting is out of range.
+        ConfigError: ``out`` exists, nothing was asked for, or a setting is unknown or out of range.
+
+    Example:
+        >>> compress("runs/router", "runs/router-int8", quantize="int8", data="holdout.csv")  # doctest: +SKIP
     """
     source, target = Path(model_dir), Path(out)
     if target.exists():
         raise ConfigError(f"{target} already exists; compress writes a new folder, choose another --out.")
-    if not 0.0 <= prune < 1.0:
-        raise ConfigError(f"prune = {prune} must be a fraction in [0, 1).")
-    if prune_heads and prune == 0:
-        raise ConfigError("--prune-heads needs --prune, the fraction of each layer's heads to remove (e.g. 0.25).")
-    if quantize is not None and quantize not in QUANTIZE_MODES:
-        raise ConfigError(f"quantize = {quantize!r} is not valid; choose one of {', '.join(QUANTIZE_MODES)}.")
+    cfg = CompressConfig.from_dict({**(cfg or CompressConfig()).to_dict(), **changes})
+    prune, prune_heads, quantize, onnx = cfg.prune, cfg.prune_heads, cfg.quantize, cfg.onnx
+    recovery_epochs, text_col, label_col = cfg.recovery_epochs, cfg.text_col, cfg.label_col
     if prune == 0 and quantize is None and not onnx:
         raise ConfigError("nothing to do; pass --prune, --quantize int8 or --onnx.")
     if train_data is not None and prune == 0:
         raise ConfigError("--train-data is for the recovery fine-tune after pruning; pass --prune too.")
-    threads = threads or default_threads()
+    threads = cfg.threads or default_threads()
 
     model, tokenizer, meta = load_model(source)
     held_out = _load_labelled(data, meta, text_col, label_col) if data is not None else None

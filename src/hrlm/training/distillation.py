@@ -21,7 +21,7 @@ from torch import nn
 
 from hrlm._fs import atomic_dir
 from hrlm._version import __version__
-from hrlm.config import TrainConfig
+from hrlm.config import DistillConfig, TrainConfig
 from hrlm.data import Dataset
 from hrlm.errors import ConfigError
 from hrlm.inference import (
@@ -36,7 +36,8 @@ from hrlm.inference import (
 from hrlm.modeling import HrlmModel, ModelMeta, encoder_layers, load_model, save_model
 from hrlm.report import write_report
 from hrlm.text import encode_documents
-from hrlm.training.loop import Evaluator, TrainingRun, doc_targets, seed_everything, train_full
+from hrlm.training.evaluator import Evaluator, doc_targets
+from hrlm.training.loop import TrainingRun, seed_everything, train_full
 
 
 def student_layers(n_teacher: int, k: int) -> list[int]:
@@ -143,63 +144,86 @@ def distill_file(
     teacher_dir: str | os.PathLike[str],
     data: str | os.PathLike[str],
     out: str | Path | None,
-    cfg: TrainConfig | None = None,
+    cfg: DistillConfig | TrainConfig | None = None,
     *,
     unlabelled: str | os.PathLike[str] | None = None,
-    **kwargs: Any,
+    overwrite: bool = False,
+    progress: bool = True,
+    **changes: Any,
 ) -> DistillResult:
     """Distil on a labelled data file, split as the teacher's training data was (same sizes and seed).
 
     With the file the teacher was trained on, the student is tested on the teacher's own test split.
     ``unlabelled`` is a corpus (see :func:`hrlm.training.mlm_data.read_corpus`) the teacher labels.
+    ``cfg`` and ``changes`` are as for :func:`distill`; a :class:`TrainConfig` also says how the file
+    is read and split.
+
+    Example:
+        >>> distill_file("runs/router", "tickets.csv", "runs/router-small", DistillConfig(layers=2))  # doctest: +SKIP
     """
     from hrlm.data import split_dataset
     from hrlm.training.fitting import load_training_data
     from hrlm.training.mlm_data import read_corpus
 
-    cfg = cfg or teacher_data_config(teacher_dir)
-    ds = load_training_data(Path(data), cfg)
-    splits = split_dataset(ds, val_size=cfg.val_size, test_size=cfg.test_size, seed=cfg.seed)
-    extra = read_corpus(Path(unlabelled), cfg.text_col) if unlabelled is not None else None
-    result = distill(teacher_dir, splits, out, cfg, unlabelled=extra, **kwargs)
+    settings, train_cfg = _configs(teacher_dir, cfg, changes)
+    ds = load_training_data(Path(data), train_cfg)
+    splits = split_dataset(ds, val_size=train_cfg.val_size, test_size=train_cfg.test_size, seed=train_cfg.seed)
+    extra = read_corpus(Path(unlabelled), train_cfg.text_col) if unlabelled is not None else None
+    student = {k: v for k, v in settings.to_dict().items() if k not in DistillConfig.TRAINING}
+    result = distill(
+        teacher_dir, splits, out, train_cfg, unlabelled=extra, overwrite=overwrite, progress=progress, **student
+    )
     result.notes = ds.notes + result.notes
     return result
+
+
+def _configs(
+    teacher_dir: str | os.PathLike[str], cfg: DistillConfig | TrainConfig | None, changes: dict[str, Any]
+) -> tuple[DistillConfig, TrainConfig]:
+    """The distillation's settings and the student's training config, from either kind of ``cfg``."""
+    if isinstance(cfg, TrainConfig):
+        settings = DistillConfig.from_dict({**{k: getattr(cfg, k) for k in DistillConfig.TRAINING}, **changes})
+        return settings, cfg.replace(**settings.training())
+    settings = DistillConfig.from_dict({**(cfg or DistillConfig()).to_dict(), **changes})
+    return settings, teacher_data_config(teacher_dir, **settings.training())
 
 
 def distill(
     teacher_dir: str | os.PathLike[str],
     splits: dict[str, Dataset],
     out: str | Path | None,
-    cfg: TrainConfig,
+    cfg: DistillConfig | TrainConfig | None = None,
     *,
-    layers: int = 3,
-    temperature: float = 2.0,
-    alpha: float = 0.5,
     unlabelled: list[str] | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    **changes: Any,
 ) -> DistillResult:
     """Train a ``layers``-layer student of a trained model and write it as a model folder.
 
     Args:
         teacher_dir: a model folder written by ``hrlm train``.
         splits: ``train`` (labelled), ``validation`` (early stopping) and ``test`` (the comparison).
-        cfg: optimisation settings (epochs, lr, batch size...); the window length, stride and
-            pooling are the teacher's.
-        layers: transformer blocks of the student.
-        temperature: softening of both models' logits in the soft loss.
-        alpha: weight of the soft loss; 1 - alpha weighs the gold labels.
+        cfg: a :class:`DistillConfig` (default ``DistillConfig()``): the student (``layers``), its
+            loss (``temperature``, ``alpha``) and its training, with the teacher's seed; or a
+            :class:`TrainConfig` that sets every setting of the training itself. Either way the
+            window length, stride and pooling are the teacher's.
         unlabelled: extra texts the teacher labels for the student.
+        changes: settings of :class:`DistillConfig` changed from ``cfg``'s, like ``layers=2``.
 
     Returns:
         Accuracy, macro F1, docs/s and size of student and teacher on the test split.
+
+    Raises:
+        ConfigError: ``out`` exists (without ``overwrite``), or a setting is unknown or out of range.
+
+    Example:
+        >>> distill("runs/router", splits, "runs/router-small", layers=2, temperature=3.0)  # doctest: +SKIP
     """
     if out is not None and Path(out).exists() and not overwrite:
         raise ConfigError(f"{out} already exists; choose another --out or pass --overwrite.")
-    if not temperature > 0:
-        raise ConfigError(f"temperature = {temperature!r} must be greater than 0 (try 2).")
-    if not 0.0 <= alpha <= 1.0:
-        raise ConfigError(f"alpha = {alpha!r} must be between 0 and 1.")
+    settings, cfg = _configs(teacher_dir, cfg, changes)
+    layers, temperature, alpha = settings.layers, settings.temperature, settings.alpha
     seed_everything(cfg.seed)
     teacher, tokenizer, meta = load_model(teacher_dir)
     task = meta.tasks[0]
