@@ -163,13 +163,15 @@ class TrainConfig(_Settings):
     metric: str = setting("macro_f1", "Validation metric: macro_f1, weighted_f1, micro_f1, accuracy, loss.")
     eval_steps: int | None = setting(None, "Evaluate every N optimizer steps. (default: every epoch)")
     freeze_layers: int = setting(0, "Freeze the embeddings and the bottom N layers (their output is cached).")
-    freeze_encoder: bool = setting(False, "Train the head only, on cached features.")
+    freeze_encoder: bool = setting(False, "Train the head only, on cached features (auto then never picks SetFit).")
     # little data: few-shot method and augmentation of the training split
     method: str = setting(
         "auto", "finetune, setfit (few-shot), or auto: setfit below --few-shot-below labels per class."
     )
     few_shot_below: int = setting(16, "auto uses SetFit below this many labelled texts per class.")
-    setfit_pairs: int = setting(20, "SetFit: positive and negative pairs drawn per text.")
+    setfit_pairs: int = setting(
+        20, "SetFit: positive and negative partners drawn per text; each pair once, at most this many pairs per text."
+    )
     setfit_lr: float = setting(2e-5, "SetFit: encoder learning rate.")
     augment: str = setting("none", "Augment the training split: none, noise (word deletion, swaps), contextual, both.")
     augment_copies: int = setting(1, "Augmented copies of each training text.")
@@ -197,6 +199,11 @@ class TrainConfig(_Settings):
         _at_least("augment_copies", self.augment_copies, 1)
         if not 0 < self.setfit_lr < 1:
             raise ConfigError(f"setfit_lr = {self.setfit_lr!r} must be between 0 and 1 (try 2e-5).")
+        if self.method == "setfit" and self.freeze_encoder:
+            raise ConfigError(
+                "method = 'setfit' trains the encoder, which freeze_encoder keeps fixed; drop --method setfit "
+                "(with a frozen encoder, auto trains the head on cached features) or --freeze-encoder."
+            )
         if self.augment in ("contextual", "both") and not self.augment_mlm:
             raise ConfigError(
                 f"augment = {self.augment!r} needs augment_mlm: the folder of an encoder with a trained "

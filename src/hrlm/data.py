@@ -145,6 +145,32 @@ def _format_of(path: Path) -> tuple[str, Literal["gzip"] | None]:
     return fmt, compression
 
 
+def _first_non_utf8(path: Path, compression: str | None) -> tuple[int, int, int, str] | None:
+    """The file offset, line (from 1), value and reason of the first byte that is not UTF-8 (of the
+    decompressed content for a .gz file); ``None`` when the file decodes."""
+    import gzip
+
+    opener: Any = gzip.open if compression else open
+    offset, line, pending = 0, 1, b""
+    try:
+        with opener(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                data = pending + chunk
+                try:
+                    data.decode("utf-8")
+                    good = len(data)
+                except UnicodeDecodeError as exc:
+                    if exc.end != len(data) or exc.reason != "unexpected end of data":
+                        return offset + exc.start, line + data.count(b"\n", 0, exc.start), data[exc.start], exc.reason
+                    good = exc.start  # a character cut by the chunk boundary: decode it with the next chunk
+                line += data.count(b"\n", 0, good)
+                offset += good
+                pending = data[good:]
+    except OSError:
+        return None
+    return (offset, line, pending[0], "unexpected end of data") if pending else None
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a data file into a DataFrame of strings (lists kept for JSON list columns).
 
@@ -180,7 +206,11 @@ def read_table(path: str | Path) -> pd.DataFrame:
             with opener(p, "rt", encoding="utf-8") as fh:
                 frame = pd.DataFrame({"text": [line.rstrip("\n") for line in fh if line.strip()]})
     except UnicodeDecodeError as exc:
-        raise DataError(f"{p}: not UTF-8 text (byte {exc.start}: {exc.reason}); re-save the file as UTF-8.") from None
+        # exc.start counts from the start of the reader's buffer, not of the file: find the byte again
+        where = _first_non_utf8(p, compression) or (exc.start, None, exc.object[exc.start], exc.reason)
+        offset, line, byte, reason = where
+        at = f"byte 0x{byte:02x} at offset {offset}" + (f", line {line}" if line is not None else "")
+        raise DataError(f"{p}: not UTF-8 text ({at}: {reason}); re-save the file as UTF-8.") from None
     except PermissionError:
         raise DataError(f"{p}: permission denied; check the file's permissions.") from None
     except pd.errors.EmptyDataError:

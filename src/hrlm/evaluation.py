@@ -60,6 +60,9 @@ def compute_metrics(
         ``micro_f1``, ``per_class``, ``confusion_matrix``, ``ece``, ``log_loss``, and ``roc_auc`` for two
         classes (``None`` when ``y_true`` holds a single class). Multi-label: ``n``, ``accuracy`` (exact
         match), ``micro_f1``, ``macro_f1``, ``weighted_f1``, ``samples_f1``, ``per_class`` and ``ece``.
+        Both add ``absent_labels``: the model's labels that neither ``y_true`` nor ``y_pred`` holds. They
+        keep their ``per_class`` row (support 0) but are left out of ``macro_f1``, as scikit-learn leaves
+        out labels it never sees: a class the file lacks says nothing about the model.
         Floats are rounded to 6 decimals.
 
     Raises:
@@ -96,13 +99,16 @@ def _single_label_metrics(
 
     index = {label: i for i, label in enumerate(labels)}
     true_idx = np.array([index[y] for y in true])
+    seen = set(true) | set(pred)
+    present = [label for label in labels if label in seen]
     metrics: dict[str, Any] = {
         "n": len(true),
         "accuracy": accuracy_score(true, pred),
-        "macro_f1": f1_score(true, pred, labels=labels, average="macro", zero_division=0),
+        "macro_f1": f1_score(true, pred, labels=present, average="macro", zero_division=0),
         "weighted_f1": f1_score(true, pred, labels=labels, average="weighted", zero_division=0),
         "micro_f1": f1_score(true, pred, labels=labels, average="micro", zero_division=0),
         "per_class": _per_class(true, pred, labels),
+        "absent_labels": [label for label in labels if label not in seen],
         "confusion_matrix": {
             "labels": list(labels),
             "matrix": confusion_matrix(true, pred, labels=labels).astype(int).tolist(),
@@ -131,14 +137,18 @@ def _multi_label_metrics(
 
     t = _binarise(true_sets, labels)
     q = _binarise(pred_sets, labels)
+    seen = (t.sum(axis=0) + q.sum(axis=0)) > 0
     metrics: dict[str, Any] = {
         "n": len(true_sets),
         "accuracy": accuracy_score(t, q),
         "micro_f1": f1_score(t, q, average="micro", zero_division=0),
-        "macro_f1": f1_score(t, q, average="macro", zero_division=0),
+        "macro_f1": f1_score(t, q, labels=np.flatnonzero(seen).tolist(), average="macro", zero_division=0)
+        if seen.any()
+        else 0.0,
         "weighted_f1": f1_score(t, q, average="weighted", zero_division=0),
         "samples_f1": f1_score(t, q, average="samples", zero_division=0),
         "per_class": _per_class(t, q, list(range(len(labels))), names=labels),
+        "absent_labels": [label for label, s in zip(labels, seen, strict=True) if not s],
         "ece": _ece(p.ravel(), t.ravel().astype(np.float64)),
     }
     rounded: dict[str, Any] = _rounded(metrics)

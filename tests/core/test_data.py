@@ -43,6 +43,29 @@ def test_wrong_encoding_is_one_clear_line(tmp_path: Path) -> None:
         load_dataset(path)
 
 
+@pytest.mark.parametrize("name", ["latin.csv", "latin.csv.gz", "latin.jsonl", "latin.txt"])
+def test_a_byte_that_is_not_utf8_is_named_by_its_file_offset_and_line(name: str, tmp_path: Path) -> None:
+    rows = {
+        "csv": "text,label\nhello there,x\ncaf\xe9 au lait,food\n",
+        "jsonl": '{"text": "hello there"}\n{"text": "caf\xe9"}\n',
+        "txt": "hello there\ncaf\xe9 au lait\n",
+    }[name.split(".")[1]]
+    data = rows.encode("latin-1")
+    offset = data.index(b"\xe9")
+    line = data[:offset].count(b"\n") + 1
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    with pytest.raises(DataError, match=rf"not UTF-8 text \(byte 0xe9 at offset {offset}, line {line}: "):
+        read_table(path)
+
+
+def test_a_character_cut_by_the_read_buffer_is_not_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "long.txt"
+    path.write_bytes(b"a" * ((1 << 20) - 1) + "\u00e9t\u00e9\n".encode() + b"\xff")  # é spans the 1 MiB boundary
+    with pytest.raises(DataError, match=rf"byte 0xff at offset {(1 << 20) - 1 + 6}, line 2: invalid start byte"):
+        read_table(path)
+
+
 def test_unknown_column_lists_the_columns(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "t.csv", [("a", "b")], header=("body", "category"))
     with pytest.raises(DataError) as err:

@@ -245,3 +245,53 @@ def test_format_report_multi_label() -> None:
     m = compute_metrics([["x"], ["x", "y"]], [["x"], ["x"]], np.eye(2), ["x", "y"], multi_label=True)
     text = format_report(m)
     assert "samples avg" in text and "macro avg" in text and "y" in text
+
+
+def _three_of_eight_classes() -> tuple[list[str], list[str], list[str]]:
+    """A model of 8 classes scored on a file that holds 3 of them; one text of 20 is mislabelled."""
+    labels = [f"c{i}" for i in range(8)]
+    y_true = ["c0"] * 8 + ["c1"] * 7 + ["c2"] * 5
+    y_pred = ["c0"] * 8 + ["c1"] * 6 + ["c2"] + ["c2"] * 5
+    return labels, y_true, y_pred
+
+
+def test_macro_f1_averages_only_the_classes_the_file_or_the_predictions_hold() -> None:
+    labels, y_true, y_pred = _three_of_eight_classes()
+    m = compute_metrics(y_true, y_pred, one_hot(y_pred, labels), labels)
+    present = ["c0", "c1", "c2"]
+    assert m["accuracy"] == pytest.approx(0.95)
+    assert m["macro_f1"] == pytest.approx(np.mean([m["per_class"][c]["f1"] for c in present]), abs=1e-6)
+    assert m["macro_f1"] > 0.9  # counting the 5 absent classes as F1 = 0 would give 0.36
+    assert m["absent_labels"] == ["c3", "c4", "c5", "c6", "c7"]
+    assert m["per_class"]["c7"]["support"] == 0  # absent classes keep their row
+
+
+def test_a_class_only_predicted_counts_in_macro_f1() -> None:
+    labels = ["a", "b", "c"]
+    y_true, y_pred = ["a", "a"], ["a", "b"]
+    m = compute_metrics(y_true, y_pred, one_hot(y_pred, labels), labels)
+    assert m["absent_labels"] == ["c"]
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 0.0) / 2, abs=1e-6)  # a: F1 2/3, b: predicted, never true
+
+
+def test_multi_label_macro_f1_leaves_out_absent_classes() -> None:
+    labels = ["x", "y", "z"]
+    m = compute_metrics([["x"], ["x", "y"]], [["x"], ["x", "y"]], np.eye(2, 3), labels, multi_label=True)
+    assert m["absent_labels"] == ["z"]
+    assert m["macro_f1"] == 1.0
+
+
+def test_report_lists_absent_classes(tmp_path) -> None:
+    labels, y_true, y_pred = _three_of_eight_classes()
+    m = compute_metrics(y_true, y_pred, one_hot(y_pred, labels), labels)
+    out = write_report(tmp_path, m)
+    saved = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert saved["absent_labels"] == ["c3", "c4", "c5", "c6", "c7"]
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "5 of the model's classes never occur in this data" in page
+    assert '<span class="text">c7</span>' in page
+    text = format_report(m)
+    assert "left out of the macro average: c3, c4, c5, c6, c7" in text
+    macro = next(line for line in text.splitlines() if line.strip().startswith("macro avg"))
+    assert f"{m['macro_f1']:.2f}" in macro
+    assert float(macro.split()[2]) > 0.9  # macro precision over the 3 present classes, not 8

@@ -61,14 +61,30 @@ def test_contextual_substitution_replaces_words_with_in_vocabulary_guesses(tiny_
         assert changed and all(w.lower() in vocab and not w.startswith("##") for w in a if w not in b)
 
 
-def test_contrastive_pairs_balance_positives_and_negatives() -> None:
+def test_contrastive_pairs_draw_each_pair_of_texts_at_most_once() -> None:
     labels = [0, 0, 0, 1, 1, 2]
     pairs = contrastive_pairs(labels, 4, random.Random(1))
     for i, j, target in pairs:
         assert i != j and target == float(labels[i] == labels[j])
+    unordered = [frozenset((i, j)) for i, j, _ in pairs]
+    assert len(set(unordered)) == len(unordered)  # no pair repeated, in either order
     pos = sum(t for *_, t in pairs)
-    assert pos == 4 * 5  # the singleton class 2 has no positive partner
-    assert len(pairs) - pos == 4 * 6
+    assert pos == 3 + 1  # every same-label pair once: class 0 has 3, class 1 one, the singleton class 2 none
+    assert len(pairs) - pos == 3 * 2 + 3 * 1 + 2 * 1  # every cross-label pair once
+
+
+def test_a_class_of_two_texts_gives_one_positive_pair_not_one_per_draw() -> None:
+    labels = [0] * 20 + [1, 1]
+    pairs = contrastive_pairs(labels, 20, random.Random(0))
+    assert sum(1 for i, j, t in pairs if t == 1.0 and labels[i] == 1) == 1
+
+
+def test_contrastive_pairs_are_capped_and_stay_balanced() -> None:
+    labels = [i % 4 for i in range(200)]
+    uncapped = contrastive_pairs(labels, 20, random.Random(0))
+    capped = contrastive_pairs(labels, 20, random.Random(0), max_pairs=300)
+    assert len(uncapped) > 300 and len(capped) == 300
+    assert sum(t for *_, t in capped) == 150
 
 
 def test_contrastive_training_does_not_decay_biases_or_layernorm(
@@ -109,6 +125,56 @@ def test_method_auto_picks_setfit_below_the_threshold() -> None:
     assert choose_method(TrainConfig(), multi) == "finetune"
     with pytest.raises(ConfigError, match="single-label"):
         choose_method(TrainConfig(method="setfit"), multi)
+
+
+def test_a_frozen_encoder_makes_auto_fit_the_head_and_refuses_setfit() -> None:
+    from hrlm.training.fewshot import method_and_reason
+
+    few = dataset_from_records([f"t{i}" for i in range(20)], ["a", "b"] * 10)
+    method, why = method_and_reason(TrainConfig(freeze_encoder=True), few)
+    assert method == "finetune" and "fine-tuning of the head" in why and "--freeze-encoder" in why
+    assert method_and_reason(TrainConfig(), few) == (
+        "setfit",
+        "--method auto chose SetFit: 10.0 labelled texts per class, below --few-shot-below 16",
+    )
+    with pytest.raises(ConfigError, match=r"'setfit' trains the encoder.*freeze_encoder"):
+        TrainConfig(method="setfit", freeze_encoder=True)
+
+
+def test_setfit_on_an_encoder_with_every_layer_frozen_is_a_config_error(tiny_bert: Path) -> None:
+    import torch
+
+    from hrlm.modeling import TaskSpec, build_model
+    from hrlm.training.fewshot import train_contrastive
+
+    model = build_model(tiny_bert, [TaskSpec("label", ["a", "b"])], pooling="mean")
+    model.freeze(2)  # both layers of the tiny BERT: only the pooler, which mean pooling never reads, is left
+    cfg = TrainConfig(base=str(tiny_bert), setfit_pairs=1, batch_size=4)
+    windows = [[2, 10, 11, 3], [2, 12, 3], [2, 20, 21, 3], [2, 22, 3]]
+    with pytest.raises(ConfigError, match="freezes all of its layers"):
+        train_contrastive(
+            model, windows, [0, 0, 1, 1], cfg, pad_id=0, device=torch.device("cpu"), precision="fp32", show=False
+        )
+
+
+def test_fit_logs_which_method_auto_chose_and_why(
+    tiny_bert: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from hrlm.training.fitting import fit
+
+    rows = make_texts(3, seed=3)
+    train = dataset_from_records([t for t, _ in rows], [lab for _, lab in rows])
+    cfg = TrainConfig(base=str(tiny_bert), max_length=16, setfit_pairs=2, batch_size=8, epochs=1)
+    with caplog.at_level(logging.INFO, logger="hrlm"):
+        fit(cfg, {"train": train}, None, progress=False)
+    chosen = [r for r in caplog.records if r.getMessage().startswith("method: ")]
+    assert len(chosen) == 1 and chosen[0].levelno == logging.INFO
+    assert chosen[0].getMessage() == (
+        "method: setfit (--method auto chose SetFit: 3.0 labelled texts per class, below --few-shot-below 16)"
+    )
+    assert any(r.getMessage().startswith("SetFit: ") and "pairs of 9 texts" in r.getMessage() for r in caplog.records)
 
 
 def test_setfit_trains_a_mean_pooled_model_that_predicts(tiny_bert: Path, tmp_path: Path) -> None:

@@ -25,8 +25,36 @@ def demo_config(epochs: float = 6.0) -> Any:
     return TrainConfig(max_length=128, stride=32, epochs=epochs, batch_size=16, lr=1e-4, early_stopping_patience=3)
 
 
-def run_demo(out: Path, *, epochs: float = 6.0, progress: bool = True, console: Any = None) -> dict[str, Any]:
+# What the demo writes into its folder; a folder that holds only these (and hidden temporaries) is a
+# previous demo's, which a new run replaces without --overwrite.
+DEMO_FILES = frozenset({"train.csv", "holdout.csv", "ticket-router", "hrlm.db", "hrlm.db-wal", "hrlm.db-shm", "models"})
+DEMO_MARKER = ".hrlm-demo"
+
+
+def claim_folder(out: Path, *, overwrite: bool = False) -> None:
+    """Make ``out`` the demo's folder, refusing a user's non-empty folder unless ``overwrite``.
+
+    Raises:
+        ConfigError: ``out`` holds files the demo did not write, and ``overwrite`` is false.
+    """
+    from hrlm._fs import check_out_dir
+
+    out = Path(out)
+    ours = out.is_dir() and (
+        (out / DEMO_MARKER).is_file() or all(p.name in DEMO_FILES or p.name.startswith(".") for p in out.iterdir())
+    )
+    if not ours:
+        check_out_dir(out, overwrite=overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARKER).write_text("written by `hrlm demo`, which replaces its files here on each run\n")
+
+
+def run_demo(
+    out: Path, *, epochs: float = 6.0, progress: bool = True, console: Any = None, overwrite: bool = False
+) -> dict[str, Any]:
     """Train, evaluate and predict on the sample tickets; print what a new user wants to see.
+
+    ``out`` must be new, empty or a previous demo's folder; ``overwrite`` lets the demo write into any.
 
     Returns:
         The test metrics, the model folder and a few predictions.
@@ -40,6 +68,7 @@ def run_demo(out: Path, *, epochs: float = 6.0, progress: bool = True, console: 
 
     console = console or Console()
     out = Path(out)
+    claim_folder(out, overwrite=overwrite)
     data, holdout = split_samples(out)
     model_dir = out / "ticket-router"
     n_tickets = len(pd.read_csv(data))
@@ -211,8 +240,11 @@ def demo(
     ] = True,
     port: Annotated[int, typer.Option(help="Port of the demo service on 127.0.0.1.")] = 8000,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Write into an existing non-empty --out folder a demo did not write.")
+    ] = False,
 ) -> None:
     """Train a helpdesk-ticket router on the sample tickets, report, predict, then serve it for review."""
-    result = run_demo(out, epochs=epochs, progress=not quiet, console=out_console)
+    result = run_demo(out, epochs=epochs, progress=not quiet, console=out_console, overwrite=overwrite)
     if serve:
         serve_demo(result, out, port=port, console=out_console)

@@ -79,7 +79,7 @@ def pretrain(
 def compress(
     ctx: typer.Context,
     model: Annotated[Path, typer.Argument(help="Model folder written by `hrlm train`.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="New model folder to write (must not exist).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New model folder to write.")],
     # from here to --threads, but for --data and --train-data: the CompressConfig setting of the same name
     prune: float = option(CompressConfig, "prune"),
     prune_heads: bool = option(CompressConfig, "prune_heads", "--prune-heads"),
@@ -95,13 +95,14 @@ def compress(
     text_col: str = option(CompressConfig, "text_col"),
     label_col: str | None = option(CompressConfig, "label_col"),
     threads: int | None = option(CompressConfig, "threads"),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out folder.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Prune, quantize or export a model to ONNX into a new folder; compare size, speed and accuracy."""
     from hrlm.training import compress as run_compress
 
     cfg = CompressConfig.from_dict(given(ctx, CompressConfig.names()))
-    result = run_compress(model, out, cfg, data=data, train_data=train_data, progress=not quiet)
+    result = run_compress(model, out, cfg, data=data, train_data=train_data, progress=not quiet, overwrite=overwrite)
     if result.rows:
         table = Table(title=f"{model.name} -> {out.name} on {data.name if data else ''}")
         for key in result.rows[-1]:

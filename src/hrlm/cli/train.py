@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -84,13 +87,37 @@ def train(
     from hrlm.training import train as run_train
 
     cfg = TrainConfig.from_sources(config, **given(ctx, TrainConfig.names()))
-    result = run_train(data, out, cfg, overwrite=overwrite, progress=not quiet)
+    with _notes_as_logged() as shown:
+        result = run_train(data, out, cfg, overwrite=overwrite, progress=not quiet)
     for note in result.notes:
-        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+        if note not in shown:
+            err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     _print_summary(result.metrics, f"{result.evaluated_on} split", out)
     if result.interrupted:
         err_console.print("[yellow]training was interrupted; the best model so far was saved.[/]")
     out_console.print(f"train time {result.train_seconds:.0f}s, {result.train_samples_per_s:.1f} samples/s")
+
+
+@contextlib.contextmanager
+def _notes_as_logged() -> Iterator[set[str]]:
+    """Print a log record that carries a ``note`` (which method ``auto`` chose, and why) as a note when it
+    is logged, not after training, and instead of its INFO line; yield the notes printed."""
+    shown: set[str] = set()
+
+    def as_note(record: logging.LogRecord) -> bool:
+        note = getattr(record, "note", None)
+        if note is None:
+            return True
+        err_console.print(f"[yellow]note:[/] {escape(str(note))}", highlight=False)
+        shown.add(str(note))
+        return False
+
+    logger = logging.getLogger("hrlm")
+    logger.addFilter(as_note)
+    try:
+        yield shown
+    finally:
+        logger.removeFilter(as_note)
 
 
 def _print_summary(metrics: dict[str, Any], what: str, folder: Path | None) -> None:
@@ -130,6 +157,7 @@ def evaluate(
         typer.Option(help="Read long texts differently from training: none (windows), head, head+tail."),
     ] = None,
     backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing non-empty --out folder.")] = False,
 ) -> None:
     """Score a model on labelled data and write metrics.json, plots and report.html."""
     from hrlm.inference import evaluate as run_evaluate
@@ -148,6 +176,7 @@ def evaluate(
         progress=True,
         truncate=option_value(truncate),
         backend=backend,
+        overwrite=overwrite,
     )
     _print_summary(metrics, data.name, None)
     out_console.print(f"report: {target / 'report.html'}")
@@ -177,6 +206,7 @@ def predict(
     from hrlm.errors import DataError
     from hrlm.inference import Predictor
 
+    fmt = _output_format(out) if out is not None else "jsonl"  # before the model runs, which may take minutes
     frame = _read_stdin(text_col) if input == "-" else read_table(input)
     if text_col not in frame.columns:
         raise DataError(
@@ -188,7 +218,7 @@ def predict(
     err_console.print(f"backend: {predictor.backend_name} ({escape(predictor.backend_reason)})", highlight=False)
     preds = predictor.predict(texts, progress=True)
     records = [{**row, **_flatten(p.to_dict())} for row, p in zip(frame.to_dict(orient="records"), preds, strict=True)]
-    if out is not None and ".csv" in out.suffixes:
+    if fmt == "csv":
         text = pd.DataFrame(records).to_csv(index=False)
     else:
         text = "".join(json.dumps(rec, ensure_ascii=False, default=str) + "\n" for rec in records)
@@ -197,8 +227,25 @@ def predict(
         return
     data = text.encode("utf-8")
     with atomic_file(out, "wb") as fh:
-        fh.write(gzip.compress(data) if out.suffix == ".gz" else data)
+        fh.write(gzip.compress(data) if out.suffix.lower() == ".gz" else data)
     err_console.print(f"wrote {len(records)} predictions to {out}")
+
+
+PREDICTION_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+def _output_format(out: Path) -> str:
+    """``csv`` or ``jsonl`` from ``--out``'s extension (``.gz`` compresses either)."""
+    from hrlm.errors import ConfigError
+
+    suffixes = [s.lower() for s in out.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes.pop()
+    fmt = PREDICTION_FORMATS.get(suffixes[-1]) if suffixes else None
+    if fmt is None:
+        supported = ", ".join(f"{ext}, {ext}.gz" for ext in PREDICTION_FORMATS)
+        raise ConfigError(f"--out {out.name}: unknown file type; predictions are written as {supported}.")
+    return fmt
 
 
 def _flatten(pred: dict[str, Any]) -> dict[str, Any]:

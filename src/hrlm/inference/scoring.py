@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from hrlm._fs import atomic_dir, check_out_dir
 from hrlm.data import SPLIT_NAMES, Dataset, load_dataset
 from hrlm.errors import DataError
 from hrlm.evaluation import compute_metrics
@@ -73,6 +74,7 @@ def evaluate(
     progress: bool = False,
     truncate: str | None = None,
     backend: str = "auto",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Score a model folder on a labelled data file; with ``out``, write the report there.
 
@@ -83,10 +85,14 @@ def evaluate(
         split: keep only the rows whose ``split_col`` value is this split (``test``, ``validation``...).
         truncate: read long texts differently from training (``none`` = windows, ``head``, ``head+tail``).
         backend: the inference backend (see :mod:`hrlm.inference.backends`); ``auto`` by default.
+        overwrite: replace an existing non-empty ``out`` folder (once the new report is complete).
 
     Raises:
         LabelError: the data holds a label the model never saw.
+        ConfigError: ``out`` is an existing non-empty folder and ``overwrite`` is false.
     """
+    if out is not None:
+        check_out_dir(out, overwrite=overwrite)  # before the scoring, which may take minutes
     predictor = Predictor.from_dir(model, threads=threads, truncate=truncate, backend=backend)
     tc = predictor.meta.train_config
     task = predictor.tasks[0]
@@ -111,17 +117,18 @@ def evaluate(
             raise DataError(f"{data}: no row is in the {wanted!r} split.")
     metrics = evaluate_dataset(predictor, ds, progress=progress)
     if out is not None:
-        write_report(
-            out,
-            metrics,
-            title=f"{Path(model).name} on {Path(data).name}",
-            settings={
-                "model": str(model),
-                "data": str(data),
-                "rows": len(ds),
-                "data_fingerprint": ds.fingerprint(),
-                "backend": predictor.backend_name,
-                "truncate": predictor.truncate,
-            },
-        )
+        with atomic_dir(out, overwrite=True) as tmp:  # checked above; an empty folder is replaced too
+            write_report(
+                tmp,
+                metrics,
+                title=f"{Path(model).name} on {Path(data).name}",
+                settings={
+                    "model": str(model),
+                    "data": str(data),
+                    "rows": len(ds),
+                    "data_fingerprint": ds.fingerprint(),
+                    "backend": predictor.backend_name,
+                    "truncate": predictor.truncate,
+                },
+            )
     return metrics

@@ -39,6 +39,9 @@ def normalize_url(url: str) -> str:
 def make_engine(url: str, *, sqlite_synchronous: str = "FULL", echo: bool = False) -> Engine:
     """An engine for ``url``; SQLite files get WAL mode, a busy timeout and foreign keys.
 
+    A SQLite file is created on first use, but never its folder: connecting raises :class:`StoreError`
+    while the folder is missing.
+
     Raises:
         ConfigError: the URL is malformed or names a database this build cannot drive.
     """
@@ -52,9 +55,10 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL", echo: bool = Fals
             f"database_url {url!r} is not a database URL; use sqlite:///hrlm.db or postgresql://user@host/db."
         ) from None
     kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": True}
+    sqlite_file = None
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
+            sqlite_file = Path(parsed.database).expanduser()
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     else:
         kwargs.update(pool_size=8, max_overflow=8)
@@ -62,6 +66,17 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL", echo: bool = Fals
         engine = create_engine(url, **kwargs)
     except (ArgumentError, ImportError) as exc:
         raise ConfigError(f"cannot use database_url {url!r}: {exc}") from None
+    if sqlite_file is not None:
+        folder = sqlite_file.parent
+
+        # SQLite creates a missing file but not its folder: a typo in the path should not make folders
+        @event.listens_for(engine, "do_connect")
+        def _folder_exists(*_args: Any) -> None:
+            if not folder.is_dir():
+                raise StoreError(
+                    f"the folder {folder} of database_url {url!r} does not exist; create it, or fix the path."
+                )
+
     if engine.dialect.name == "sqlite":
         sync = sqlite_synchronous.upper()
 

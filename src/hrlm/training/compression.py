@@ -127,13 +127,14 @@ def compress(
     data: str | Path | None = None,
     train_data: str | Path | None = None,
     progress: bool = False,
+    overwrite: bool = False,
     **changes: Any,
 ) -> CompressResult:
     """Write a pruned, quantized and/or ONNX-exported copy of a model folder, and measure it.
 
     Args:
         model_dir: a folder written by ``hrlm train`` (or ``hrlm compress``).
-        out: the new folder; it must not exist.
+        out: the new folder; an existing one is replaced only with ``overwrite`` (once the new one is complete).
         cfg: what to do (see :class:`CompressConfig`): ``prune`` a fraction of weights (or, with
             ``prune_heads``, of each layer's attention heads); ``quantize="int8"`` to check the int8
             backends (and export ``model.int8.onnx`` with ``onnx``); ``onnx`` to export ``model.onnx``;
@@ -148,14 +149,17 @@ def compress(
         The new folder, the table rows and the agreement checks.
 
     Raises:
-        ConfigError: ``out`` exists, nothing was asked for, or a setting is unknown or out of range.
+        ConfigError: ``out`` exists (without ``overwrite``) or is ``model_dir``, nothing was asked for, or a
+            setting is unknown or out of range.
 
     Example:
         >>> compress("runs/router", "runs/router-int8", quantize="int8", data="holdout.csv")  # doctest: +SKIP
     """
     source, target = Path(model_dir), Path(out)
-    if target.exists():
-        raise ConfigError(f"{target} already exists; compress writes a new folder, choose another --out.")
+    if target.exists() and not overwrite:
+        raise ConfigError(f"{target} already exists; choose another --out or pass --overwrite to replace it.")
+    if target.resolve() == source.resolve():
+        raise ConfigError(f"--out {target} is the model folder itself; compress writes a new folder.")
     cfg = CompressConfig.from_dict({**(cfg or CompressConfig()).to_dict(), **changes})
     prune, prune_heads, quantize, onnx = cfg.prune, cfg.prune_heads, cfg.quantize, cfg.onnx
     recovery_epochs, text_col, label_col = cfg.recovery_epochs, cfg.text_col, cfg.label_col
@@ -204,7 +208,7 @@ def compress(
     if onnx:
         backends += ["onnx-fp32", *(["onnx-int8"] if quantize == "int8" else [])]
 
-    with atomic_dir(target) as tmp:
+    with atomic_dir(target, overwrite=overwrite) as tmp:
         save_model(model, tokenizer, new_meta, tmp)
         if onnx:
             export_onnx(model, tmp / ONNX_FILES["onnx-fp32"])

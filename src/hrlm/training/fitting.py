@@ -38,7 +38,7 @@ from hrlm.report import write_report
 from hrlm.text import Encoded, encode_documents
 from hrlm.training.augmentation import augment_dataset
 from hrlm.training.evaluator import Evaluator, doc_targets, task_loss
-from hrlm.training.fewshot import choose_method, train_contrastive
+from hrlm.training.fewshot import method_and_reason, train_contrastive
 from hrlm.training.loop import RunState, TrainingRun, seed_everything, train_full, train_head_only
 from hrlm.training.multitask import MultiEvaluator, MultiTaskLoss, pack_targets, parse_weights
 
@@ -109,10 +109,9 @@ def fit(
         torch.set_num_threads(cfg.threads or default_threads())
     base_dir = resolve_base(cfg.base)
     tokenizer = load_tokenizer(base_dir)
-    method = choose_method(cfg, train_ds)
-    run_notes = [f"few-shot: {len(train_ds) / len(labels):.1f} labelled texts per class, SetFit method"] * (
-        method == "setfit" and cfg.method == "auto"
-    )
+    method, why = method_and_reason(cfg, train_ds)
+    log.info("method: %s (%s)", method, why, extra={"note": why} if cfg.method == "auto" else None)
+    run_notes = [why] if cfg.method == "auto" else []
     if cfg.augment != "none":
         train_ds = augment_dataset(
             train_ds,
@@ -299,6 +298,7 @@ def _run(
             device=device,
             precision=precision,
             show=progress,
+            texts=len(train_ds),
         )
         state = train_head_only(run)
         state.train_seconds += stats["seconds"]
