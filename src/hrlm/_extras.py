@@ -29,6 +29,7 @@ EXTRA_OF_MODULE = {
     "jinja2": "serve",
     "prometheus_client": "serve",
     "pydantic": "serve",
+    "pydantic_core": "serve",
     "pydantic_settings": "serve",
     "sqlalchemy": "serve",
     "starlette": "serve",

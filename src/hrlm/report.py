@@ -36,8 +36,15 @@ def report_files(folder: str | os.PathLike[str]) -> list[str]:
     return sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file() and not p.is_symlink())
 
 
+MAX_REPORT_NAME = 1024  # characters of a report file's path; each part at most NAME_MAX_BYTES bytes of UTF-8
+NAME_MAX_BYTES = 255  # the longest file name ext4, APFS, NTFS and most other file systems take
+
+
 def report_file(folder: str | os.PathLike[str], name: str) -> Path:
     """The file ``name`` of a model folder's ``report/`` folder, refusing any path that leads outside it.
+
+    A name no file system could hold (a NUL or other control character, a part longer than 255
+    bytes, a lone surrogate) is no such file, not an error of the server.
 
     Raises:
         NotFound: no such file, or ``name`` leads outside ``report/`` (``..``, an absolute path, a symlink).
@@ -46,11 +53,32 @@ def report_file(folder: str | os.PathLike[str], name: str) -> Path:
 
     base = (Path(folder) / REPORT_DIR).resolve()
     parts = name.replace("\\", "/").split("/")
-    bad = not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts)
-    target = base.joinpath(*parts).resolve() if not bad else base
-    if bad or not target.is_relative_to(base) or not target.is_file():
-        raise NotFound(f"no report file {name!r} of this model; its report files are {report_files(folder)}.")
+    bad = (
+        not name
+        or len(name) > MAX_REPORT_NAME
+        or name.startswith("/")
+        or any(p in ("", ".", "..") or not _file_name_ok(p) for p in parts)
+    )
+    target = base
+    if not bad:
+        try:
+            target = base.joinpath(*parts).resolve()
+            bad = not target.is_relative_to(base) or not target.is_file()
+        except (OSError, ValueError):  # too long for this file system, or a character it refuses
+            bad = True
+    if bad:
+        shown = name if len(name) <= 40 else name[:40] + "…"
+        raise NotFound(f"no report file {shown!r} of this model; its report files are {report_files(folder)}.")
     return target
+
+
+def _file_name_ok(part: str) -> bool:
+    if any(ord(c) < 32 or ord(c) == 127 for c in part):
+        return False
+    try:
+        return len(part.encode("utf-8")) <= NAME_MAX_BYTES
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
 
 
 def write_report(
@@ -256,6 +284,8 @@ td.text { text-align: left; font-family: ui-monospace, Menlo, Consolas, monospac
 figure { margin: 1rem 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #d0d7de; }
 figcaption { color: #57606a; font-size: .85rem; }
+p.absent { color: #57606a; }
+span.text { font-family: ui-monospace, Menlo, Consolas, monospace; }
 """
 
 _SUMMARY_ROWS = (
@@ -294,6 +324,14 @@ def _html(title: str, metrics: dict[str, Any], images: list[tuple[str, bytes]], 
                 name = "Exact-match accuracy"
             parts.append(f"<tr><th>{e(name)}</th><td>{e(_fmt(metrics[key]))}</td></tr>")
     parts.append("</tbody></table>")
+    absent = metrics.get("absent_labels") or []
+    if absent:
+        parts.append(
+            f'<p class="absent">{len(absent)} of the model\'s classes never occur in this data, neither as true nor '
+            "as predicted label, and are left out of the macro averages: "
+            + ", ".join(f'<span class="text">{e(str(label))}</span>' for label in absent)
+            + ".</p>"
+        )
 
     per_class = metrics.get("per_class") or {}
     if per_class:
@@ -360,7 +398,8 @@ def format_report(metrics: dict[str, Any], *, digits: int = 2) -> str:
 
     Returns:
         Per-class precision, recall, F1 and support, followed by accuracy, macro and weighted averages
-        (and micro and samples F1 for multi-label metrics).
+        (and micro and samples F1 for multi-label metrics). The macro average leaves out the classes in
+        ``metrics["absent_labels"]``, which a last line names.
     """
     per_class: dict[str, dict[str, Any]] = metrics.get("per_class") or {}
     multi = "samples_f1" in metrics
@@ -385,13 +424,16 @@ def format_report(metrics: dict[str, Any], *, digits: int = 2) -> str:
 
     supports = np.array([float(row.get("support") or 0) for row in per_class.values()])
     total = int(supports.sum())
+    absent = set(metrics.get("absent_labels") or [])
+    present = np.array([name not in absent for name in names], dtype=bool)
 
     def average(key: str, weights: np.ndarray | None) -> float | None:
         if not per_class:
             return None
         values = np.array([float(row.get(key) or 0.0) for row in per_class.values()])
         if weights is None:
-            return float(values.mean())
+            # macro: over the classes the data or the predictions hold, as compute_metrics's macro_f1
+            return float(values[present].mean()) if present.any() else 0.0
         return float((values * weights).sum() / weights.sum()) if weights.sum() > 0 else 0.0
 
     n = metrics.get("n", total)
@@ -404,4 +446,7 @@ def format_report(metrics: dict[str, Any], *, digits: int = 2) -> str:
     lines.append(line("weighted avg", average("precision", supports), average("recall", supports), weighted_f1, total))
     if multi:
         lines.append(line("samples avg", None, None, metrics.get("samples_f1"), n))
+    if absent:
+        shown = [name for name in names if name in absent]
+        lines += ["", f"not in this data, left out of the macro average: {', '.join(shown)}"]
     return "\n".join(lines) + "\n"

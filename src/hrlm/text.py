@@ -1,4 +1,4 @@
-"""Text normalisation and sliding windows over token ids.
+"""Text normalisation, the characters a database can store, and sliding windows over token ids.
 
 Long documents are never truncated away by default: a document of more tokens than fit in one
 encoder pass is cut into overlapping windows, each window is classified, and the window logits
@@ -13,6 +13,8 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from hrlm.errors import DataError
 
 _BR = re.compile(r"<\s*br\s*/?\s*>", re.IGNORECASE)
 _SPACE = re.compile(r"\s+")
@@ -32,6 +34,63 @@ def normalize(text: str) -> str:
     text = html.unescape(text)
     text = unicodedata.normalize("NFC", text)
     return _SPACE.sub(" ", text).strip()
+
+
+# Characters no database of ours can store: PostgreSQL refuses NUL in a text column (SQLite would
+# keep it, so the two databases would differ), and a lone surrogate (U+D800-U+DFFF) has no UTF-8
+# encoding at all. They are refused at the edge, the same on every database, never stored escaped.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def check_storable(field: str, value: str) -> str:
+    """Return ``value`` if a database can store it; otherwise raise a :class:`DataError` naming ``field``.
+
+    NUL (U+0000) and lone surrogates (U+D800 to U+DFFF, which cannot be encoded as UTF-8) are
+    refused, on SQLite as on PostgreSQL. The message names the character and its position, never
+    the text itself.
+
+    Raises:
+        DataError: ``value`` holds such a character (HTTP 422).
+
+    Example:
+        >>> check_storable("note", "VPN login fails")
+        'VPN login fails'
+        >>> check_storable("note", "VPN \\x00 login")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        hrlm.errors.DataError: note holds a NUL character (U+0000) at position 4, which cannot be stored; ...
+    """
+    found = _UNSTORABLE.search(value)
+    if found is None:
+        return value
+    char = found.group()
+    if char == "\x00":
+        what, fix = "a NUL character (U+0000)", "remove it and send the text again."
+    else:
+        what = f"a lone surrogate (U+{ord(char):04X}, half of a UTF-16 pair)"
+        fix = "send valid Unicode: the whole character, or both halves of its surrogate pair."
+    raise DataError(f"{field} holds {what} at position {found.start()}, which cannot be stored; {fix}")
+
+
+def has_visible(text: str) -> bool:
+    """Whether ``text`` has a character to read: not white space, a control, format or unassigned character.
+
+    Example:
+        >>> has_visible(" \\t\\u200b"), has_visible(" ok ")
+        (False, True)
+    """
+    return any(not ch.isspace() and unicodedata.category(ch)[0] not in "CZ" for ch in text)
+
+
+def check_visible(field: str, value: str) -> str:
+    """Return ``value`` if it has a visible character; otherwise raise a :class:`DataError` naming ``field``.
+
+    Raises:
+        DataError: ``value`` is empty, or only white space and control characters (HTTP 422).
+    """
+    if has_visible(value):
+        return value
+    why = "is empty" if not value else "has only white space and control characters"
+    raise DataError(f"{field} {why}: there is nothing to classify; send a text with something to read.")
 
 
 def window_spans(n_tokens: int, body: int, stride: int) -> list[tuple[int, int]]:

@@ -6,7 +6,16 @@ from pathlib import Path
 import pytest
 
 from hrlm.encoders import load_tokenizer
-from hrlm.text import encode_documents, head_tail, normalize, window_spans
+from hrlm.errors import DataError
+from hrlm.text import (
+    check_storable,
+    check_visible,
+    encode_documents,
+    has_visible,
+    head_tail,
+    normalize,
+    window_spans,
+)
 
 
 def test_normalize_html_breaks_entities_and_spaces() -> None:
@@ -55,3 +64,41 @@ def test_tokenizer_truncation_setting_is_ignored(tiny_bert: Path) -> None:
     tok = load_tokenizer(tiny_bert)  # loading again switches it off
     enc = encode_documents(tok, [" ".join(["tax"] * 30)], max_length=64)
     assert len(enc.windows[0]) == 32
+
+
+@pytest.mark.parametrize(
+    ("value", "what", "position"),
+    [
+        ("VPN \x00 login", r"a NUL character \(U\+0000\)", 4),
+        ("\ud800", r"a lone surrogate \(U\+D800", 0),
+        ("ok \udfff", r"a lone surrogate \(U\+DFFF", 3),
+    ],
+)
+def test_characters_no_database_stores_are_refused_naming_field_and_position(
+    value: str, what: str, position: int
+) -> None:
+    with pytest.raises(
+        DataError, match=rf"^note holds {what}.* at position {position}, which cannot be stored; "
+    ) as err:
+        check_storable("note", value)
+    assert err.value.status == 422
+    assert value not in str(err.value)  # never echoed: the message must itself be storable and printable
+
+
+@pytest.mark.parametrize("value", ["", "VPN login", "caf\u00e9 \U0001f600 \u65e5\u672c", "tab\tand\nnewline", "\x01"])
+def test_everything_else_is_storable(value: str) -> None:
+    assert check_storable("text", value) is value
+    value.encode("utf-8")  # what a database needs
+
+
+@pytest.mark.parametrize("value", ["", " ", "\t\n\r", "\x00\x00", "\x01\x7f", "\u200b\ufeff", "\u00a0\u3000", "\u2028"])
+def test_texts_without_a_visible_character(value: str) -> None:
+    assert not has_visible(value)
+    why = r"^text (is empty|has only white space and control characters): there is nothing to classify"
+    with pytest.raises(DataError, match=why):
+        check_visible("text", value)
+
+
+@pytest.mark.parametrize("value", ["a", " . ", "\x00x", "\u65e5", "\U0001f600", "-"])
+def test_texts_with_a_visible_character(value: str) -> None:
+    assert has_visible(value) and check_visible("text", value) == value

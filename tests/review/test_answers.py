@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, insert, select, update
 
-from hrlm.errors import ConfigError, Conflict, LabelError, NotFound
+from hrlm.errors import ConfigError, Conflict, DataError, LabelError, NotFound
 from hrlm.review import answers as feedback
 from hrlm.review.answers import ReviewPolicy, fill_queue, next_item, submit
 from hrlm.store import authenticate, create_user, make_engine, upgrade
@@ -367,3 +367,24 @@ def test_concurrent_fills_leases_and_answers_never_double_up(engine: Engine) -> 
     with engine.connect() as conn:
         n = conn.execute(select(func.count()).select_from(review_feedback).where(review_feedback.c.item_id == target))
         assert n.scalar() == 1
+
+
+@pytest.mark.parametrize("note", ["VPN \x00 login", "half \ud83d of an emoji"])
+def test_a_note_no_database_stores_is_refused_and_the_item_stays_open(engine: Engine, note: str) -> None:
+    (item_id,) = queue(engine, ("my payslip is wrong", probs("payroll", 0.5)))
+    ana = principal(engine, "ana")
+    with pytest.raises(DataError, match=r"^note holds a (NUL character|lone surrogate).*which cannot be stored"):
+        submit(engine, item_id, ana, "flag", note=note)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(review_feedback)).scalar() == 0
+    assert submit(engine, item_id, ana, "flag", note="a readable note")["state"] == "flagged"
+
+
+def test_the_queue_never_takes_a_text_without_a_visible_character(engine: Engine) -> None:
+    blank = ["", "   ", "\x01\x02", "\u200b\u00a0\ufeff", "\t\r\n"]
+    for text in blank:
+        predict(engine, text, probs("it", 0.2))
+    readable = predict(engine, " \x01VPN\x02 ", probs("it", 0.2))
+    result = fill_queue(engine, ReviewPolicy(**{**QUIET, "confidence_below": 1.0}))
+    assert (result["queued"], result["skipped_no_text"]) == (1, len(blank))
+    assert [i["prediction_id"] for i in items(engine)] == [readable]

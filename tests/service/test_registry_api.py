@@ -80,7 +80,12 @@ def test_promote_and_rollback_through_the_api(
     r = served.post(f"/v1/models/{b}/promote", headers=bearer(tokens.admin))
     assert r.status_code == 409 and r.json()["error"] == "Conflict" and "already" in r.json()["detail"]
     r = served.post("/v1/models/ghost/promote", headers=bearer(tokens.admin))
-    assert r.status_code == 404 and "hrlm models list" in r.json()["detail"]
+    assert r.status_code == 404 and "'ghost'; GET /v1/models lists them" in r.json()["detail"]
+    # a long name is quoted by its start only; a name no version could have is refused before the database
+    r = served.get(f"/v1/models/{'g' * 150}/history", headers=bearer(tokens.admin))
+    assert r.status_code == 404 and "g" * 40 + "…" in r.json()["detail"] and "g" * 41 not in r.text
+    r = served.get("/v1/models/a%00b/history", headers=bearer(tokens.admin))
+    assert r.status_code == 422 and "version" in r.json()["detail"]
     r = served.post(f"/v1/models/{a}/promote", json={"reason": "x" * 1001}, headers=bearer(tokens.admin))
     assert r.status_code == 422 and "reason" in r.json()["detail"]
     r = served.post("/v1/models/rollback", json={"reason": "misroutes payroll"}, headers=bearer(tokens.admin))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from hrlm.errors import ConfigError, NotFound
+from hrlm.errors import ConfigError, DataError, NotFound
 from hrlm.store import authenticate, create_user, list_users, make_engine, revoke_user, upgrade
 from hrlm.store.db import MIGRATIONS, current_revision, head_revision, normalize_url, table_names
 from hrlm.store.tables import api_tokens, audit_log, metadata, users
@@ -23,8 +23,8 @@ def test_migrations_create_exactly_the_tables_the_code_uses(db_url: str) -> None
 
     engine = make_engine(db_url)
     try:
-        assert upgrade(engine) == head_revision() == "0002"
-        assert upgrade(engine) == "0002"  # idempotent
+        assert upgrade(engine) == head_revision() == "0003"
+        assert upgrade(engine) == "0003"  # idempotent
         assert set(table_names(engine)) == {*metadata.tables, "alembic_version"}
         with engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
@@ -117,5 +117,71 @@ def test_the_audit_log_is_append_only(db_url: str) -> None:
                 conn.execute(change)
         with engine.connect() as conn:
             assert [r.actor for r in conn.execute(select(audit_log))] == ["cli"]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("name", ["ana\x00", "\ud800ana"])
+def test_user_names_no_database_stores_are_refused_the_same_on_every_database(db_url: str, name: str) -> None:
+    engine = make_engine(db_url)
+    try:
+        upgrade(engine)
+        with pytest.raises(DataError, match=r"^user name holds a (NUL character|lone surrogate)"):
+            create_user(engine, name, "client")
+        with pytest.raises(ConfigError, match="not valid"):
+            create_user(engine, "ana\n", "client")  # a trailing newline is not part of a name either
+        assert list_users(engine) == []
+    finally:
+        engine.dispose()
+
+
+def test_job_parameters_no_database_stores_are_refused_and_nothing_is_queued(db_url: str) -> None:
+    from hrlm.lifecycle.jobs import JobStore
+
+    engine = make_engine(db_url)
+    try:
+        upgrade(engine)
+        store = JobStore(engine)
+        with pytest.raises(DataError, match=r"^params\.base holds a NUL character \(U\+0000\) at position 1"):
+            store.create("retrain", actor="admin", runner="cli", params={"base": "v\x00"})
+        with pytest.raises(DataError, match=r"^params\.files\[1\] holds a lone surrogate \(U\+DC00"):
+            store.create("retrain", actor="admin", runner="cli", params={"files": ["a.csv", "\udc00.csv"]})
+        with pytest.raises(DataError, match=r"^params key holds a NUL"):
+            store.create("retrain", actor="admin", runner="cli", params={"\x00": 1})
+        assert store.recent() == []
+        job = store.create("retrain", actor="admin", runner="cli", params={"base": "v1", "margin": 0.01})
+        assert store.get(job["id"])["params"] == {"base": "v1", "margin": 0.01}
+    finally:
+        engine.dispose()
+
+
+def test_model_notes_and_reasons_no_database_stores_are_refused(
+    db_url: str, trained_model: Path, tmp_path: Path
+) -> None:
+    from hrlm.lifecycle.registry import Registry
+
+    engine = make_engine(db_url)
+    try:
+        upgrade(engine)
+        registry = Registry(engine, tmp_path / "registry")
+        with pytest.raises(DataError, match=r"^note holds a NUL character"):
+            registry.register(trained_model, actor="admin", note="first \x00")
+        with pytest.raises(DataError, match=r"^reason holds a lone surrogate"):
+            registry.register(trained_model, actor="admin", reason="\ud800")
+        assert registry.versions() == []
+        version = registry.register(trained_model, actor="admin", note="first").version
+        for refused in (
+            lambda: registry.promote(version, "admin", reason="ok\x00"),
+            lambda: registry.reject(version, "admin", reason="ok\x00"),
+            lambda: registry.archive(version, "admin", reason="ok\x00"),
+            lambda: registry.rollback("admin", reason="ok\x00"),
+        ):
+            with pytest.raises(DataError, match=r"^reason holds a NUL character \(U\+0000\) at position 2"):
+                refused()
+        with pytest.raises(DataError, match=r"^note holds a lone surrogate"):
+            registry.annotate(version, "admin", note="\udfff")
+        info = registry.get(version)
+        assert (info.stage, info.note) == ("candidate", "first")
+        assert [e.action for e in registry.history(version)] == ["register"]
     finally:
         engine.dispose()

@@ -27,6 +27,7 @@ from hrlm.errors import ConfigError, Conflict, HrlmError, NotFound
 from hrlm.lifecycle.settings import LifecycleSettings
 from hrlm.store.tables import jobs, utcnow
 from hrlm.store.users import audit
+from hrlm.text import check_storable
 
 log = logging.getLogger("hrlm.jobs")
 
@@ -67,9 +68,11 @@ class JobStore:
         Raises:
             ConfigError: ``kind`` is not a known job kind.
             Conflict: a job of this kind is already queued or running.
+            DataError: a parameter holds a character no database stores (NUL, a lone surrogate).
         """
         if kind not in KINDS:
             raise ConfigError(f"job kind {kind!r} is not known; kinds are {', '.join(KINDS)}.")
+        _check_params("params", params or {})
         if self.stale_s:
             self.fail_stale(self.stale_s)
         now = utcnow()
@@ -207,6 +210,19 @@ class JobStore:
     def _set(self, job_id: str, states: tuple[str, ...], **values: Any) -> bool:
         with self.engine.begin() as conn:
             return bool(_update(conn, job_id, states, values))
+
+
+def _check_params(where: str, value: Any) -> None:
+    """Refuse, naming its place (``params.base``), a parameter string a database cannot store."""
+    if isinstance(value, str):
+        check_storable(where, value)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            check_storable(f"{where} key", str(key))
+            _check_params(f"{where}.{key}", item)
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_params(f"{where}[{i}]", item)
 
 
 def _update(conn: Connection, job_id: str, states: tuple[str, ...], values: dict[str, Any]) -> int:

@@ -54,6 +54,7 @@ from hrlm.store.versions import (
     to_info,
     version_row,
 )
+from hrlm.text import check_storable
 
 __all__ = [
     "ORIGINS",
@@ -159,6 +160,7 @@ class Registry:
 
         check_choice("origin", origin, ORIGINS)
         check_choice("stage", stage, ("candidate", "production"))
+        _check_words(note=note, reason=reason)
         src = Path(path).expanduser().resolve()
         meta = read_meta(src)  # ModelNotFound / ModelError with a clear message
         if metrics is None:
@@ -259,6 +261,7 @@ class Registry:
             NotFound: no such version.
             Conflict: the version is in production already, or rejected and ``force`` is not set.
         """
+        _check_words(reason=reason)
         with changing(self.engine) as conn:
             self._move(conn, version, "promote", actor, reason, gate=gate, force=force)
         return self.get(version)
@@ -272,6 +275,7 @@ class Registry:
             NotFound: no such version.
             Conflict: the version is not a candidate.
         """
+        _check_words(reason=reason)
         with changing(self.engine) as conn:
             self._move(conn, version, "reject", actor, reason, gate=gate)
         return self.get(version)
@@ -283,6 +287,7 @@ class Registry:
             NotFound: no such version.
             Conflict: the version is in production or archived already.
         """
+        _check_words(reason=reason)
         with changing(self.engine) as conn:
             self._move(conn, version, "archive", actor, reason)
         return self.get(version)
@@ -299,6 +304,7 @@ class Registry:
         Raises:
             Conflict: nothing is in production, or no earlier production version is left to go back to.
         """
+        _check_words(reason=reason)
         with changing(self.engine) as conn:
             current = production_version(conn)
             if current is None:
@@ -344,6 +350,7 @@ class Registry:
         note: str | None = None,
     ) -> VersionInfo:
         """Record metrics, the gate's comparison or a note on ``version`` without changing its stage."""
+        _check_words(note=note)
         values = {k: v for k, v in {"metrics": metrics, "gate": gate, "note": note}.items() if v is not None}
         with changing(self.engine) as conn:
             version_row(conn, version)
@@ -399,6 +406,13 @@ class Registry:
         if force:
             detail["force"] = True
         audit(conn, actor, f"model.{action}", version, **detail)
+
+
+def _check_words(**words: str | None) -> None:
+    """Refuse a note or reason a database cannot store (NUL, a lone surrogate), naming it."""
+    for field, value in words.items():
+        if value is not None:
+            check_storable(field, value)
 
 
 def _refusal(version: str, stage: str, action: str) -> str:

@@ -27,6 +27,7 @@ from hrlm.review.fill import REASONS, ReviewPolicy, fill_queue, text_hash, uncer
 from hrlm.review.stats import agreement, labelled_examples, stats
 from hrlm.store.tables import REVIEW_ACTIONS, review_feedback, review_items, utcnow
 from hrlm.store.users import Principal, audit
+from hrlm.text import check_storable
 
 __all__ = [
     "REASONS",
@@ -193,12 +194,15 @@ def submit(
         NotFound: no item has that id.
         Conflict: the item is done or flagged already, or this reviewer answered it already.
         ConfigError, LabelError: the action or the labels do not fit the item.
+        DataError: ``note`` holds a character no database stores (NUL, a lone surrogate).
 
     Example:
         >>> submit(engine, 7, principal, "correct", ["leave"])  # doctest: +SKIP
         {'item_id': 7, 'action': 'correct', 'label': 'leave', 'previous_label': 'payroll', 'state': 'done', ...}
     """
     check_choice("action", action, REVIEW_ACTIONS)
+    if note is not None:
+        check_storable("note", note)
     now = utcnow()
     with engine.begin() as conn:
         # a write first locks the item: a concurrent answer waits here and then sees this one's outcome

@@ -33,7 +33,7 @@ from sqlalchemy import Connection, Engine, insert, select, update
 from hrlm.config import check_choice
 from hrlm.errors import ConfigError
 from hrlm.store.tables import predictions, review_fill, review_items, utcnow
-from hrlm.text import normalize
+from hrlm.text import has_visible, normalize
 
 FILLER = "fill"
 REASONS = ("random", "low_confidence", "uncertainty")
@@ -291,7 +291,7 @@ def _choose(
     low: list[tuple[float, Any]] = []
     others: list[tuple[float, Any]] = []
     for row in rows:
-        if row.text is None or not row.text.strip():
+        if row.text is None or not has_visible(row.text):  # nothing a reviewer could read
             result["skipped_no_text"] += 1
             continue
         u = uncertainty(row.output, policy.uncertainty)

@@ -21,15 +21,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hrlm._version import __version__
 from hrlm.errors import HrlmError, PayloadTooLarge, ServiceError, Unauthorized
-from hrlm.service.auth import gate
+from hrlm.service.auth import FailureThrottle, gate
 from hrlm.service.routes.jobs import build_job_router
-from hrlm.service.routes.pages import build_ui_router
+from hrlm.service.routes.pages import build_docs_router, build_ui_router
 from hrlm.service.routes.pages import open_paths as ui_open_paths
 from hrlm.service.routes.predict import build_router
 from hrlm.service.routes.registry import build_registry_router
 from hrlm.service.routes.review import build_review_router
 from hrlm.service.runtime import Service
-from hrlm.service.served_model import ModelSource
+from hrlm.service.served_model import ModelSource, quoted
 from hrlm.service.settings import ServiceSettings
 
 log = logging.getLogger("hrlm.service")
@@ -37,6 +37,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # which setting a pydantic error on a body field is about, so a 422 names the limit
 _LIMITS = {("texts", "too_long"): "max_texts", ("texts", "string_too_long"): "max_text_chars"}
 _LIMITS[("text", "string_too_long")] = "max_text_chars"
+_EXAMPLE = '{"text": "My payslip is missing"}'
 
 DESCRIPTION = """Predictions of hrlm models over HTTP. Every route but `/healthz` and `/readyz` needs
 `Authorization: Bearer <token>`; create a token with `hrlm users add NAME --role client`.
@@ -44,8 +45,10 @@ Roles: `client` predicts, `reviewer` reads models (and, later, the review queue)
 
 Errors are JSON `{"detail": ..., "error": ..., "request_id": ...}`: 401 no valid token, 403 wrong role,
 404 no such thing, 409 a change the current state does not allow (a model version's stage, a second
-retrain), 413 body too large, 422 invalid body or a limit exceeded (the message names the limit), 429 rate limit
-(Retry-After), 503 overloaded or not ready (Retry-After), 504 no answer within the request timeout."""
+retrain), 413 body too large, 415 a body that is not JSON, 422 invalid body or a limit exceeded (the message names
+the limit), 429 rate limit or too many invalid tokens from one address (Retry-After), 503 overloaded or not
+ready (Retry-After), 504 no answer within the request timeout. Every answer carries `X-Request-ID`, the
+server's own id of the request; a client's `X-Request-ID` comes back as `X-Client-Request-ID`."""
 
 
 class ServiceMiddleware:
@@ -60,29 +63,46 @@ class ServiceMiddleware:
         self.metrics = service.metrics
         self.open_paths = open_paths
         self.routes = routes
+        settings = service.settings
+        self.throttle = FailureThrottle(settings.auth_fail_limit, settings.auth_fail_window_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
+        # the server's request id is its own: a client's X-Request-ID is kept beside it, never instead of it,
+        # so that no client can file its predictions under another request's id
+        request_id = uuid.uuid4().hex
         given = _header(scope, b"x-request-id")
-        request_id = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
+        client_id = given if given and _REQUEST_ID.match(given) else None
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
+        state["client_request_id"] = client_id
         status = 500
+        ids = [(b"x-request-id", request_id.encode())]
+        if client_id is not None:
+            ids.append((b"x-client-request-id", client_id.encode()))
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                headers = [*message.get("headers", []), *ids]
+                if not any(key.lower() == b"cache-control" for key, _ in headers):
+                    # answers hold personal text: no browser or proxy keeps them (static files say otherwise)
+                    headers.append((b"cache-control", b"no-store"))
+                message["headers"] = headers
             await send(message)
 
         try:
             if scope["path"] not in self.open_paths:
                 try:
-                    state["principal"] = await gate(self.service, _header(scope, b"authorization"))
+                    address = (scope.get("client") or ("",))[0] or ""
+                    authorization = _header(scope, b"authorization")
+                    state["principal"] = await gate(
+                        self.service, authorization, address=address, throttle=self.throttle
+                    )
                 except HrlmError as exc:
                     await _send_error(send_wrapper, exc, request_id)
                     return
@@ -176,9 +196,26 @@ async def _on_hrlm_error(request: Request, exc: Exception) -> JSONResponse:
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     settings: ServiceSettings = request.app.state.service.settings
+    problems = exc.errors()
+    for err in problems:
+        if err.get("type") == "json_invalid":  # loc is ("body", character offset)
+            at = next((p for p in err.get("loc", ()) if isinstance(p, int)), None)
+            why = str((err.get("ctx") or {}).get("error", "not JSON"))
+            where = f" at character {at}" if at is not None else ""
+            detail = f"the body is not valid JSON{where} ({why}); send a JSON body such as {_EXAMPLE}."
+            errors = [{"loc": ["body"], "msg": detail, "type": "json_invalid"}]
+            return _error(request, 422, detail, "ValidationError", errors=errors)
+    sent = request.headers.get("content-type", "")
+    not_json = sent.split(";")[0].strip().lower() != "application/json" and not sent.split(";")[0].endswith("+json")
+    if not_json and any(list(e.get("loc", ())) == ["body"] and "dict" in str(e.get("msg", "")) for e in problems):
+        shown = f"Content-Type {quoted(sent)}" if sent else "no Content-Type"
+        detail = (
+            f"the body must be JSON: send it with the header Content-Type: application/json (this one had {shown})."
+        )
+        return _error(request, 415, detail, "UnsupportedMediaType")
     errors, parts = [], []
-    for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    for err in problems:
+        loc = [quoted(str(p))[1:-1] for p in err.get("loc", ()) if p != "body"]  # an extra key may be any length
         where = ".".join(loc) or "body"
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         limit = _LIMITS.get((loc[0] if loc else "", str(err.get("type"))))
@@ -192,7 +229,16 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     kind = PayloadTooLarge.__name__ if exc.status_code == 413 else "HTTPException"
-    return _error(request, exc.status_code, str(exc.detail), kind, headers=exc.headers)
+    detail = str(exc.detail)
+    cause = exc.__cause__
+    if isinstance(cause, UnicodeDecodeError):  # FastAPI's "There was an error parsing the body"
+        kind = "InvalidEncoding"
+        detail = (
+            f"the body is not valid UTF-8 (byte {cause.start} cannot be decoded); send the JSON body encoded as UTF-8."
+        )
+    elif exc.status_code == 400 and cause is not None:
+        detail = f"cannot read the body ({type(cause).__name__}); send a JSON body encoded as UTF-8."
+    return _error(request, exc.status_code, detail, kind, headers=exc.headers)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -227,7 +273,10 @@ def create_app(
         finally:
             await service.stop()
 
-    app = FastAPI(title="hrlm", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    # /docs is ours (build_docs_router: Swagger UI from the package, not a CDN); ReDoc would load from a CDN
+    app = FastAPI(
+        title="hrlm", version=__version__, description=DESCRIPTION, lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.service = service
     routers = [
         build_router(settings),
@@ -235,6 +284,7 @@ def create_app(
         build_review_router(),
         build_job_router(),
         build_ui_router(),
+        build_docs_router("hrlm"),
     ]
     for router in routers:
         app.include_router(router)
@@ -248,7 +298,7 @@ def create_app(
     if settings.metrics_open:
         open_paths.add("/metrics")
     if settings.docs_open:
-        open_paths |= {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+        open_paths |= {"/docs", "/docs/oauth2-redirect", "/openapi.json"}
     # the routes themselves, not app.router.routes: FastAPI keeps each included router there as one nested entry
     app.add_middleware(
         ServiceMiddleware,

@@ -5,6 +5,11 @@ first (401 without a valid token, before the body is read), then its route's :fu
 (403 for the wrong role, 429 over the rate limit). A token checked against
 the database is trusted for ``auth_cache_s`` seconds (default 5) before it is checked again, so a
 revocation takes effect within that time.
+
+Guessing tokens is throttled per client address (:class:`FailureThrottle`): after
+``auth_fail_limit`` invalid tokens within ``auth_fail_window_s`` seconds, every request from that
+address answers 429 with ``Retry-After`` until the oldest failure leaves the window, whatever
+token it carries.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import hmac
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -80,20 +86,86 @@ class RateLimiter:
         return None
 
 
-async def gate(service: Any, authorization: str | None) -> Principal:
+class FailureThrottle:
+    """Failed token checks per client address in a sliding window: ``limit`` of them in ``window_s`` seconds.
+
+    Holds at most ``max_addresses`` addresses (the oldest are forgotten first), so that a flood from
+    many addresses cannot grow it without bound. ``limit = 0`` turns it off.
+
+    Example:
+        >>> throttle = FailureThrottle(limit=2, window_s=60)
+        >>> throttle.failed("10.0.0.1"); throttle.failed("10.0.0.1")
+        >>> throttle.wait("10.0.0.1") > 0, throttle.wait("10.0.0.2")
+        (True, None)
+    """
+
+    def __init__(self, limit: int, window_s: float, max_addresses: int = 100_000) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self.max_addresses = max_addresses
+        self._failures: dict[str, deque[float]] = {}
+
+    def wait(self, address: str) -> float | None:
+        """Seconds until ``address`` may try a token again; ``None`` if it may now."""
+        times = self._recent(address, time.monotonic())
+        if self.limit <= 0 or times is None or len(times) < self.limit:
+            return None
+        return times[0] + self.window_s - time.monotonic()
+
+    def failed(self, address: str) -> None:
+        """Count one failed token check of ``address``."""
+        if self.limit <= 0:
+            return
+        now = time.monotonic()
+        times = self._recent(address, now)
+        if times is None:
+            if len(self._failures) >= self.max_addresses:
+                self._failures.pop(next(iter(self._failures)))
+            times = self._failures[address] = deque(maxlen=self.limit)
+        times.append(now)
+
+    def _recent(self, address: str, now: float) -> deque[float] | None:
+        times = self._failures.get(address)
+        if times is None:
+            return None
+        while times and times[0] <= now - self.window_s:
+            times.popleft()
+        if not times:
+            del self._failures[address]
+            return None
+        return times
+
+
+async def gate(
+    service: Any, authorization: str | None, *, address: str = "", throttle: FailureThrottle | None = None
+) -> Principal:
     """The principal of an ``Authorization: Bearer`` header, else :class:`Unauthorized`.
 
     Runs in the middleware, before the body is read or a route is chosen: a request without a
-    valid token reaches neither a route nor the model nor the prediction store.
+    valid token reaches neither a route nor the model nor the prediction store. With a
+    ``throttle``, an ``address`` that sent too many invalid tokens gets :class:`RateLimited`
+    before its token is looked at.
     """
     scheme, _, token = (authorization or "").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         service.metrics.auth_failures.labels(status="401").inc()
         raise Unauthorized(f"this route needs an API token: {HOW}")
+    wait = throttle.wait(address) if throttle is not None else None
+    if wait is not None:
+        assert throttle is not None
+        retry = max(1, math.ceil(wait))
+        service.metrics.auth_failures.labels(status="429").inc()
+        raise RateLimited(
+            f"too many invalid API tokens from this address ({throttle.limit} within auth_fail_window_s = "
+            f"{throttle.window_s:g} s); retry after {retry} s with a valid token.",
+            retry_after=retry,
+        )
     principal = await service.auth.check(token)
     if principal is None:
         service.metrics.auth_failures.labels(status="401").inc()
+        if throttle is not None:
+            throttle.failed(address)
         raise Unauthorized(f"the API token is not valid or was revoked: {HOW}")
     return principal
 
@@ -111,7 +183,7 @@ def require(*roles: str) -> Callable[..., Awaitable[Principal]]:
         if principal.role not in roles:
             service.metrics.auth_failures.labels(status="403").inc()
             raise Forbidden(
-                f"user {principal.name!r} has role {principal.role!r}; {request.url.path} needs role "
+                f"user {principal.name!r} has role {principal.role!r}; {_route(request)} needs role "
                 f"{' or '.join(roles)}. An admin can issue one with `hrlm users add NAME --role {roles[0]}`."
             )
         wait = service.limiter.hit(parse_token(credentials.credentials.strip()) or principal.name)
@@ -125,3 +197,9 @@ def require(*roles: str) -> Callable[..., Awaitable[Principal]]:
         return principal
 
     return dependency
+
+
+def _route(request: Request) -> str:
+    """The route's template (``/v1/models/{version}``), not the path a client sent, for messages."""
+    route = request.scope.get("route")
+    return str(getattr(route, "path", None) or "this route")

@@ -43,7 +43,9 @@ class Metrics:
         self.model_info = Gauge("hrlm_model_info", "The model version being served (value 1).", ["version"], registry=r)
         self.model_swaps = Counter("hrlm_model_swaps", "Times another model version was swapped in.", registry=r)
         self.store_failures = Counter(
-            "hrlm_store_write_failures", "Failed writes of prediction records (one per transaction).", registry=r
+            "hrlm_store_write_failures",
+            "Requests whose prediction records could not all be stored (one per request).",
+            registry=r,
         )
         self.store_failed_records = Counter(
             "hrlm_store_failed_records", "Prediction records lost to failed writes (answered, not stored).", registry=r

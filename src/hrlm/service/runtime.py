@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 
 from hrlm.errors import RequestTimeout
 from hrlm.lifecycle import JobManager, Registry
+from hrlm.pii import Redactor
 from hrlm.review import ReviewPolicy
 from hrlm.service.auth import Authenticator, RateLimiter
 from hrlm.service.batching import MicroBatcher, PendingRequest
@@ -52,6 +53,7 @@ class Answer:
 class _RequestInfo:
     request_id: str
     user_id: int | None
+    client_request_id: str | None = None
 
 
 def default_source(settings: ServiceSettings, engine: Engine) -> ModelSource:
@@ -102,7 +104,9 @@ class Service:
             self.engine.dispose()
             raise
         self.metrics.set_model(self.model.version)
-        self.recorder = Recorder(self.engine, self.metrics, store_text=s.store_text)
+        self.recorder = Recorder(
+            self.engine, self.metrics, store_text=s.store_text, redactor=Redactor(extra=s.pii_patterns)
+        )
         self.recorder.start()
         # new predictions are sorted into the review queue every review_fill_s (POST /v1/review/fill: now)
         self.filler = QueueFiller(self.engine, ReviewPolicy.from_settings(s), s.review_fill_s)
@@ -176,6 +180,7 @@ class Service:
                 rows.append(
                     {
                         "request_id": info.request_id,
+                        "client_request_id": info.client_request_id,
                         "position": pos,
                         "created_at": created,
                         "user_id": info.user_id,
@@ -189,19 +194,25 @@ class Service:
                     }
                 )
         self.metrics.predictions.labels(model_version=model.version).inc(batch)
-        stored = await self.recorder.submit(rows)
+        failed = await self.recorder.submit(rows)  # the requests whose own records were not all stored
         for request, mine, latency_ms in answers:
             if not request.future.done():
+                stored = request.info.request_id not in failed
                 request.future.set_result(Answer(mine, model.version, stored, round(latency_ms, 3)))
 
-    async def predict(self, texts: list[str], *, request_id: str, principal: Principal | None) -> Answer:
+    async def predict(
+        self, texts: list[str], *, request_id: str, principal: Principal | None, client_request_id: str | None = None
+    ) -> Answer:
         """Predict ``texts`` in the next micro-batch; return once the records are stored (or failed to be).
+
+        ``request_id`` is the server's own id of the request (unique); ``client_request_id`` the
+        ``X-Request-ID`` the client sent, stored beside it.
 
         Raises:
             Overloaded: too many texts are waiting (503).
             RequestTimeout: no answer within ``request_timeout_s`` (504).
         """
-        info = _RequestInfo(request_id, principal.user_id if principal else None)
+        info = _RequestInfo(request_id, principal.user_id if principal else None, client_request_id)
         future = self.batcher.submit(texts, info)
         try:
             return await asyncio.wait_for(future, self.settings.request_timeout_s)

@@ -127,7 +127,17 @@ def find_version(source: ModelSource, version: str) -> ModelRef:
     for ref in refs:
         if ref.version == version:
             return ref
-    raise NotFound(f"no model version {version!r}; GET /v1/models lists {[r.version for r in refs]}.")
+    raise NotFound(f"no model version {quoted(version)}; GET /v1/models lists {[r.version for r in refs]}.")
+
+
+def quoted(sent: str, limit: int = 40) -> str:
+    """What a client sent, quoted for an error message: at most ``limit`` characters, then an ellipsis.
+
+    Example:
+        >>> quoted("a" * 100, limit=3)
+        "'aaa…'"
+    """
+    return repr(sent if len(sent) <= limit else sent[:limit] + "…")
 
 
 @dataclass

@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSett
 from hrlm.config import BACKEND_HELP, BACKENDS, check_choice, load_toml
 from hrlm.errors import ConfigError
 from hrlm.lifecycle.settings import LifecycleSettings
+from hrlm.pii import compile_patterns
 
 # the [serve] table of the file ServiceSettings.load reads, for the duration of that call
 _TOML: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("hrlm_serve_toml", default=None)
@@ -62,6 +63,10 @@ class ServiceSettings(BaseSettings):
     # limits
     max_texts: int = Field(default=64, ge=1, le=10_000, description="Most texts in one request.")
     max_text_chars: int = Field(default=20_000, ge=1, description="Longest text, in characters.")
+    allow_empty_texts: bool = Field(
+        default=False,
+        description="Predict texts with nothing visible (empty, white space, control characters); default: 422.",
+    )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body, in bytes.")
     rate_limit: float = Field(default=600.0, ge=0, description="Requests per minute per token; 0 = no limit.")
     rate_burst: int = Field(default=60, ge=1, description="Requests a token may send at once before the rate applies.")
@@ -70,6 +75,15 @@ class ServiceSettings(BaseSettings):
     auth_cache_s: float = Field(
         default=5.0, ge=0, description="How long a checked token is trusted without the database."
     )
+    auth_fail_limit: int = Field(
+        default=20,
+        ge=0,
+        description="Invalid API tokens one client address may send within auth_fail_window_s before it gets 429 "
+        "(behind a proxy every client has the proxy's address); 0 = no limit.",
+    )
+    auth_fail_window_s: float = Field(
+        default=60.0, gt=0, le=86_400, description="The window auth_fail_limit counts in, in seconds."
+    )
     metrics_open: bool = Field(default=False, description="Serve /metrics without a token (default: admin only).")
     docs_open: bool = Field(
         default=False, description="Serve /docs and /openapi.json without a token (default: any token)."
@@ -77,6 +91,11 @@ class ServiceSettings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; none by default.")
     store_text: Literal["redacted", "raw", "none"] = Field(
         default="redacted", description="What text predictions keep."
+    )
+    pii_patterns: dict[str, str] = Field(
+        default_factory=dict,
+        description="The site's own PII patterns, {name: regex}, redacted as [NAME] before the built-in ones "
+        "(store_text = redacted); HRLM_PII_PATTERNS takes them as JSON.",
     )
     # the model registry (issue 5): where registered and retrained model folders live
     registry_dir: str = Field(
@@ -135,6 +154,15 @@ class ServiceSettings(BaseSettings):
     )
     access_log: bool = Field(default=False, description="Log every request (uvicorn's access log).")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="uvicorn's log level.")
+
+    @field_validator("pii_patterns")
+    @classmethod
+    def _pii_patterns(cls, value: dict[str, str]) -> dict[str, str]:
+        try:
+            compile_patterns(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("backend")
     @classmethod

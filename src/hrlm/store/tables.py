@@ -73,7 +73,8 @@ predictions = Table(
     "predictions",
     metadata,
     Column("id", BigId, primary_key=True),
-    Column("request_id", String(64), nullable=False, index=True),
+    Column("request_id", String(64), nullable=False, index=True),  # the server's own, unique per request
+    Column("client_request_id", String(64), index=True),  # the X-Request-ID the client sent, if any (0003)
     Column("position", Integer, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, index=True),
     Column("user_id", Integer, ForeignKey("users.id", ondelete="SET NULL")),

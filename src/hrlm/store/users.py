@@ -19,9 +19,10 @@ from sqlalchemy import Connection, Engine, insert, select, update
 from hrlm.config import check_choice
 from hrlm.errors import ConfigError, NotFound
 from hrlm.store.tables import ROLES, api_tokens, audit_log, users, utcnow
+from hrlm.text import check_storable
 
 TOKEN_PREFIX = "hrlm"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,99}")  # fullmatch: no trailing newline
 _TOKEN = re.compile(r"^hrlm_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 
 
@@ -58,9 +59,11 @@ def create_user(engine: Engine, name: str, role: str, *, actor: str = "cli") -> 
     The token is returned once and stored only as a hash.
 
     Raises:
+        DataError: the name holds a character no database stores (NUL, a lone surrogate).
         ConfigError: the name or role is invalid, or an active user of that name exists.
     """
-    if not _NAME.match(name):
+    check_storable("user name", name)
+    if not _NAME.fullmatch(name):
         raise ConfigError(
             f"user name {name!r} is not valid; use up to 100 letters, digits and . _ @ -, "
             "starting with a letter or digit."

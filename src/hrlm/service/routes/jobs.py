@@ -8,14 +8,14 @@ No ``from __future__ import annotations`` here: FastAPI must see the body models
 """
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from hrlm.service.auth import require
 from hrlm.service.schemas.jobs import JobOut, JobsOut, RetrainIn
-from hrlm.service.schemas.predict import ErrorOut
+from hrlm.service.schemas.predict import JOB_ID_PATTERN, MAX_JOB_ID, ErrorOut
 from hrlm.store.users import Principal
 
 ROLES = ("admin",)
@@ -57,8 +57,14 @@ def build_job_router() -> APIRouter:
         await asyncio.to_thread(jobs.sweep)
         return {"jobs": await asyncio.to_thread(jobs.store.recent, limit=limit)}
 
-    @router.get("/v1/jobs/{job_id}", response_model=JobOut, responses=_errors(401, 403, 404), summary="One job")
-    async def get_job(job_id: str, request: Request, _: Principal = Depends(require(*ROLES))) -> dict[str, Any]:
+    @router.get("/v1/jobs/{job_id}", response_model=JobOut, responses=_errors(401, 403, 404, 422), summary="One job")
+    async def get_job(
+        job_id: Annotated[
+            str, Path(max_length=MAX_JOB_ID, pattern=JOB_ID_PATTERN, description="A job id, as GET /v1/jobs lists it.")
+        ],
+        request: Request,
+        _: Principal = Depends(require(*ROLES)),
+    ) -> dict[str, Any]:
         """A job's state, progress and message, and its result or error."""
         jobs = request.app.state.service.jobs
         await asyncio.to_thread(jobs.sweep)

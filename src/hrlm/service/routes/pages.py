@@ -17,6 +17,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from hrlm._version import __version__
 from hrlm.errors import NotFound
+from hrlm.service.served_model import quoted
 
 HERE = Path(__file__).resolve().parent.parent  # the service package: templates/ and static/
 TEMPLATES = HERE / "templates"
@@ -36,6 +37,9 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
 }
+# Swagger UI's script and style, served from the swagger-ui-bundle package (no CDN: nothing /docs loads
+# comes from another host, so nothing can be swapped under it)
+DOCS_ASSETS = {"swagger-ui-bundle.js": MEDIA_TYPES[".js"], "swagger-ui.css": MEDIA_TYPES[".css"]}
 PAGES = {
     "review": {
         "template": "review.html",
@@ -61,7 +65,8 @@ def static_files() -> list[str]:
 
 def open_paths() -> set[str]:
     """The paths the token gate lets through: the page shells and their static files (they hold no data)."""
-    return {"/ui", "/ui/", *(f"/ui/{name}" for name in PAGES), *(f"/static/{name}" for name in static_files())}
+    pages = {"/ui", "/ui/", *(f"/ui/{name}" for name in PAGES), *(f"/static/{name}" for name in static_files())}
+    return pages | {f"/docs/{name}" for name in DOCS_ASSETS}
 
 
 @lru_cache(maxsize=1)
@@ -79,8 +84,9 @@ def build_ui_router() -> APIRouter:
     """The pages and their static files (not in the OpenAPI schema)."""
     router = APIRouter(include_in_schema=False)
 
-    @router.get("/ui")
-    @router.get("/ui/")
+    # HEAD answers as GET does, headers and all (Starlette sends no body for it): a checker's HEAD sees the CSP
+    @router.api_route("/ui", methods=["GET", "HEAD"])
+    @router.api_route("/ui/", methods=["GET", "HEAD"])
     async def home() -> Response:
         return RedirectResponse("/ui/review", status_code=307)
 
@@ -89,19 +95,52 @@ def build_ui_router() -> APIRouter:
             headers = {**SECURITY_HEADERS, "Cache-Control": "no-store"}
             return HTMLResponse(render_page(name), headers=headers)
 
-        router.add_api_route(f"/ui/{name}", page, methods=["GET"], name=f"ui_{name}")
+        router.add_api_route(f"/ui/{name}", page, methods=["GET", "HEAD"], name=f"ui_{name}")
 
     for name in PAGES:
         page_route(name)
 
     files = set(static_files())
 
-    @router.get("/static/{name}")
+    @router.api_route("/static/{name}", methods=["GET", "HEAD"])
     async def static(name: str) -> Response:
         if name not in files:
-            raise NotFound(f"no static file {name!r}.")
+            raise NotFound(f"no static file {quoted(name)}.")
         path = STATIC / name
         headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "public, max-age=300"}
         return FileResponse(path, media_type=MEDIA_TYPES[path.suffix], headers=headers)
+
+    return router
+
+
+def build_docs_router(title: str, openapi_url: str = "/openapi.json") -> APIRouter:
+    """``/docs`` (Swagger UI) with its script and style from the installed swagger-ui-bundle package."""
+    from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+    from swagger_ui_bundle import swagger_ui_path
+
+    router = APIRouter(include_in_schema=False)
+
+    @router.api_route("/docs", methods=["GET", "HEAD"])
+    async def docs() -> Response:
+        return get_swagger_ui_html(
+            openapi_url=openapi_url,
+            title=f"{title} - API",
+            swagger_js_url="/docs/swagger-ui-bundle.js",
+            swagger_css_url="/docs/swagger-ui.css",
+            swagger_favicon_url="/static/favicon.svg",
+            oauth2_redirect_url="/docs/oauth2-redirect",
+        )
+
+    @router.api_route("/docs/oauth2-redirect", methods=["GET", "HEAD"])
+    async def oauth2_redirect() -> Response:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @router.api_route("/docs/{name}", methods=["GET", "HEAD"])
+    async def asset(name: str) -> Response:
+        if name not in DOCS_ASSETS:
+            raise NotFound(f"no file {quoted(name)} of the API docs.")
+        path = Path(str(swagger_ui_path / name))
+        headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "public, max-age=300"}
+        return FileResponse(path, media_type=DOCS_ASSETS[name], headers=headers)
 
     return router

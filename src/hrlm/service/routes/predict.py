@@ -4,20 +4,37 @@ No ``from __future__ import annotations`` here: FastAPI must see the request mod
 :func:`build_router` as an object, not as a name it cannot resolve.
 """
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
 
 from hrlm.errors import StoreError
 from hrlm.service.auth import require
-from hrlm.service.schemas.predict import ErrorOut, Health, ModelOut, ModelsOut, PredictResponse, predict_request
+from hrlm.service.schemas.predict import (
+    MAX_VERSION,
+    VERSION_PATTERN,
+    ErrorOut,
+    Health,
+    ModelOut,
+    ModelsOut,
+    PredictResponse,
+    predict_request,
+)
 from hrlm.service.served_model import describe, find_version
 from hrlm.service.settings import ServiceSettings
 from hrlm.store.users import Principal
 
 ROLES_PREDICT = ("client", "admin")
 ROLES_READ = ("client", "reviewer", "admin")
+Version = Annotated[
+    str,
+    Path(
+        max_length=MAX_VERSION,
+        pattern=VERSION_PATTERN,
+        description="A model version, as GET /v1/models lists it (letters, digits, `.`, `_`, `-`).",
+    ),
+]
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -27,7 +44,9 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 def build_router(settings: ServiceSettings) -> APIRouter:
     """Every route of the service, with the request limits of ``settings`` in the schema."""
     router = APIRouter()
-    PredictRequest = predict_request(settings.max_texts, settings.max_text_chars)
+    PredictRequest = predict_request(
+        settings.max_texts, settings.max_text_chars, allow_empty=settings.allow_empty_texts
+    )
 
     @router.post(
         "/v1/predict",
@@ -47,8 +66,11 @@ def build_router(settings: ServiceSettings) -> APIRouter:
         texts = [body.text] if one else body.texts  # type: ignore[attr-defined]
         service = request.app.state.service
         request_id = request.state.request_id
-        answer = await service.predict(texts, request_id=request_id, principal=principal)
+        client_id = request.state.client_request_id
+        answer = await service.predict(texts, request_id=request_id, principal=principal, client_request_id=client_id)
         out: dict[str, Any] = {"request_id": request_id, "model_version": answer.model_version}
+        if client_id is not None:
+            out["client_request_id"] = client_id
         preds = [p.to_dict() for p in answer.predictions]
         if one:
             out["prediction"] = preds[0]
@@ -65,8 +87,8 @@ def build_router(settings: ServiceSettings) -> APIRouter:
         serving = service.model.version
         return {"serving": serving, "models": [describe(r, serving=serving) for r in service.source.versions()]}
 
-    @router.get("/v1/models/{version}", response_model=ModelOut, responses=_errors(401, 403, 404), tags=["models"])
-    async def model(version: str, request: Request, _: Principal = Depends(require(*ROLES_READ))) -> dict[str, Any]:
+    @router.get("/v1/models/{version}", response_model=ModelOut, responses=_errors(401, 403, 404, 422), tags=["models"])
+    async def model(version: Version, request: Request, _: Principal = Depends(require(*ROLES_READ))) -> dict[str, Any]:
         """One model version: tasks, labels, headline metrics."""
         service = request.app.state.service
         return describe(find_version(service.source, version), serving=service.model.version)

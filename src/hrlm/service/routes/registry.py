@@ -8,23 +8,36 @@ No ``from __future__ import annotations`` here: FastAPI must see the body models
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import FileResponse
 
-from hrlm.errors import Conflict
+from hrlm.errors import Conflict, NotFound
 from hrlm.lifecycle import Registry, report_file, report_files
 from hrlm.service.auth import require
-from hrlm.service.schemas.predict import ErrorOut
+from hrlm.service.schemas.predict import MAX_REPORT_NAME, MAX_VERSION, VERSION_PATTERN, ErrorOut
 from hrlm.service.schemas.registry import PromoteIn, ReasonIn, ReportsOut, StageChangeOut, VersionHistoryOut
-from hrlm.service.served_model import find_version
+from hrlm.service.served_model import find_version, quoted
 from hrlm.store.users import Principal
 from hrlm.store.versions import VersionInfo
 
 log = logging.getLogger("hrlm.service")
 ROLES_CHANGE = ("admin",)
 ROLES_READ = ("reviewer", "admin")
+Version = Annotated[
+    str,
+    Path(
+        max_length=MAX_VERSION,
+        pattern=VERSION_PATTERN,
+        description="A model version, as GET /v1/models lists it (letters, digits, `.`, `_`, `-`).",
+    ),
+]
+ReportName = Annotated[
+    str, Path(max_length=MAX_REPORT_NAME, description="A file of the report folder, as .../report lists it.")
+]
 # A report is hrlm's own HTML, but label names and texts in it come from data: the page runs no script
 # and is sandboxed into an opaque origin that cannot read the tokens the review pages keep.
 REPORT_HEADERS = {
@@ -43,11 +56,20 @@ def _registry(request: Request) -> Registry:
     registry: Registry | None = service.registry
     if registry is None:
         raise Conflict(
-            f"this service serves the model folder {service.model.ref.path} (--model / HRLM_MODEL), not the "
-            "model registry; to promote and roll back, register it (`hrlm models register DIR --promote`) and "
-            "serve without --model."
+            f"this service serves the model folder given with --model / HRLM_MODEL (version {service.model.version}), "
+            "not the model registry; to promote and roll back, register it (`hrlm models register DIR --promote`) "
+            "and serve without --model."
         )
     return registry
+
+
+@contextmanager
+def _known(version: str) -> Iterator[None]:
+    """Say "no such version" in the API's words, quoting only the start of what was sent."""
+    try:
+        yield
+    except NotFound:
+        raise NotFound(f"no registered model version {quoted(version)}; GET /v1/models lists them.") from None
 
 
 async def _changed(request: Request, info: VersionInfo) -> dict[str, Any]:
@@ -58,7 +80,10 @@ async def _changed(request: Request, info: VersionInfo) -> dict[str, Any]:
         await service.reload()
     except Exception as exc:  # the change is stored; the follower retries the load
         log.warning("stored the change to %s but cannot load it: %s", info.version, exc)
-        out["warning"] = f"the change is stored, but this service could not load {info.version}: {exc}"
+        out["warning"] = (
+            f"the change is stored, but this service could not load {info.version} ({type(exc).__name__}); "
+            "the server log has the details, and the service retries the load."
+        )
     out["serving"] = service.model.version
     return out
 
@@ -91,7 +116,7 @@ def build_registry_router() -> APIRouter:
         summary="Put a version in production",
     )
     async def promote(
-        version: str,
+        version: Version,
         request: Request,
         body: PromoteIn | None = None,
         principal: Principal = Depends(require(*ROLES_CHANGE)),
@@ -99,16 +124,19 @@ def build_registry_router() -> APIRouter:
         """Promote a candidate or archived version (a rejected one with `force`); production before is archived."""
         registry = _registry(request)
         body = body or PromoteIn()
-        info = await asyncio.to_thread(registry.promote, version, principal.name, body.reason, force=body.force)
+        with _known(version):
+            info = await asyncio.to_thread(registry.promote, version, principal.name, body.reason, force=body.force)
         return await _changed(request, info)
 
     @router.get(
         "/v1/models/{version}/history",
         response_model=VersionHistoryOut,
-        responses=_errors(401, 403, 404, 409),
+        responses=_errors(401, 403, 404, 409, 422),
         summary="A registered version's origin, stage history, gate comparison and report files",
     )
-    async def history(version: str, request: Request, _: Principal = Depends(require(*ROLES_READ))) -> dict[str, Any]:
+    async def history(
+        version: Version, request: Request, _: Principal = Depends(require(*ROLES_READ))
+    ) -> dict[str, Any]:
         registry = _registry(request)
 
         def read() -> dict[str, Any]:
@@ -116,26 +144,29 @@ def build_registry_router() -> APIRouter:
             events = [e.to_dict() for e in registry.history(version)]
             return {**info.to_dict(), "events": events, "reports": report_files(info.path)}
 
-        return await asyncio.to_thread(read)
+        with _known(version):
+            return await asyncio.to_thread(read)
 
     @router.get(
         "/v1/models/{version}/report",
         response_model=ReportsOut,
-        responses=_errors(401, 403, 404),
+        responses=_errors(401, 403, 404, 422),
         summary="The files of a version's report folder",
     )
-    async def reports(version: str, request: Request, _: Principal = Depends(require(*ROLES_READ))) -> dict[str, Any]:
+    async def reports(
+        version: Version, request: Request, _: Principal = Depends(require(*ROLES_READ))
+    ) -> dict[str, Any]:
         ref = await asyncio.to_thread(find_version, request.app.state.service.source, version)
         return {"version": ref.version, "reports": report_files(ref.path)}
 
     @router.get(
         "/v1/models/{version}/report/{name:path}",
         response_class=FileResponse,
-        responses={200: {"description": "The file (HTML, PNG, JSON, Markdown)."}, **_errors(401, 403, 404)},
+        responses={200: {"description": "The file (HTML, PNG, JSON, Markdown)."}, **_errors(401, 403, 404, 422)},
         summary="One file of a version's report folder (report.html, metrics.json, gate.md, ...)",
     )
     async def report(
-        version: str, name: str, request: Request, _: Principal = Depends(require(*ROLES_READ))
+        version: Version, name: ReportName, request: Request, _: Principal = Depends(require(*ROLES_READ))
     ) -> FileResponse:
         """Served with a sandboxing Content-Security-Policy; paths outside the report folder answer 404."""
         ref = await asyncio.to_thread(find_version, request.app.state.service.source, version)

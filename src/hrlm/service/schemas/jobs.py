@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hrlm.service.schemas.predict import Name
+
 
 class RetrainIn(BaseModel):
     """Options of one retrain; the data files are the service's ``train_data`` and ``holdout_data``."""
@@ -20,9 +22,7 @@ class RetrainIn(BaseModel):
         description="How much the candidate's macro F1 on the fixed holdout must beat production's "
         "(default: the service's promote_margin). Negative: promote unless worse by more than that.",
     )
-    base: str | None = Field(
-        default=None, max_length=200, description="Registry version to start from (default: production)."
-    )
+    base: Name | None = Field(default=None, description="Registry version to start from (default: production).")
 
 
 class JobOut(BaseModel):

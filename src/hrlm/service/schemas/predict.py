@@ -4,7 +4,49 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
+from pydantic_core import PydanticCustomError
+
+from hrlm.errors import DataError
+from hrlm.text import check_storable, check_visible
+
+
+def _storable(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value  # not a string: pydantic's own check answers
+    try:
+        return check_storable("the string", value)
+    except DataError as exc:
+        raise PydanticCustomError("unstorable_character", str(exc)) from None
+
+
+def _visible(value: str) -> str:
+    try:
+        return check_visible("the text", value)
+    except DataError as exc:
+        raise PydanticCustomError("no_visible_character", str(exc)) from None
+
+
+STORABLE = BeforeValidator(_storable)
+"""The check of every string of every request body: one a database can store (no NUL, no lone surrogate).
+
+Else a 422 naming the field (:func:`hrlm.text.check_storable`). Every ``str`` of a request body
+carries it after its length: ``Annotated[str, StringConstraints(max_length=200), STORABLE]``. It runs
+before pydantic's string check (which would refuse a lone surrogate as "unable to parse raw data"),
+and written after the constraints it keeps them on the string (a value too long still gets
+``string_too_long``). tests/service/test_hostile.py checks that no body has a string without it.
+"""
+StoredStr = Annotated[str, STORABLE]
+Name = Annotated[str, StringConstraints(max_length=200), STORABLE]
+"""A label or a model version named in a request body."""
+
+MAX_VERSION = 200  # characters of a model version name (the column's length; names are at most 189)
+MAX_REPORT_NAME = 1024  # characters of a report file's path inside the report folder
+MAX_JOB_ID = 64  # characters of a job id (a UUID has 36)
+# the characters a version name is made of (hrlm.lifecycle.registry.version_name): a path with any other
+# (NUL, a control character, a lone surrogate) is a 422 before it reaches the database, which may refuse it
+VERSION_PATTERN = r"^[A-Za-z0-9._-]+$"
+JOB_ID_PATTERN = r"^[A-Za-z0-9-]+$"
 
 
 class PredictionOut(BaseModel):
@@ -22,7 +64,10 @@ class PredictResponse(BaseModel):
     ``prediction`` answers ``{"text": ...}``; ``predictions`` answers ``{"texts": [...]}``, in order.
     """
 
-    request_id: str
+    request_id: str = Field(description="The server's id of this request, unique; quote it in questions.")
+    client_request_id: str | None = Field(
+        default=None, description="The X-Request-ID the request carried (kept beside request_id, never instead)."
+    )
     model_version: str
     prediction: PredictionOut | None = None
     predictions: list[PredictionOut] | None = None
@@ -69,9 +114,14 @@ class Health(BaseModel):
     queue_depth: int | None = None
 
 
-def predict_request(max_texts: int, max_text_chars: int) -> type[BaseModel]:
-    """The body of ``POST /v1/predict`` with this service's limits in its schema."""
-    Text = Annotated[str, StringConstraints(max_length=max_text_chars)]
+def predict_request(max_texts: int, max_text_chars: int, *, allow_empty: bool = False) -> type[BaseModel]:
+    """The body of ``POST /v1/predict`` with this service's limits in its schema.
+
+    A text without a visible character (empty, white space, controls) is refused unless ``allow_empty``.
+    """
+    # the length first (string_too_long names the limit), then what a database stores, then visibility
+    visible = AfterValidator(lambda value: value if allow_empty else _visible(value))
+    Text = Annotated[str, StringConstraints(max_length=max_text_chars), STORABLE, visible]
 
     class PredictRequest(BaseModel):
         """Either ``{"text": "..."}`` (answered with ``prediction``) or ``{"texts": [...]}`` (``predictions``)."""

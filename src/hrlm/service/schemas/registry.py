@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from hrlm.service.schemas.predict import STORABLE
 
 
 class ReasonIn(BaseModel):
@@ -13,7 +15,9 @@ class ReasonIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"reason": "macro F1 dropped"}]})
 
-    reason: str | None = Field(default=None, max_length=1000, description="Why; stored in the stage history.")
+    reason: Annotated[str, StringConstraints(max_length=1000), STORABLE] | None = Field(
+        default=None, description="Why; stored in the stage history."
+    )
 
 
 class PromoteIn(ReasonIn):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from hrlm.service.schemas.predict import STORABLE, Name
 
 
 class ReviewerOut(BaseModel):
@@ -56,11 +58,13 @@ class ReviewAnswerIn(BaseModel):
     )
 
     action: Literal["accept", "correct", "skip", "flag"]
-    label: str | None = Field(default=None, max_length=200, description="The right label (action correct).")
-    labels: list[str] | None = Field(
+    label: Name | None = Field(default=None, description="The right label (action correct).")
+    labels: list[Name] | None = Field(
         default=None, max_length=200, description="The right labels of a multi-label model (action correct)."
     )
-    note: str | None = Field(default=None, max_length=2000, description="Why, mostly for flag.")
+    note: Annotated[str, StringConstraints(max_length=2000), STORABLE] | None = Field(
+        default=None, description="Why, mostly for flag."
+    )
 
     @model_validator(mode="after")
     def _one_of(self) -> ReviewAnswerIn:
