@@ -30,9 +30,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,8 +43,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.tiny_model
 
+import service_load
 from _common import add_run_options, print_table, write_result
-from service_load import _exchange, _get, _request, free_port, short_texts
+from service_load import _exchange, _get, _request, short_texts
 
 POSTGRES_DEFAULT = "postgresql://postgres@127.0.0.1:5432/test"
 MAX_TEXT_CHARS = 20_000  # the service's default, which the over-long hostile text exceeds
@@ -99,45 +97,11 @@ def database(kind: str, postgres_url: str, tmp: Path) -> Iterator[str]:
             admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
-class Server:
-    """``hrlm serve --model MODEL`` in a subprocess on ``db_url``, with a client and an admin token."""
+class Server(service_load.Server):
+    """:class:`service_load.Server` on ``db_url``, which also reads the store's failure counters."""
 
-    def __init__(self, model: Path, db_url: str, args: argparse.Namespace, log: Path) -> None:
-        from hrlm.store import create_user, make_engine, upgrade
-
-        engine = make_engine(db_url)
-        upgrade(engine)
-        self.token = create_user(engine, "load", "client")
-        self.admin = create_user(engine, "ops", "admin")
-        engine.dispose()
-        self.port = free_port()
-        env = {
-            **os.environ,
-            "HRLM_DATABASE_URL": db_url,
-            "HRLM_MAX_BATCH": str(args.max_batch),
-            "HRLM_MAX_WAIT_MS": str(args.max_wait_ms),
-            "HRLM_RATE_LIMIT": "0",
-            "HRLM_MAX_QUEUE": "100000",
-            "HRLM_REQUEST_TIMEOUT_S": "300",
-            "HRLM_LOG_LEVEL": "warning",
-            "HRLM_REVIEW_FILL_S": "0",
-        }
-        if args.threads:
-            env["HRLM_THREADS"] = str(args.threads)
-        cmd = [sys.executable, "-m", "hrlm.cli", "serve", "--model", str(model), "--port", str(self.port)]
-        self.log = log
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"hrlm serve exited: {log.read_text()[-2000:]}")
-            with contextlib.suppress(OSError):
-                if asyncio.run(_get(self.port, "/readyz", None))[0] == 200:
-                    return
-            time.sleep(0.3)
-        self.stop()
-        raise SystemExit("hrlm serve did not become ready in 180 s")
+    def __init__(self, model: Path, db_url: str, args: argparse.Namespace) -> None:
+        super().__init__(model, batching=True, args=args, db_url=db_url, settings={"HRLM_REVIEW_FILL_S": "0"})
 
     async def failed_writes(self) -> dict[str, float]:
         _, body = await _get(self.port, "/metrics", self.admin)
@@ -148,13 +112,6 @@ class Server:
             if name in wanted:
                 values[name] = float(value)
         return values
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 async def load(server: Server, texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
@@ -208,7 +165,7 @@ def run_db(kind: str, model: Path, texts: list[str], args: argparse.Namespace, t
     from hrlm.store.records import count_predictions, predictions_of
 
     with database(kind, args.postgres_url, tmp) as url:
-        server = Server(model, url, args, tmp / f"serve-{kind}.log")
+        server = Server(model, url, args)
         try:
             result = asyncio.run(load(server, texts, args))
             failed_writes = asyncio.run(server.failed_writes())

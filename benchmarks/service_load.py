@@ -99,13 +99,26 @@ def free_port() -> int:
 
 
 class Server:
-    """``hrlm serve`` in a subprocess with its own SQLite database and two users."""
+    """``hrlm serve`` in a subprocess with a client and an admin user.
 
-    def __init__(self, model: Path, *, batching: bool, args: argparse.Namespace) -> None:
+    Args:
+        db_url: its database (default: a SQLite file of its own, removed by :meth:`stop`).
+        settings: more ``HRLM_*`` variables for the server (``{"HRLM_REVIEW_FILL_S": "0"}``).
+    """
+
+    def __init__(
+        self,
+        model: Path,
+        *,
+        batching: bool,
+        args: argparse.Namespace,
+        db_url: str | None = None,
+        settings: dict[str, str] | None = None,
+    ) -> None:
         from hrlm.store import create_user, make_engine, upgrade
 
         self.tmp = tempfile.TemporaryDirectory(prefix="hrlm-load-")
-        self.db_url = f"sqlite:///{Path(self.tmp.name) / 'hrlm.db'}"
+        self.db_url = db_url or f"sqlite:///{Path(self.tmp.name) / 'hrlm.db'}"
         engine = make_engine(self.db_url)
         upgrade(engine)
         self.token = create_user(engine, "load", "client")
@@ -122,10 +135,11 @@ class Server:
             "HRLM_MAX_QUEUE": "100000",
             "HRLM_REQUEST_TIMEOUT_S": "300",
             "HRLM_LOG_LEVEL": "warning",
+            **(settings or {}),
         }
         if args.threads:
             env["HRLM_THREADS"] = str(args.threads)
-        if args.max_tokens:
+        if getattr(args, "max_tokens", None):
             env["HRLM_MAX_TOKENS"] = str(args.max_tokens)
         cmd = [sys.executable, "-m", "hrlm.cli", "serve", "--model", str(model), "--port", str(self.port)]
         self.log = Path(self.tmp.name) / "serve.log"
@@ -143,6 +157,7 @@ class Server:
                 if status == 200:
                     return
             time.sleep(0.3)
+        self.stop()
         raise SystemExit("hrlm serve did not become ready in 180 s")
 
     async def snapshot(self) -> dict[str, float]:
