@@ -14,15 +14,12 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from hrlm.service.auth import require
+from hrlm.service.routes.common import error_responses
 from hrlm.service.schemas.jobs import JobOut, JobsOut, RetrainIn
-from hrlm.service.schemas.predict import JOB_ID_PATTERN, MAX_JOB_ID, ErrorOut
+from hrlm.service.schemas.predict import JOB_ID_PATTERN, MAX_JOB_ID
 from hrlm.store.users import Principal
 
 ROLES = ("admin",)
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorOut} for code in codes}
 
 
 def build_job_router() -> APIRouter:
@@ -33,7 +30,7 @@ def build_job_router() -> APIRouter:
         "/v1/retrain",
         status_code=202,
         response_model=JobOut,
-        responses=_errors(401, 403, 409, 422, 503),
+        responses=error_responses(401, 403, 409, 422, 503),
         summary="Retrain from feedback in the background; the gate promotes or rejects the candidate",
     )
     async def start_retrain(
@@ -46,7 +43,7 @@ def build_job_router() -> APIRouter:
         out = JobOut.model_validate(job).model_dump(mode="json")
         return JSONResponse(out, status_code=202, headers={"Location": f"/v1/jobs/{job['id']}"})
 
-    @router.get("/v1/jobs", response_model=JobsOut, responses=_errors(401, 403), summary="Background jobs")
+    @router.get("/v1/jobs", response_model=JobsOut, responses=error_responses(401, 403), summary="Background jobs")
     async def list_jobs(
         request: Request,
         limit: int = Query(50, ge=1, le=500, description="Most jobs to return, newest first."),
@@ -57,7 +54,9 @@ def build_job_router() -> APIRouter:
         await asyncio.to_thread(jobs.sweep)
         return {"jobs": await asyncio.to_thread(jobs.store.recent, limit=limit)}
 
-    @router.get("/v1/jobs/{job_id}", response_model=JobOut, responses=_errors(401, 403, 404, 422), summary="One job")
+    @router.get(
+        "/v1/jobs/{job_id}", response_model=JobOut, responses=error_responses(401, 403, 404, 422), summary="One job"
+    )
     async def get_job(
         job_id: Annotated[
             str, Path(max_length=MAX_JOB_ID, pattern=JOB_ID_PATTERN, description="A job id, as GET /v1/jobs lists it.")

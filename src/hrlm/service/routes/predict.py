@@ -4,17 +4,15 @@ No ``from __future__ import annotations`` here: FastAPI must see the request mod
 :func:`build_router` as an object, not as a name it cannot resolve.
 """
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from hrlm.errors import StoreError
 from hrlm.service.auth import require
+from hrlm.service.routes.common import Version, error_responses
 from hrlm.service.schemas.predict import (
-    MAX_VERSION,
-    VERSION_PATTERN,
-    ErrorOut,
     Health,
     ModelOut,
     ModelsOut,
@@ -27,18 +25,6 @@ from hrlm.store.users import Principal
 
 ROLES_PREDICT = ("client", "admin")
 ROLES_READ = ("client", "reviewer", "admin")
-Version = Annotated[
-    str,
-    Path(
-        max_length=MAX_VERSION,
-        pattern=VERSION_PATTERN,
-        description="A model version, as GET /v1/models lists it (letters, digits, `.`, `_`, `-`).",
-    ),
-]
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorOut} for code in codes}
 
 
 def build_router(settings: ServiceSettings) -> APIRouter:
@@ -52,7 +38,7 @@ def build_router(settings: ServiceSettings) -> APIRouter:
         "/v1/predict",
         response_model=PredictResponse,
         response_model_exclude_none=True,
-        responses=_errors(401, 403, 413, 422, 429, 503, 504),
+        responses=error_responses(401, 403, 413, 422, 429, 503, 504),
         tags=["predict"],
         summary="Predict labels for one text or a list of texts",
     )
@@ -80,14 +66,16 @@ def build_router(settings: ServiceSettings) -> APIRouter:
         out["latency_ms"] = answer.latency_ms
         return JSONResponse(out)
 
-    @router.get("/v1/models", response_model=ModelsOut, responses=_errors(401, 403), tags=["models"])
+    @router.get("/v1/models", response_model=ModelsOut, responses=error_responses(401, 403), tags=["models"])
     async def models(request: Request, _: Principal = Depends(require(*ROLES_READ))) -> dict[str, Any]:
         """Every model version this service knows, and which one answers."""
         service = request.app.state.service
         serving = service.model.version
         return {"serving": serving, "models": [describe(r, serving=serving) for r in service.source.versions()]}
 
-    @router.get("/v1/models/{version}", response_model=ModelOut, responses=_errors(401, 403, 404, 422), tags=["models"])
+    @router.get(
+        "/v1/models/{version}", response_model=ModelOut, responses=error_responses(401, 403, 404, 422), tags=["models"]
+    )
     async def model(version: Version, request: Request, _: Principal = Depends(require(*ROLES_READ))) -> dict[str, Any]:
         """One model version: tasks, labels, headline metrics."""
         service = request.app.state.service
@@ -99,7 +87,11 @@ def build_router(settings: ServiceSettings) -> APIRouter:
         return {"status": "ok"}
 
     @router.get(
-        "/readyz", response_model=Health, response_model_exclude_none=True, responses=_errors(503), tags=["health"]
+        "/readyz",
+        response_model=Health,
+        response_model_exclude_none=True,
+        responses=error_responses(503),
+        tags=["health"],
     )
     async def readyz(request: Request) -> Any:
         """Ready: the model is loaded and the database answers (open: no token needed)."""
@@ -114,7 +106,7 @@ def build_router(settings: ServiceSettings) -> APIRouter:
     @router.get(
         "/metrics",
         dependencies=metrics_deps,
-        responses={200: {"content": {"text/plain": {}}}, **_errors(401, 403)},
+        responses={200: {"content": {"text/plain": {}}}, **error_responses(401, 403)},
         response_class=Response,
         tags=["health"],
     )

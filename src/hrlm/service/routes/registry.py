@@ -18,7 +18,8 @@ from fastapi.responses import FileResponse
 from hrlm.errors import Conflict, NotFound
 from hrlm.lifecycle import Registry, report_file, report_files
 from hrlm.service.auth import require
-from hrlm.service.schemas.predict import MAX_REPORT_NAME, MAX_VERSION, VERSION_PATTERN, ErrorOut
+from hrlm.service.routes.common import Version, error_responses
+from hrlm.service.schemas.predict import MAX_REPORT_NAME
 from hrlm.service.schemas.registry import PromoteIn, ReasonIn, ReportsOut, StageChangeOut, VersionHistoryOut
 from hrlm.service.served_model import find_version, quoted
 from hrlm.store.users import Principal
@@ -27,14 +28,6 @@ from hrlm.store.versions import VersionInfo
 log = logging.getLogger("hrlm.service")
 ROLES_CHANGE = ("admin",)
 ROLES_READ = ("reviewer", "admin")
-Version = Annotated[
-    str,
-    Path(
-        max_length=MAX_VERSION,
-        pattern=VERSION_PATTERN,
-        description="A model version, as GET /v1/models lists it (letters, digits, `.`, `_`, `-`).",
-    ),
-]
 ReportName = Annotated[
     str, Path(max_length=MAX_REPORT_NAME, description="A file of the report folder, as .../report lists it.")
 ]
@@ -45,10 +38,6 @@ REPORT_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
 }
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorOut} for code in codes}
 
 
 def _registry(request: Request) -> Registry:
@@ -96,7 +85,7 @@ def build_registry_router() -> APIRouter:
         "/v1/models/rollback",
         response_model=StageChangeOut,
         response_model_exclude_none=True,
-        responses=_errors(401, 403, 409, 422),
+        responses=error_responses(401, 403, 409, 422),
         summary="Roll production back to the version that was in production before it",
     )
     async def rollback(
@@ -112,7 +101,7 @@ def build_registry_router() -> APIRouter:
         "/v1/models/{version}/promote",
         response_model=StageChangeOut,
         response_model_exclude_none=True,
-        responses=_errors(401, 403, 404, 409, 422),
+        responses=error_responses(401, 403, 404, 409, 422),
         summary="Put a version in production",
     )
     async def promote(
@@ -131,7 +120,7 @@ def build_registry_router() -> APIRouter:
     @router.get(
         "/v1/models/{version}/history",
         response_model=VersionHistoryOut,
-        responses=_errors(401, 403, 404, 409, 422),
+        responses=error_responses(401, 403, 404, 409, 422),
         summary="A registered version's origin, stage history, gate comparison and report files",
     )
     async def history(
@@ -150,7 +139,7 @@ def build_registry_router() -> APIRouter:
     @router.get(
         "/v1/models/{version}/report",
         response_model=ReportsOut,
-        responses=_errors(401, 403, 404, 422),
+        responses=error_responses(401, 403, 404, 422),
         summary="The files of a version's report folder",
     )
     async def reports(
@@ -162,7 +151,10 @@ def build_registry_router() -> APIRouter:
     @router.get(
         "/v1/models/{version}/report/{name:path}",
         response_class=FileResponse,
-        responses={200: {"description": "The file (HTML, PNG, JSON, Markdown)."}, **_errors(401, 403, 404, 422)},
+        responses={
+            200: {"description": "The file (HTML, PNG, JSON, Markdown)."},
+            **error_responses(401, 403, 404, 422),
+        },
         summary="One file of a version's report folder (report.html, metrics.json, gate.md, ...)",
     )
     async def report(
