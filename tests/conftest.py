@@ -161,3 +161,14 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     else:
         with pg_schema() as url:
             yield url
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Any]:
+    """A migrated engine on ``db_url`` (SQLite, or a fresh PostgreSQL schema), disposed afterwards."""
+    from hrlm.store import make_engine, upgrade
+
+    eng = make_engine(db_url)
+    upgrade(eng)
+    yield eng
+    eng.dispose()

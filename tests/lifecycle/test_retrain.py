@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,6 @@ from hrlm.errors import ConfigError, DataError, NotFound
 from hrlm.lifecycle.registry import Registry
 from hrlm.lifecycle.retraining import feedback_examples, format_gate, merge_feedback, retrain, without_texts
 from hrlm.lifecycle.settings import LifecycleSettings
-from hrlm.store import make_engine, upgrade
 from hrlm.store.tables import audit_log, review_feedback, review_items, utcnow
 from tests.conftest import make_texts, write_csv
 
@@ -29,14 +27,6 @@ FEEDBACK = [
     ("laptop password reset", "it", True),
     ("holiday absence next month", "leave", True),
 ]
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    eng = make_engine(db_url)
-    upgrade(eng)
-    yield eng
-    eng.dispose()
 
 
 def add_feedback(engine: Engine, rows: list[tuple[str, str, bool]], *, model_version: str = "tiny") -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,7 +16,7 @@ from sqlalchemy import Engine, func, insert, select, update
 from hrlm.errors import ConfigError, Conflict, DataError, LabelError, NotFound
 from hrlm.review import answers as feedback
 from hrlm.review.answers import ReviewPolicy, fill_queue, next_item, submit
-from hrlm.store import authenticate, create_user, make_engine, upgrade
+from hrlm.store import authenticate, create_user
 from hrlm.store.tables import audit_log, predictions, review_feedback, review_items, utcnow
 from hrlm.store.users import Principal
 
@@ -30,14 +29,6 @@ QUIET: dict[str, Any] = {
     "holdout_fraction": 0.0,
     "settle_s": 0.0,
 }
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    eng = make_engine(db_url)
-    upgrade(eng)
-    yield eng
-    eng.dispose()
 
 
 def principal(engine: Engine, name: str, role: str = "reviewer") -> Principal:

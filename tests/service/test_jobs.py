@@ -39,14 +39,6 @@ from tests.service.test_crash import free_port
 REDIS_URL = os.environ.get("HRLM_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 
 
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    eng = make_engine(db_url)
-    upgrade(eng)
-    yield eng
-    eng.dispose()
-
-
 def count(engine: Engine, table: Any) -> int:
     with engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(table)).scalar() or 0)
