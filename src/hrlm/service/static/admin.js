@@ -19,9 +19,33 @@
     return row;
   }
 
+  // Replaces a table's rows; a control that had the keyboard focus in the old rows gets it back in the new
+  // row with the same key (data-key, else the row's position), at the same position among its controls.
+  const FOCUSABLE = "button, a[href], input, select, textarea, [tabindex]";
   function fillTable(id, rows) {
     const body = $(id).querySelector("tbody");
+    const active = document.activeElement;
+    let keep = null;
+    if (active && body.contains(active)) {
+      const row = active.closest("tr");
+      const oldRows = [...body.rows];
+      keep = {
+        key: row.dataset.key || null,
+        index: oldRows.indexOf(row),
+        control: [...row.querySelectorAll(FOCUSABLE)].indexOf(active),
+      };
+    }
     body.replaceChildren(...rows);
+    if (!keep) return;
+    const row = keep.key === null ? body.rows[keep.index] : rows.find((r) => r.dataset.key === keep.key);
+    const controls = row ? [...row.querySelectorAll(FOCUSABLE)] : [];
+    const target = controls[Math.min(Math.max(keep.control, 0), controls.length - 1)];
+    if (target) {
+      target.focus({ preventScroll: true });
+    } else {
+      $(id).tabIndex = -1; // the control is gone (its row went away): the focus stays in the table
+      $(id).focus({ preventScroll: true });
+    }
   }
 
   // -- queue and agreement ----------------------------------------------------------------------
@@ -86,7 +110,7 @@
           );
         }
         const name = el("span", {}, el("code", {}, m.version), m.serving ? el("span", { class: "tag" }, "serving") : null);
-        return cells(el("tr"), [name, el("span", { class: "badge stage-" + stage }, stage), macroF1(m), reports, actions]);
+        return cells(el("tr", { "data-key": m.version }), [name, el("span", { class: "badge stage-" + stage }, stage), macroF1(m), reports, actions]);
       }),
     );
   }
@@ -214,7 +238,7 @@
           el("span", { class: "meta" }, j.state === "running" ? `${pct(p)} · ${j.message || ""}` : pct(p)),
         );
         bar.querySelector(".meter span").style.width = (100 * p).toFixed(1) + "%";
-        const row = el("tr", { "data-job": j.id, "data-state": j.state });
+        const row = el("tr", { "data-job": j.id, "data-key": j.id, "data-state": j.state });
         return cells(row, [
           el("code", { title: j.id }, String(j.id).slice(0, 8)),
           el("span", { class: "badge job-" + j.state }, j.state),
@@ -253,7 +277,8 @@
 
   async function load(path, show, label) {
     try {
-      show(await api("GET", path));
+      const data = await api("GET", path);
+      if (hrlm.token()) show(data); // signed out meanwhile: show nothing
     } catch (err) {
       if (err.status === 403) throw err;
       say(`${label}: ${err.message}`, "error");
@@ -270,12 +295,31 @@
         load("/v1/models", showModels, "Models"),
         load("/v1/jobs", showJobs, "Jobs"),
       ]);
+      if (!hrlm.token()) return;
       $("updated").textContent = new Date().toLocaleTimeString();
     } catch (err) {
       hrlm.signOut(err.message);
       return;
     }
     timer = setTimeout(refresh, activeJob ? FAST_MS : SLOW_MS);
+  }
+
+  // Sign-out empties every table, tile, note and report instead of only hiding them.
+  function clearAll() {
+    clearTimeout(timer);
+    activeJob = false;
+    for (const table of document.querySelectorAll("#workspace table tbody")) table.replaceChildren();
+    for (const id of ["t-open", "t-leased", "t-done", "t-flagged", "t-kappa", "a-items", "a-share", "a-kappa", "serving", "updated"]) {
+      $(id).textContent = "–";
+    }
+    $("notes").replaceChildren();
+    $("report-body").replaceChildren();
+    $("report-title").textContent = "Report";
+    $("report").hidden = true;
+    $("jobs-empty").hidden = true;
+    $("retrain").disabled = false;
+    if (objectUrl) URL.revokeObjectURL(objectUrl);
+    objectUrl = null;
   }
 
   async function check() {
@@ -289,7 +333,7 @@
 
   document.addEventListener("DOMContentLoaded", () => {
     hrlm.setupSignIn(check);
-    hrlm.onSignOut(() => clearTimeout(timer));
+    hrlm.onSignOut(clearAll);
     $("retrain").addEventListener("click", retrain);
     $("rollback").addEventListener("click", rollback);
     $("fill").addEventListener("click", fill);

@@ -105,10 +105,19 @@ const hrlm = (() => {
     $("who-role").textContent = who.role;
   }
 
+  // Sign-out (or a token the API refuses) forgets everything this tab was shown: the session storage
+  // (token, progress), the header's name and, through the pages' listeners, every rendered datum: the
+  // elements are emptied, not merely hidden.
   function signOut(message) {
-    sessionStorage.removeItem(TOKEN_KEY);
+    sessionStorage.clear();
     $("workspace").hidden = true;
     $("who").hidden = true;
+    $("who-name").textContent = "";
+    $("who-role").textContent = "";
+    for (const dialog of document.querySelectorAll("dialog[open]")) dialog.close();
+    clearTimeout(statusTimer);
+    $("status").textContent = "";
+    $("status").className = "status";
     $("signin").hidden = false;
     $("signin-error").textContent = message || "";
     const input = $("token");
@@ -130,12 +139,12 @@ const hrlm = (() => {
       }
       sessionStorage.setItem(TOKEN_KEY, value);
       $("signin-error").textContent = "";
+      $("who-name").textContent = "";
+      $("who-role").textContent = "";
       try {
         showSignedIn(await check());
       } catch (err) {
-        sessionStorage.removeItem(TOKEN_KEY);
-        $("signin-error").textContent = err.message;
-        $("token").focus();
+        signOut(err.message);
       }
     });
     $("sign-out").addEventListener("click", () => signOut("Signed out."));

@@ -33,6 +33,7 @@
     $("progress-bar").style.width = (100 * share).toFixed(1) + "%";
   }
 
+  // Sign-out empties the item (its text may carry personal data) instead of only hiding it.
   hrlm.onSignOut(() => {
     clearTimeout(pollTimer);
     sessionStorage.removeItem(SESSION_KEY);
@@ -40,6 +41,15 @@
     left = null;
     item = null;
     showCounts();
+    for (const id of ["item-id", "item-reason", "item-meta", "item-text", "item-suggestion", "item-confidence", "labels-help"]) {
+      $(id).textContent = "";
+    }
+    $("item-reason").className = "badge";
+    $("labels-legend").textContent = "Label";
+    $("choices").replaceChildren();
+    $("flag-note").value = "";
+    $("item").hidden = true;
+    $("empty").hidden = true;
   });
 
   // -- showing an item --------------------------------------------------------------------------
@@ -137,6 +147,7 @@
 
   async function loadNext() {
     const data = await api("GET", "/v1/review/next");
+    if (!hrlm.token()) return data.reviewer; // signed out meanwhile: show nothing
     render(data);
     return data.reviewer;
   }
@@ -239,8 +250,15 @@
       dialog.returnValue = "";
     });
 
+    // Shortcuts act only while the focus is on the item, the empty-queue notice or their controls (or on no
+    // control at all): Enter on a link ("Admin", "Skip to content") follows the link and answers nothing.
+    function onItem(target) {
+      if (!target || target === document.body || target === $("main")) return true;
+      return $("item").contains(target) || $("empty").contains(target);
+    }
+
     document.addEventListener("keydown", (event) => {
-      if ($("workspace").hidden || !hrlm.isShortcut(event)) return;
+      if ($("workspace").hidden || !onItem(event.target) || !hrlm.isShortcut(event)) return;
       const key = event.key;
       if (!item) {
         if (key === "r" || key === "R") {
