@@ -18,7 +18,7 @@ Example:
     add_run_options(parser)
     args = parser.parse_args()
     ...
-    write_result("accuracy-imdb", {"benchmark": "accuracy", ...}, notes=args.note, results_dir=args.results_dir)
+    write_result("accuracy-imdb", {"benchmark": "accuracy", ...}, args=args)
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from hrlm._fs import atomic_file
 
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT.parent / "shared"  # the data sets: ../shared/data/... from the project root
@@ -350,6 +352,7 @@ def write_result(
     notes: Iterable[str] = (),
     results_dir: Path | None = None,
     threads: int | None = None,
+    args: argparse.Namespace | None = None,
 ) -> Path:
     """Write ``<results_dir>/<name>.json``: the payload's figures with the record of the run.
 
@@ -361,6 +364,8 @@ def write_result(
         notes: the ``--note`` texts of the command line.
         results_dir: default ``benchmarks/results``.
         threads: the run's thread count, at which the matrix-product rates are measured (default: torch's).
+        args: a script's parsed options; its ``--note``, ``--results-dir`` and ``--threads`` (where the
+            script has one) stand for the three arguments above.
 
     Returns:
         The path written.
@@ -368,6 +373,8 @@ def write_result(
     Raises:
         ValueError: the payload holds a key of the run's record (``command``, ``machine``, ...).
     """
+    if args is not None:
+        notes, results_dir, threads = args.note, args.results_dir, getattr(args, "threads", None)
     clash = sorted(set(payload) & set(RECORD_KEYS))
     if clash:
         raise ValueError(f"payload keys {clash} are written by write_result itself; rename them in the script")
@@ -392,7 +399,8 @@ def write_result(
     folder = results_dir or RESULTS
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.json"
-    path.write_text(text, encoding="utf-8")
+    with atomic_file(path) as fh:  # a run killed while writing leaves the previous file, not half of one
+        fh.write(text)
     return path
 
 

@@ -149,8 +149,7 @@ def main() -> None:
             "settings": cfg.to_dict(),
             "history": result.history,
         },
-        notes=args.note,
-        results_dir=args.results_dir,
+        args=args,
     )
     print(f"wrote {path}")
 

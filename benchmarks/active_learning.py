@@ -363,9 +363,7 @@ def main() -> None:
                 f"final random-sampling rows: {len(final_random)}",
             ],
         },
-        notes=args.note,
-        results_dir=args.results_dir,
-        threads=args.threads,
+        args=args,
     )
     print(f"wrote {path} and {png}")
 

@@ -112,8 +112,7 @@ def main() -> None:
         path = write_result(
             f"adaptation-{dataset}",
             {"benchmark": "adaptation", "dataset": dataset, "split": split_desc, **payload},
-            notes=args.note,
-            results_dir=args.results_dir,
+            args=args,
         )
         print(f"wrote {path}", flush=True)
 

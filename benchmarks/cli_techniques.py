@@ -126,9 +126,7 @@ def main() -> None:
             "600 suggested-test texts; two tasks: 3,000 task statements with a task type, suggested split",
             "rows": rows,
         },
-        notes=args.note,
-        results_dir=args.results_dir,
-        threads=args.threads,
+        args=args,
     )
     print(f"wrote {path}")
 

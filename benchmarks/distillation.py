@@ -96,8 +96,7 @@ def main() -> None:
             "history": result.history,
             "notes": result.notes,
         },
-        notes=args.note,
-        results_dir=args.results_dir,
+        args=args,
     )
     print(f"wrote {path}")
 

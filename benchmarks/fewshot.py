@@ -105,9 +105,7 @@ def merge(files: list[Path], args: argparse.Namespace) -> Path:
             "sources": [source_record(f, d) for f, d in zip(files, docs, strict=True)],
             "settings": first["settings"],
         },
-        notes=args.note,
-        results_dir=args.results_dir,
-        threads=args.threads,
+        args=args,
     )
 
 
@@ -190,9 +188,7 @@ def main() -> None:
                 "complete": final,
                 "settings": {**common, **{k: v[1] for k, v in configs.items()}},
             },
-            notes=args.note,
-            results_dir=args.results_dir,
-            threads=args.threads,
+            args=args,
         )
 
     for k in args.shots:

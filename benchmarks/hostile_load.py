@@ -269,9 +269,7 @@ def main() -> None:
                     "rows": [row],
                     "summary": summary,
                 },
-                notes=args.note,
-                results_dir=args.results_dir,
-                threads=args.threads,
+                args=args,
             )
             print(f"wrote {path}")
 

@@ -268,9 +268,7 @@ def main() -> None:
             "notes": notes,
             "load_average_1min": {"start": round(load_before[0], 2), "end": round(os.getloadavg()[0], 2)},
         },
-        notes=args.note,
-        results_dir=args.results_dir,
-        threads=args.threads,
+        args=args,
     )
     print(f"wrote {path}")
 

@@ -104,9 +104,7 @@ def main() -> None:
                 "test_s: time to score the test split, one pass for the multi-task model, one per model otherwise."
             ],
         },
-        notes=args.note,
-        results_dir=args.results_dir,
-        threads=args.threads,
+        args=args,
     )
     print(f"wrote {path}")
 

@@ -398,9 +398,7 @@ def main() -> None:
                 },
                 **result,
             },
-            notes=args.note,
-            results_dir=args.results_dir,
-            threads=args.threads,
+            args=args,
         )
         print(f"wrote {path}")
 

@@ -10,6 +10,15 @@ from typing import Any
 
 import pytest
 
+# service settings that queue every prediction for review at once (no background fill, no random share)
+QUEUE_ALL = {
+    "review_fill_s": 0,
+    "review_confidence_below": 1.0,
+    "review_random_fraction": 0.0,
+    "review_double_fraction": 0.0,
+    "review_holdout_fraction": 0.0,
+}
+
 
 @dataclass
 class Tokens:

@@ -15,7 +15,7 @@ from hrlm.errors import ConfigError
 from hrlm.service.settings import ServiceSettings
 from hrlm.store import make_engine
 from hrlm.store.tables import predictions, review_items
-from tests.service.conftest import Tokens, bearer, running
+from tests.service.conftest import QUEUE_ALL, Tokens, bearer, running
 
 BADGE = {"badge": r"B-\d{6}"}
 # distinct enough that the review queue's near-duplicate check keeps every one
@@ -32,13 +32,6 @@ REDACTED = [
     "how many vacation days are left for staff no. [EMPLOYEE_ID]? I was born on [DATE_OF_BIRTH]",
     "the bonus went to IBAN [IBAN] and not mine, badge [BADGE], mail [EMAIL]",
 ]
-QUEUE_ALL = {
-    "review_fill_s": 0,
-    "review_confidence_below": 1.0,
-    "review_random_fraction": 0.0,
-    "review_double_fraction": 0.0,
-    "review_holdout_fraction": 0.0,
-}
 
 
 def _stored_texts(db_url: str) -> tuple[list[str], list[str]]:

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from hrlm.store import make_engine
 from hrlm.store.tables import audit_log, review_feedback, review_items
-from tests.service.conftest import Tokens, bearer, running
+from tests.service.conftest import QUEUE_ALL, Tokens, bearer, running
 
 TEXTS = [
     "my payslip is missing the overtime",
@@ -23,13 +23,6 @@ TEXTS = [
     "sick leave for next week",
     "password locked out of my email account",
 ]
-QUEUE_ALL = {
-    "review_fill_s": 0,
-    "review_confidence_below": 1.0,
-    "review_random_fraction": 0.0,
-    "review_double_fraction": 0.0,
-    "review_holdout_fraction": 0.0,
-}
 
 
 @pytest.fixture
