@@ -1,8 +1,8 @@
 """Shared fixtures: a tiny random-weight BERT with a tiny WordPiece vocabulary, small data files, databases.
 
-Tests that need a service or data beside the project (markers ``postgres``, ``redis``, ``data``) skip
-when it is missing, unless ``HRLM_REQUIRE_POSTGRES``, ``HRLM_REQUIRE_REDIS`` or ``HRLM_REQUIRE_DATA`` is 1:
-then they fail, so that CI (.ci/run sets all three) cannot pass without running them.
+Tests that need a service, a library or data beside the project (markers ``postgres``, ``redis``, ``ray``,
+``data``) skip when it is missing, unless ``HRLM_REQUIRE_POSTGRES``, ``HRLM_REQUIRE_REDIS``, ``HRLM_REQUIRE_RAY``
+or ``HRLM_REQUIRE_DATA`` is 1: then they fail, so that CI (.ci/run sets all four) cannot pass without running them.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def unavailable(need: str, reason: str) -> NoReturn:
-    """Skip the test for want of ``need`` (postgres, redis, data), or fail it where HRLM_REQUIRE_<NEED>=1."""
+    """Skip the test for want of ``need`` (postgres, redis, ray, data), or fail it where HRLM_REQUIRE_<NEED>=1."""
     variable = f"HRLM_REQUIRE_{need.upper()}"
     if os.environ.get(variable) == "1":
         pytest.fail(f"{reason}; {variable}=1 makes this a failure, not a skip", pytrace=False)
@@ -108,6 +108,28 @@ def compressed_model(trained_model: Path, tickets_csv: Path, tmp_path_factory: p
     out = tmp_path_factory.mktemp("compressed") / "tiny-int8"
     compress(trained_model, out, quantize="int8", onnx=True, data=tickets_csv)
     return out
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[Any]:
+    """A local Ray of 2 CPUs for the session: no dashboard, a small object store; shut down at the end.
+
+    Skips when ray is not installed (the ray extra), or fails where HRLM_REQUIRE_RAY=1, as in CI.
+    """
+    try:
+        import ray
+    except ModuleNotFoundError:
+        unavailable("ray", "ray is not installed (pip install 'hrlm[ray]')")
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=200 * 1024 * 1024,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    yield ray
+    ray.shutdown()
 
 
 # --- databases: every test that stores runs on SQLite and, marked postgres, on PostgreSQL ----------------

@@ -6,6 +6,8 @@
     postgres   the store on PostgreSQL: psycopg
     queue      retrain jobs on Redis (``hrlm worker``): rq, redis
     onnx       the ONNX Runtime backends and ``hrlm compress --onnx``: onnxruntime, onnx, onnxscript
+    ray        ``hrlm batch --engine ray``, ``hrlm train --workers`` and ``hrlm pretrain --workers``: ray
+    tune       ``hrlm tune``: optuna
     all        every one of them
 
 A package that needs an extra imports its dependencies inside :func:`needs_extras`, so that a
@@ -41,6 +43,8 @@ EXTRA_OF_MODULE = {
     "onnx": "onnx",
     "onnxruntime": "onnx",
     "onnxscript": "onnx",
+    "ray": "ray",
+    "optuna": "tune",
 }
 
 

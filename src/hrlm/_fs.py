@@ -54,7 +54,8 @@ def check_out_dir(path: str | os.PathLike[str], *, overwrite: bool = False, flag
         )
 
 
-def _owner_alive(pid: int) -> bool:
+def owner_alive(pid: int) -> bool:
+    """Whether process ``pid`` (the owner of a temporary) still runs; this process always does."""
     if pid == os.getpid():
         return True
     try:
@@ -100,7 +101,7 @@ def remove_stale_temporaries(target: str | os.PathLike[str], *, now: float | Non
             age = now - path.lstat().st_mtime
         except OSError:
             continue  # removed meanwhile
-        stale = age > STALE_AFTER_S and not _owner_alive(int(pid)) if pid else age > UNOWNED_STALE_AFTER_S
+        stale = age > STALE_AFTER_S and not owner_alive(int(pid)) if pid else age > UNOWNED_STALE_AFTER_S
         if not stale:
             continue
         if path.is_dir() and not path.is_symlink():

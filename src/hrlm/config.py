@@ -149,7 +149,7 @@ class TrainConfig(_Settings):
     pooling: str = setting("auto", "Document vector: pooler (BERT's), cls, mean, or auto (pooler; mean when frozen).")
     # optimisation
     epochs: float = setting(4.0, "Passes over the training data.")
-    batch_size: int = setting(32, "Samples per batch.")
+    batch_size: int = setting(32, "Samples per batch; with --workers, the global batch, split across the workers.")
     grad_accum: int = setting(1, "Batches per optimizer step.")
     lr: float = setting(1e-4, "Peak learning rate of AdamW.")
     warmup_ratio: float = setting(0.06, "Fraction of steps of linear warmup.")
@@ -166,9 +166,11 @@ class TrainConfig(_Settings):
     freeze_encoder: bool = setting(False, "Train the head only, on cached features (auto then never picks SetFit).")
     # little data: few-shot method and augmentation of the training split
     method: str = setting(
-        "auto", "finetune, setfit (few-shot), or auto: setfit below --few-shot-below labels per class."
+        "auto",
+        "finetune, setfit (few-shot), or auto: below --few-shot-below labels per class, the best of a head on "
+        "frozen features, setfit and finetune by cross-validation; finetune above.",
     )
-    few_shot_below: int = setting(16, "auto uses SetFit below this many labelled texts per class.")
+    few_shot_below: int = setting(16, "--method auto cross-validates the methods below this many texts per class.")
     setfit_pairs: int = setting(
         20, "SetFit: positive and negative partners drawn per text; each pair once, at most this many pairs per text."
     )
@@ -183,6 +185,18 @@ class TrainConfig(_Settings):
     precision: str = setting("auto", "auto = bf16 where the hardware computes it natively.")
     device: str = setting("auto", "auto = CUDA when present.")
     threads: int | None = setting(None, "CPU threads. (default: the cores this process may use)")
+    # more than one process: data-parallel training on Ray Train
+    workers: int = setting(
+        1,
+        "Data-parallel processes on Ray Train (gloo on CPU, NCCL on GPU); --batch-size stays the global batch, "
+        "so the learning rate needs no change.",
+    )
+    address: str | None = setting(None, "Ray cluster to join with --workers > 1. (default: start Ray on this machine)")
+    # --method auto: the choice by cross-validation on the training split
+    auto_budget: float = setting(
+        600.0, "--method auto: seconds for choosing by cross-validation; methods estimated to take longer are skipped."
+    )
+    cv_folds: int = setting(5, "Folds of the cross-validation of --method auto (and hrlm tune) on small data.")
 
     def __post_init__(self) -> None:
         check_choice("truncate", self.truncate, TRUNCATE_MODES)
@@ -244,6 +258,10 @@ class TrainConfig(_Settings):
             _at_least("threads", self.threads, 1)
         if self.label_sep == "":
             raise ConfigError("label_sep must not be empty; omit it for single-label data.")
+        _at_least("workers", self.workers, 1)
+        if not self.auto_budget > 0:
+            raise ConfigError(f"auto_budget = {self.auto_budget!r} must be greater than 0 seconds.")
+        _at_least("cv_folds", self.cv_folds, 2)
 
 
 @dataclass
@@ -264,7 +282,7 @@ class PretrainConfig(_Settings):
     whole_word: bool = setting(False, "Mask whole words rather than single word pieces.")
     nsp: bool = setting(False, "Add next-sentence prediction on sentence pairs (BERT only).")
     epochs: float = setting(1.0, "Passes over the corpus.")
-    batch_size: int = setting(32, "Inputs per batch.")
+    batch_size: int = setting(32, "Inputs per batch; with --workers, the global batch, split across the workers.")
     lr: float = setting(5e-5, "Peak learning rate of AdamW.")
     warmup_ratio: float = setting(0.06, "Fraction of steps of linear warmup.")
     weight_decay: float = setting(0.01, "AdamW weight decay.")
@@ -277,10 +295,17 @@ class PretrainConfig(_Settings):
     precision: str = setting("auto", "auto = bf16 where the hardware computes it natively.")
     device: str = setting("auto", "auto = CUDA when present.")
     threads: int | None = setting(None, "CPU threads. (default: the cores this process may use)")
+    workers: int = setting(
+        1,
+        "Data-parallel processes on Ray Train (gloo on CPU, NCCL on GPU); --batch-size stays the global batch, "
+        "so the learning rate needs no change.",
+    )
+    address: str | None = setting(None, "Ray cluster to join with --workers > 1. (default: start Ray on this machine)")
 
     def __post_init__(self) -> None:
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("device", self.device, DEVICES)
+        _at_least("workers", self.workers, 1)
         _at_least("max_length", self.max_length, 16)
         if not 0.0 < self.mlm_probability < 1.0:
             raise ConfigError(f"mlm_probability = {self.mlm_probability!r} must be between 0 and 1 (try 0.15).")
@@ -376,6 +401,45 @@ class CompressConfig(_Settings):
             check_choice("quantize", self.quantize, QUANTIZE_MODES)
         if not self.recovery_epochs > 0:
             raise ConfigError(f"recovery_epochs = {self.recovery_epochs!r} must be greater than 0.")
+
+
+BATCH_ENGINES = ("local", "ray")
+BATCH_FORMATS = ("parquet", "csv")
+
+
+@dataclass
+class BatchConfig(_Settings):
+    """Settings of ``hrlm batch``: how to read the input, where to score it, what to write.
+
+    Example:
+        >>> BatchConfig(engine="ray", actors=4).batch_rows
+        4096
+    """
+
+    section: ClassVar[str] = "batch"
+
+    engine: str = setting("local", "Where to score: local (one process, streaming) or ray (Ray Data actors).")
+    address: str | None = setting(None, "Ray cluster to join with --engine ray. (default: start Ray on this machine)")
+    text_col: str = setting("text", "Column holding the text.")
+    format: str = setting("parquet", "Output shards: parquet or csv.")
+    batch_rows: int = setting(4096, "Rows read, scored and written at a time: the unit of memory and of resumption.")
+    actors: int | None = setting(None, "Ray actors, one model each. (default: one per GPU, else cores / threads)")
+    threads: int | None = setting(
+        None, "CPU threads per process or Ray actor. (default: all cores; on Ray, cores / actors)"
+    )
+    backend: str = setting("auto", BACKEND_HELP)
+
+    def __post_init__(self) -> None:
+        check_choice("engine", self.engine, BATCH_ENGINES)
+        check_choice("format", self.format, BATCH_FORMATS)
+        check_choice("backend", self.backend, BACKENDS)
+        _at_least("batch_rows", self.batch_rows, 1)
+        if self.actors is not None:
+            _at_least("actors", self.actors, 1)
+        if self.threads is not None:
+            _at_least("threads", self.threads, 1)
+        if self.address is not None and self.engine != "ray":
+            raise ConfigError("--address joins a Ray cluster; it needs --engine ray.")
 
 
 def _coerce(key: str, value: Any, annotation: str) -> Any:

@@ -353,6 +353,11 @@ def load_model(folder: str | os.PathLike[str]) -> tuple[HrlmModel, Any, ModelMet
     quiet_transformers()
     path = Path(folder)
     meta = read_meta(path)
+    if "ensemble" in meta.extra:  # written by hrlm.inference.build_ensemble: its models are under members/
+        raise ModelError(
+            f"{path} is an ensemble of several models; load it with hrlm.load or Predictor.from_dir, "
+            f"or pass one of its members ({path / 'members'}/*) here."
+        )
     weights = path / "model.safetensors"
     if not weights.is_file():
         raise ModelError(f"{path} has no model.safetensors; the folder is incomplete.")

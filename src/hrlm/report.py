@@ -88,6 +88,7 @@ def write_report(
     history: list[dict[str, Any]] | None = None,
     title: str = "hrlm evaluation",
     settings: dict[str, Any] | None = None,
+    tables: dict[str, list[dict[str, Any]]] | None = None,
 ) -> Path:
     """Write metrics, plots and an HTML page into a folder.
 
@@ -102,6 +103,8 @@ def write_report(
             and ``metric`` keys; ``val_*`` values may be ``None``.
         title: Heading of the HTML page.
         settings: Settings shown in a key/value table and stored in ``metrics.json``.
+        tables: Further tables shown in the HTML after the summary, heading -> rows (the first row's keys
+            are the columns), such as an ensemble's members beside it; store their data in ``metrics``.
 
     Returns:
         The output folder.
@@ -127,7 +130,7 @@ def write_report(
         _write_bytes(out / "learning_curves.png", png)
         images.append(("Learning curves", png))
 
-    _write_bytes(out / "report.html", _html(title, metrics, images, settings).encode("utf-8"))
+    _write_bytes(out / "report.html", _html(title, metrics, images, settings, tables).encode("utf-8"))
     for name, task_metrics in (metrics.get("tasks") or {}).items():
         write_report(out / "tasks" / name, task_metrics, title=f"{title}: task {name}", settings=settings)
     return out
@@ -270,7 +273,8 @@ def _number(value: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-_CSS = """
+# the style of every hrlm HTML report (the model report, the tuning report)
+REPORT_CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2rem auto; max-width: 72rem;
        padding: 0 1rem; color: #1f2328; }
 h1 { font-size: 1.6rem; margin-bottom: 1.2rem; }
@@ -301,7 +305,13 @@ _SUMMARY_ROWS = (
 )
 
 
-def _html(title: str, metrics: dict[str, Any], images: list[tuple[str, bytes]], settings: dict[str, Any] | None) -> str:
+def _html(
+    title: str,
+    metrics: dict[str, Any],
+    images: list[tuple[str, bytes]],
+    settings: dict[str, Any] | None,
+    tables: dict[str, list[dict[str, Any]]] | None = None,
+) -> str:
     e = html.escape
     multi = "samples_f1" in metrics
     parts = [
@@ -311,7 +321,7 @@ def _html(title: str, metrics: dict[str, Any], images: list[tuple[str, bytes]], 
         '<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{e(str(title))}</title>",
-        f"<style>{_CSS}</style>",
+        f"<style>{REPORT_CSS}</style>",
         "</head>",
         "<body>",
         f"<h1>{e(str(title))}</h1>",
@@ -324,6 +334,14 @@ def _html(title: str, metrics: dict[str, Any], images: list[tuple[str, bytes]], 
                 name = "Exact-match accuracy"
             parts.append(f"<tr><th>{e(name)}</th><td>{e(_fmt(metrics[key]))}</td></tr>")
     parts.append("</tbody></table>")
+    for heading, rows in (tables or {}).items():
+        columns = list(rows[0]) if rows else []
+        parts += [f"<h2>{e(heading)}</h2>", "<table><thead><tr>"]
+        parts += [f"<th>{e(str(c))}</th>" for c in columns] + ["</tr></thead>", "<tbody>"]
+        for row in rows:
+            first = f'<td class="text">{e(str(row.get(columns[0])))}</td>'
+            parts.append("<tr>" + first + "".join(f"<td>{e(_fmt(row.get(c)))}</td>" for c in columns[1:]) + "</tr>")
+        parts.append("</tbody></table>")
     absent = metrics.get("absent_labels") or []
     if absent:
         parts.append(

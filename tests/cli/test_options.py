@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from hrlm.cli import app
 from hrlm.cli.app import Precision, given, option
-from hrlm.config import CompressConfig, DistillConfig, PretrainConfig, TrainConfig
+from hrlm.config import BatchConfig, CompressConfig, DistillConfig, PretrainConfig, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ SPECS = {
         flags={"early_stopping_patience": "--patience"},
     ),
     "pretrain": Spec(PretrainConfig, frozenset({"corpus", "out", "config", "overwrite", "quiet"})),
+    "batch": Spec(BatchConfig, frozenset({"model", "input", "output", "config", "quiet"})),
     "distill": Spec(DistillConfig, frozenset({"teacher", "data", "out", "unlabelled", "overwrite", "quiet"})),
     "compress": Spec(CompressConfig, frozenset({"model", "out", "data", "train_data", "overwrite", "quiet"})),
     "serve": Spec(

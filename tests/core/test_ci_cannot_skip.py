@@ -1,4 +1,4 @@
-"""A test that needs PostgreSQL, Redis or ../shared/data skips on a laptop without it, and fails in CI."""
+"""A test that needs PostgreSQL, Redis, Ray or ../shared/data skips on a laptop without it, and fails in CI."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from tests.conftest import postgres_test_url, unavailable
 
 
 def test_a_missing_service_skips_unless_required(monkeypatch: pytest.MonkeyPatch) -> None:
-    for need in ("postgres", "redis", "data"):
+    for need in ("postgres", "redis", "ray", "data"):
         variable = f"HRLM_REQUIRE_{need.upper()}"
         monkeypatch.delenv(variable, raising=False)
         with pytest.raises(pytest.skip.Exception, match=f"it is gone; CI runs these tests \\({variable}=1\\)"):

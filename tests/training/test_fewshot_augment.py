@@ -115,14 +115,24 @@ def test_contrastive_training_does_not_decay_biases_or_layernorm(
         assert decay_of[id(p)] == (0.0 if exempt else 0.1), name
 
 
-def test_method_auto_picks_setfit_below_the_threshold() -> None:
+def test_method_auto_cross_validates_only_below_the_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hrlm.training.selection import Choice
+
+    chosen: list[int] = []
+
+    def choose_by_cv(cfg: TrainConfig, train: Any) -> Choice:
+        chosen.append(len(train))
+        return Choice("setfit", "by cross-validation")
+
+    monkeypatch.setattr("hrlm.training.fewshot.choose_by_cv", choose_by_cv)
     few = dataset_from_records([f"t{i}" for i in range(20)], ["a", "b"] * 10)
     many = dataset_from_records([f"t{i}" for i in range(40)], ["a", "b"] * 20)
-    assert choose_method(TrainConfig(), few) == "setfit"
+    assert choose_method(TrainConfig(), few) == "setfit" and chosen == [20]
     assert choose_method(TrainConfig(), many) == "finetune"
     assert choose_method(TrainConfig(method="finetune"), few) == "finetune"
     multi = dataset_from_records(["x", "y"], [["a"], ["a", "b"]])
     assert choose_method(TrainConfig(), multi) == "finetune"
+    assert chosen == [20]  # neither large nor multi-label data is cross-validated
     with pytest.raises(ConfigError, match="single-label"):
         choose_method(TrainConfig(method="setfit"), multi)
 
@@ -133,10 +143,6 @@ def test_a_frozen_encoder_makes_auto_fit_the_head_and_refuses_setfit() -> None:
     few = dataset_from_records([f"t{i}" for i in range(20)], ["a", "b"] * 10)
     method, why = method_and_reason(TrainConfig(freeze_encoder=True), few)
     assert method == "finetune" and "fine-tuning of the head" in why and "--freeze-encoder" in why
-    assert method_and_reason(TrainConfig(), few) == (
-        "setfit",
-        "--method auto chose SetFit: 10.0 labelled texts per class, below --few-shot-below 16",
-    )
     with pytest.raises(ConfigError, match=r"'setfit' trains the encoder.*freeze_encoder"):
         TrainConfig(method="setfit", freeze_encoder=True)
 
@@ -158,12 +164,15 @@ def test_setfit_on_an_encoder_with_every_layer_frozen_is_a_config_error(tiny_ber
 
 
 def test_fit_logs_which_method_auto_chose_and_why(
-    tiny_bert: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tiny_bert: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import logging
 
     from hrlm.training.fitting import fit
+    from hrlm.training.selection import Choice
 
+    why = "--method auto chose SetFit by 3-fold cross-validation"
+    monkeypatch.setattr("hrlm.training.fewshot.choose_by_cv", lambda cfg, train: Choice("setfit", why))
     rows = make_texts(3, seed=3)
     train = dataset_from_records([t for t, _ in rows], [lab for _, lab in rows])
     cfg = TrainConfig(base=str(tiny_bert), max_length=16, setfit_pairs=2, batch_size=8, epochs=1)
@@ -171,15 +180,19 @@ def test_fit_logs_which_method_auto_chose_and_why(
         fit(cfg, {"train": train}, None, progress=False)
     chosen = [r for r in caplog.records if r.getMessage().startswith("method: ")]
     assert len(chosen) == 1 and chosen[0].levelno == logging.INFO
-    assert chosen[0].getMessage() == (
-        "method: setfit (--method auto chose SetFit: 3.0 labelled texts per class, below --few-shot-below 16)"
-    )
+    assert chosen[0].getMessage() == f"method: setfit ({why})"
     assert any(r.getMessage().startswith("SetFit: ") and "pairs of 9 texts" in r.getMessage() for r in caplog.records)
 
 
-def test_setfit_trains_a_mean_pooled_model_that_predicts(tiny_bert: Path, tmp_path: Path) -> None:
+def test_setfit_trains_a_mean_pooled_model_that_predicts(
+    tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from hrlm.inference.predictor import Predictor
     from hrlm.training.fitting import fit
+    from hrlm.training.selection import Choice
+
+    why = "--method auto chose SetFit by 4-fold cross-validation"
+    monkeypatch.setattr("hrlm.training.fewshot.choose_by_cv", lambda cfg, train: Choice("setfit", why))
 
     rows = make_texts(4, seed=3)  # 4 labelled texts per class
     train = dataset_from_records([t for t, _ in rows], [lab for _, lab in rows])

@@ -105,7 +105,7 @@ def test_frozen_encoder_trains_head_on_cached_features(tiny_bert: Path) -> None:
 def test_long_texts_train_on_windows(tiny_bert: Path) -> None:
     rows = [(" ".join([t] * 6), lab) for t, lab in make_texts(12)]
     splits = split_dataset(dataset_from_records([r[0] for r in rows], [r[1] for r in rows]))
-    result = fit(_cfg(tiny_bert, epochs=1, freeze_layers=1), splits, progress=False)
+    result = fit(_cfg(tiny_bert, epochs=1, freeze_layers=1, method="finetune"), splits, progress=False)
     assert result.train_samples_per_s > 0 and result.metrics["n"] == len(splits["test"])
 
 

@@ -2,14 +2,14 @@
 
 ``app`` holds the Typer app and what the command modules share; importing this package registers
 every command on it: ``train`` (train, evaluate, predict), ``derive`` (pretrain, distill, compress),
-``models`` (the registry), ``retrain`` (retrain, worker, jobs), ``serve`` (serve, users, db) and
-``demo``. Exit status: 0 on success, 1 for a user error (one line on stderr, no traceback unless
-``--debug``), 2 for bad usage.
+``models`` (the registry), ``retrain`` (retrain, worker, jobs), ``serve`` (serve, users, db),
+``batch`` (scoring large volumes), ``tune`` (tune, ensemble) and ``demo``. Exit status: 0 on success,
+1 for a user error (one line on stderr, no traceback unless ``--debug``), 2 for bad usage.
 """
 
 from __future__ import annotations
 
-from hrlm.cli import demo, derive, models, retrain, serve, train
+from hrlm.cli import batch, demo, derive, models, retrain, serve, train, tune
 from hrlm.cli.app import app, main
 
-__all__ = ["app", "demo", "derive", "main", "models", "retrain", "serve", "train"]
+__all__ = ["app", "batch", "demo", "derive", "main", "models", "retrain", "serve", "train", "tune"]

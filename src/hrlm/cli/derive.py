@@ -49,6 +49,8 @@ def pretrain(
     precision: Precision = option(PretrainConfig, "precision"),
     device: Device = option(PretrainConfig, "device"),
     threads: int | None = option(PretrainConfig, "threads"),
+    workers: int = option(PretrainConfig, "workers"),
+    address: str | None = option(PretrainConfig, "address"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out folder.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:

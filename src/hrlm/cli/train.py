@@ -80,6 +80,10 @@ def train(
     precision: Precision = option(TrainConfig, "precision"),
     device: Device = option(TrainConfig, "device"),
     threads: int | None = option(TrainConfig, "threads"),
+    workers: int = option(TrainConfig, "workers"),
+    address: str | None = option(TrainConfig, "address"),
+    auto_budget: float = option(TrainConfig, "auto_budget"),
+    cv_folds: int = option(TrainConfig, "cv_folds"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out folder.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -204,7 +208,7 @@ def predict(
     from hrlm._fs import atomic_file
     from hrlm.data import read_table
     from hrlm.errors import DataError
-    from hrlm.inference import Predictor
+    from hrlm.inference import Predictor, flatten_prediction
 
     fmt = _output_format(out) if out is not None else "jsonl"  # before the model runs, which may take minutes
     frame = _read_stdin(text_col) if input == "-" else read_table(input)
@@ -217,7 +221,10 @@ def predict(
     predictor = Predictor.from_dir(model, threads=threads, truncate=option_value(truncate), backend=backend)
     err_console.print(f"backend: {predictor.backend_name} ({escape(predictor.backend_reason)})", highlight=False)
     preds = predictor.predict(texts, progress=True)
-    records = [{**row, **_flatten(p.to_dict())} for row, p in zip(frame.to_dict(orient="records"), preds, strict=True)]
+    records = [
+        {**row, **flatten_prediction(p.to_dict())}
+        for row, p in zip(frame.to_dict(orient="records"), preds, strict=True)
+    ]
     if fmt == "csv":
         text = pd.DataFrame(records).to_csv(index=False)
     else:
@@ -246,20 +253,6 @@ def _output_format(out: Path) -> str:
         supported = ", ".join(f"{ext}, {ext}.gz" for ext in PREDICTION_FORMATS)
         raise ConfigError(f"--out {out.name}: unknown file type; predictions are written as {supported}.")
     return fmt
-
-
-def _flatten(pred: dict[str, Any]) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    label = pred["label"]
-    # "predicted_label", not "label": an input file's own label column must survive next to the prediction
-    flat["predicted_label"] = "|".join(label) if isinstance(label, list) else label
-    flat["score"] = pred["score"]
-    for lab, p in pred["probabilities"].items():
-        flat[f"p_{lab}"] = p
-    for task, sub in pred.get("tasks", {}).items():
-        for k, v in _flatten(sub).items():
-            flat[f"{task}.{k}"] = v
-    return flat
 
 
 def _read_stdin(text_col: str) -> Any:

@@ -239,7 +239,15 @@ class Predictor:
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike[str], **kwargs: Any) -> Predictor:
-        """Load a model folder written by ``hrlm train`` or ``hrlm compress``."""
+        """Load a model folder written by ``hrlm train`` or ``hrlm compress``, or an ``hrlm ensemble`` folder.
+
+        An ensemble folder loads as an :class:`~hrlm.inference.ensemble.EnsemblePredictor`, which every
+        caller of a Predictor can use; ``kwargs`` then go to each member.
+        """
+        from hrlm.inference.ensemble import EnsemblePredictor, is_ensemble  # it builds on this module
+
+        if is_ensemble(path):
+            return EnsemblePredictor.from_dir(path, **kwargs)
         model, tokenizer, meta = load_model(Path(path))
         return cls(model, tokenizer, meta, folder=path, **kwargs)
 

@@ -5,9 +5,10 @@ little to learn from. SetFit first fine-tunes the encoder contrastively on sente
 the few labelled texts (same label: similar, different labels: dissimilar), which multiplies the
 training signal, then fits a linear head on the tuned encoder's mean-pooled vectors.
 
-:func:`choose_method` picks SetFit automatically when the training split has fewer labelled texts
-per class than ``TrainConfig.few_shot_below`` and the encoder is not frozen; :func:`method_and_reason`
-also says why, for the log. The pairs are bounded by the data: each pair of texts at most once, at most
+:func:`method_and_reason` resolves ``--method auto``: below ``TrainConfig.few_shot_below`` labelled
+texts per class it cross-validates a head on frozen features, SetFit and fine-tuning on the training
+split within ``auto_budget`` seconds (:mod:`hrlm.training.selection`) and says what it chose and why,
+for the log and ``hrlm.json``. The pairs are bounded by the data: each pair of texts at most once, at most
 ``setfit_pairs`` pairs per text in all.
 """
 
@@ -28,21 +29,33 @@ from hrlm.errors import ConfigError
 from hrlm.inference import autocast, collate
 from hrlm.modeling import HrlmModel, encoder_layers
 from hrlm.training.loop import Optimization, run_steps
+from hrlm.training.selection import HEAD, choose_by_cv
 
 log = logging.getLogger("hrlm")
 
 
 def choose_method(cfg: TrainConfig, train: Dataset) -> str:
-    """``finetune`` or ``setfit``: the configured method, or for ``auto`` SetFit below the threshold.
-
-    Multi-label and multi-task data always use fine-tuning: SetFit's pairs need one label per text.
-    A frozen encoder (``freeze_encoder``) means a head on cached features, so ``auto`` fine-tunes the head.
-    """
+    """The method to train with: the configured one, or what ``auto`` chooses (:func:`method_and_reason`)."""
     return method_and_reason(cfg, train)[0]
 
 
 def method_and_reason(cfg: TrainConfig, train: Dataset) -> tuple[str, str]:
-    """:func:`choose_method`'s answer and, in a sentence, why: what ``auto`` chose, or that it was set.
+    """The method to train with and, in a sentence, why: what ``auto`` chose, or that it was set.
+
+    ``auto`` decides by these rules, in order:
+
+    - several label columns, multi-label data, a frozen encoder (``freeze_encoder``) or several
+      ``workers``: ``finetune``, as SetFit needs one label per text and trains the encoder, and workers
+      only fine-tune;
+    - ``few_shot_below`` labelled texts per class or more: ``finetune``, without cross-validation (with
+      that much data fine-tuning wins, and a cross-validation would cost several trainings);
+    - fewer: :func:`hrlm.training.selection.choose_by_cv` cross-validates ``head`` (a linear head on
+      frozen features, which fit trains with ``freeze_encoder``), ``setfit`` and ``finetune`` within
+      ``auto_budget`` seconds and returns the best; with no class of two texts to hold out, ``head``,
+      the cheapest.
+
+    Returns:
+        ``finetune``, ``setfit`` or, only from ``auto``, ``head``; and the reason.
 
     Raises:
         ConfigError: ``setfit`` was asked for data or settings it cannot train on.
@@ -64,13 +77,23 @@ def method_and_reason(cfg: TrainConfig, train: Dataset) -> tuple[str, str]:
     if train.multi_label or not train.labels:
         return "finetune", "--method auto chose fine-tuning: SetFit needs one label per text"
     if per_class >= cfg.few_shot_below:
-        return "finetune", f"--method auto chose fine-tuning: {counted}, SetFit only below {cfg.few_shot_below}"
+        return "finetune", (
+            f"--method auto chose fine-tuning: {counted}, cross-validation of the methods only below "
+            f"--few-shot-below {cfg.few_shot_below}"
+        )
     if cfg.freeze_encoder:
         return "finetune", (
-            f"--method auto chose fine-tuning of the head: {counted} would pick SetFit, "
-            "but SetFit trains the encoder and --freeze-encoder keeps it fixed"
+            f"--method auto chose fine-tuning of the head: {counted}, and --freeze-encoder keeps the encoder fixed"
         )
-    return "setfit", f"--method auto chose SetFit: {counted}, below --few-shot-below {cfg.few_shot_below}"
+    if cfg.workers > 1:
+        return "finetune", f"--method auto chose fine-tuning: {counted}, but --workers trains only that way"
+    if max(train.label_counts().values()) < 2:
+        return HEAD, (
+            f"--method auto chose a head on frozen features, the cheapest method: {counted}, "
+            "too few to hold any out for cross-validation"
+        )
+    choice = choose_by_cv(cfg, train)
+    return choice.method, choice.reason
 
 
 def contrastive_pairs(

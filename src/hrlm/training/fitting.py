@@ -4,10 +4,13 @@
 builds one head per task, runs a loop of :mod:`hrlm.training.loop` (which evaluates on the validation split,
 stops early when the metric stops improving and keeps the best weights), tunes multi-label
 thresholds, and writes the model folder with its report; :func:`train` does the same from a file.
+With ``workers > 1`` the loop runs data-parallel on Ray Train (:mod:`hrlm.training.distributed`, which
+states the batch-size rule) and this process writes the same folder from rank 0's best weights.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +40,7 @@ from hrlm.modeling import HrlmModel, ModelMeta, TaskSpec, build_model, save_mode
 from hrlm.report import write_report
 from hrlm.text import Encoded, encode_documents
 from hrlm.training.augmentation import augment_dataset
+from hrlm.training.distributed import Replicas, check_distributable, run_on_workers
 from hrlm.training.evaluator import Evaluator, doc_targets, task_loss
 from hrlm.training.fewshot import method_and_reason, train_contrastive
 from hrlm.training.loop import RunState, TrainingRun, seed_everything, train_full, train_head_only
@@ -58,6 +62,7 @@ class TrainResult:
     train_samples_per_s: float
     interrupted: bool = False
     notes: list[str] = field(default_factory=list)
+    placements: list[dict[str, Any]] = field(default_factory=list)  # with workers: rank, node, IP, pid
 
 
 def fit(
@@ -78,7 +83,8 @@ def fit(
         out: the model folder to write; ``None`` trains without saving.
         overwrite: replace an existing ``out`` once the new folder is complete.
         progress: show a progress bar (a log line every 5% when not on a terminal).
-        on_eval: called with each history entry as it is recorded.
+        on_eval: called with each history entry as it is recorded (with ``cfg.workers > 1``, with
+            each entry once the workers are done).
 
     Returns:
         The metrics of the best checkpoint, the history, timings and where the model was written.
@@ -110,6 +116,9 @@ def fit(
     base_dir = resolve_base(cfg.base)
     tokenizer = load_tokenizer(base_dir)
     method, why = method_and_reason(cfg, train_ds)
+    if method == "head":  # --method auto chose a head on frozen features: fit it as --freeze-encoder does
+        cfg = cfg.replace(freeze_encoder=True)
+    check_distributable(cfg, method)
     log.info("method: %s (%s)", method, why, extra={"note": why} if cfg.method == "auto" else None)
     run_notes = [why] if cfg.method == "auto" else []
     if cfg.augment != "none":
@@ -132,7 +141,16 @@ def fit(
         raise ConfigError(f"max_length = {cfg.max_length} exceeds the encoder's limit of {limit} positions.")
     model.freeze(cfg.freeze_layers, encoder=cfg.freeze_encoder)
     model.to(device)
-    state, evaluator = _run(model, tokenizer, cfg, train_ds, val_ds, device, precision, progress, on_eval, method)
+    placements: list[dict[str, Any]] = []
+    if cfg.workers > 1:
+        state, evaluator, placements = _run_on_workers(
+            model, tokenizer, cfg, train_ds, val_ds, device, precision, progress
+        )
+        for entry in state.history:
+            if on_eval is not None:
+                on_eval(entry)
+    else:
+        state, evaluator = _run(model, tokenizer, cfg, train_ds, val_ds, device, precision, progress, on_eval, method)
     has_val = evaluator.available
     if has_val and val_ds is not None:
         _tune_thresholds(model, evaluator, val_ds)
@@ -166,10 +184,13 @@ def fit(
         "best_step": state.best_step,
         "interrupted": state.interrupted,
         "method": method,
+        "method_reason": why,
         "device": device.type,
         "precision": precision,
         "splits": {k: len(v) for k, v in splits.items() if v is not None},
     }
+    if placements:
+        meta.extra["workers"] = placements
     model_dir = None
     if out is not None:
         with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -192,6 +213,7 @@ def fit(
         train_samples_per_s=state.samples / max(state.train_seconds, 1e-9),
         interrupted=state.interrupted,
         notes=[n for ds in splits.values() if ds is not None for n in ds.notes] + run_notes,
+        placements=placements,
     )
 
 
@@ -251,6 +273,40 @@ def _run(
 
     ``method`` ``setfit`` tunes the encoder on contrastive pairs first, then fits the head alone.
     """
+    run = _training_run(model, tokenizer, cfg, train_ds, val_ds, device, precision, progress, on_eval)
+    if method == "setfit":
+        stats = train_contrastive(
+            model,
+            run.enc.windows,
+            run.targets.tolist(),
+            cfg,
+            pad_id=run.pad_id,
+            device=device,
+            precision=precision,
+            show=progress,
+            texts=len(train_ds),
+        )
+        state = train_head_only(run)
+        state.train_seconds += stats["seconds"]
+    else:
+        state = train_head_only(run) if cfg.freeze_encoder else train_full(run)
+    model.load_state_dict(state.best_state)
+    model.eval()
+    return state, run.evaluator
+
+
+def _training_run(
+    model: HrlmModel,
+    tokenizer: Any,
+    cfg: TrainConfig,
+    train_ds: Dataset,
+    val_ds: Dataset | None,
+    device: torch.device,
+    precision: str,
+    progress: bool,
+    on_eval: Callable[[dict[str, Any]], None] | None,
+) -> TrainingRun:
+    """The splits encoded, with the targets, loss and validation evaluator of ``model``'s tasks."""
     task = model.tasks[0]
     pad_id = int(tokenizer.pad_token_id or 0)
 
@@ -287,26 +343,72 @@ def _run(
         targets = doc_targets(train_ds, task)[enc_train.doc_index]  # every window carries its document's label
         evaluator = Evaluator(val_ds if has_val else None, enc_val, task, cfg, pad_id, device, precision)
         loss_fn = task_loss(task, train_ds, cfg.class_weights, device)
-    run = TrainingRun(model, cfg, enc_train, targets, evaluator, loss_fn, pad_id, device, precision, progress, on_eval)
-    if method == "setfit":
-        stats = train_contrastive(
-            model,
-            enc_train.windows,
-            targets.tolist(),
-            cfg,
-            pad_id=pad_id,
-            device=device,
-            precision=precision,
-            show=progress,
-            texts=len(train_ds),
-        )
-        state = train_head_only(run)
-        state.train_seconds += stats["seconds"]
-    else:
-        state = train_head_only(run) if cfg.freeze_encoder else train_full(run)
+    return TrainingRun(model, cfg, enc_train, targets, evaluator, loss_fn, pad_id, device, precision, progress, on_eval)
+
+
+def _run_on_workers(
+    model: HrlmModel,
+    tokenizer: Any,
+    cfg: TrainConfig,
+    train_ds: Dataset,
+    val_ds: Dataset | None,
+    device: torch.device,
+    precision: str,
+    progress: bool,
+) -> tuple[RunState, Any, list[dict[str, Any]]]:
+    """:func:`_run` on ``cfg.workers`` Ray Train workers, which all start from ``model``'s weights.
+
+    The best weights come back into ``model``; the evaluator (for thresholds) is built here.
+    """
+    initial = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    spec = (model.tasks, model.pooling)
+    job = functools.partial(_train_replica, cfg, train_ds, val_ds, spec, initial, precision, progress)
+    outcome = run_on_workers(job, cfg, what="training")
+    state = RunState(best_state=outcome.result.pop("best_state"))
+    for key, value in outcome.result.items():
+        setattr(state, key, value)
     model.load_state_dict(state.best_state)
     model.eval()
-    return state, evaluator
+    evaluator = _training_run(model, tokenizer, cfg, train_ds, val_ds, device, precision, False, None).evaluator
+    return state, evaluator, outcome.placements
+
+
+def _train_replica(
+    cfg: TrainConfig,
+    train_ds: Dataset,
+    val_ds: Dataset | None,
+    spec: tuple[list[TaskSpec], str],
+    initial: dict[str, torch.Tensor],
+    precision: str,
+    progress: bool,
+    replicas: Replicas,
+) -> dict[str, Any] | None:
+    """One worker's fine-tuning (:func:`train_full` with ``replicas``); rank 0 answers with its run state."""
+    seed_everything(cfg.seed + replicas.rank)  # dropout masks differ between workers, as between batches
+    device = replicas.device
+    precision = resolve_precision(cfg.precision, device) if device.type == "cuda" else precision
+    base_dir = resolve_base(cfg.base)
+    tokenizer = load_tokenizer(base_dir)
+    tasks, pooling = spec
+    model = build_model(base_dir, tasks, pooling=pooling, dropout=cfg.dropout, freeze_encoder=cfg.freeze_encoder)
+    model.load_state_dict(initial)
+    model.freeze(cfg.freeze_layers, encoder=cfg.freeze_encoder)
+    model.to(device)
+    run = _training_run(model, tokenizer, cfg, train_ds, val_ds, device, precision, progress and replicas.leader, None)
+    state = train_full(run, replicas)
+    samples = int(replicas.total(state.samples))
+    if not replicas.leader:
+        return None
+    return {
+        "best_state": state.best_state,
+        "history": state.history,
+        "best_metric": state.best_metric,
+        "best_loss": state.best_loss,
+        "best_step": state.best_step,
+        "train_seconds": state.train_seconds,
+        "samples": samples,
+        "interrupted": state.interrupted,
+    }
 
 
 def finetune(

@@ -30,6 +30,7 @@ from hrlm.inference import (
 )
 from hrlm.modeling import HrlmModel
 from hrlm.text import Encoded
+from hrlm.training.distributed import Replicas, shard
 from hrlm.training.evaluator import Evaluator
 from hrlm.training.frozen import FrozenCache
 from hrlm.training.multitask import MultiTaskLoss
@@ -133,6 +134,7 @@ def run_steps(
     bar: ProgressBar,
     evaluate: Callable[[int, float], bool] | None = None,
     eval_every: int = 0,
+    replicas: Replicas | None = None,
 ) -> StepsDone:
     """Train ``params`` with AdamW for ``opt.steps`` steps: the one training loop of hrlm.
 
@@ -145,7 +147,10 @@ def run_steps(
         opt: learning rate, schedule, weight decay, accumulation and clipping.
         bar: shows the steps and the training loss; closed on return.
         evaluate: called every ``eval_every`` steps and after the last with the step and the mean
-            training loss since the previous call; returns True to stop (early stopping).
+            training loss since the previous call; returns True to stop (early stopping). With
+            ``replicas`` it runs on every worker and must return the same answer on all of them.
+        replicas: data-parallel workers (:mod:`hrlm.training.distributed`): ``batches`` are this
+            worker's shares and the gradients are averaged over the workers every step.
 
     Returns:
         Steps, seconds and samples, and ``interrupted``: Ctrl-C, in a step or in ``evaluate``, ends the
@@ -175,6 +180,10 @@ def run_steps(
                 done.loss_sum += float(loss.detach())
                 done.loss_count += 1
                 done.samples += n
+            if replicas is not None:
+                # Every worker then holds the gradient of the whole global batch and takes the same
+                # step, so the weights stay identical; averaged before clipping, which needs the whole.
+                replicas.average_gradients(params)
             # Clip after accumulation so that the limit applies to the full step's gradient.
             nn.utils.clip_grad_norm_(params, opt.max_grad_norm)
             optimizer.step()
@@ -297,8 +306,13 @@ def batches_forever(lengths: Sequence[int], batch_size: int, seed: int) -> Itera
         epoch += 1
 
 
-def train_full(run: TrainingRun) -> RunState:
-    """Fine-tune the (partly frozen) encoder and the heads with :func:`run_steps`, evaluating as it goes."""
+def train_full(run: TrainingRun, replicas: Replicas | None = None) -> RunState:
+    """Fine-tune the (partly frozen) encoder and the heads with :func:`run_steps`, evaluating as it goes.
+
+    With ``replicas`` (several workers) this worker trains on its share of every global batch of
+    ``cfg.batch_size`` (:func:`~hrlm.training.distributed.shard`); validation, early stopping and the
+    best weights are rank 0's, and its stop decision is every worker's.
+    """
     model, cfg, enc, evaluator = run.model, run.cfg, run.enc, run.evaluator
     targets, loss_fn, pad_id, device, precision = run.targets, run.loss_fn, run.pad_id, run.device, run.precision
     task = model.tasks[0]
@@ -311,7 +325,12 @@ def train_full(run: TrainingRun) -> RunState:
     cache = FrozenCache.build(model, enc.windows, cfg.freeze_layers, pad_id, device, precision)
     state.train_seconds += time.perf_counter() - t_cache
 
-    def loss_of_batch(batch: list[int]) -> tuple[torch.Tensor, int]:
+    def loss_of_batch(global_batch: list[int]) -> tuple[torch.Tensor, int]:
+        batch, weight = shard(global_batch, replicas)
+        loss, n = loss_of_share(batch)
+        return loss * weight if weight != 1.0 else loss, n if weight else 0
+
+    def loss_of_share(batch: list[int]) -> tuple[torch.Tensor, int]:
         if cache is not None:
             hidden, mask = cache.batch(batch)
             with autocast(device, precision):
@@ -332,6 +351,10 @@ def train_full(run: TrainingRun) -> RunState:
         return _history_entry(step / steps_per_epoch, step, train_loss, cfg, evaluator, logits)
 
     def evaluate(step: int, train_loss: float) -> bool:
+        if replicas is not None:
+            train_loss = replicas.mean(train_loss)
+            if not replicas.leader:
+                return replicas.agree(False)
         entry, metric = history_entry(step, train_loss)
         stop = state.record(model, entry, metric, cfg.early_stopping_patience)
         if entry["val_metric"] is not None:
@@ -340,12 +363,22 @@ def train_full(run: TrainingRun) -> RunState:
             run.on_eval(entry)
         if stop:
             log.info("early stopping at step %d: no improvement in %d evaluations", step, state.bad_evals)
-        return stop
+        return replicas.agree(stop) if replicas is not None else stop
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     batches = batches_forever(enc.lengths, cfg.batch_size, cfg.seed)
     eval_every = cfg.eval_steps or steps_per_epoch
-    done = run_steps(model, trainable, batches, loss_of_batch, opt, bar=bar, evaluate=evaluate, eval_every=eval_every)
+    done = run_steps(
+        model,
+        trainable,
+        batches,
+        loss_of_batch,
+        opt,
+        bar=bar,
+        evaluate=evaluate,
+        eval_every=eval_every,
+        replicas=replicas,
+    )
     state.train_seconds += done.seconds
     state.samples += done.samples
     if done.interrupted:

@@ -9,10 +9,15 @@ output matrix tied to the word embeddings and first trained alone, with the enco
 (``head_steps``): the held-out loss after that warm-up is the fair "before" against which the
 adapted encoder is measured. Without the warm-up, "before" would be the loss of a random head and
 any adaptation would look like a triumph.
+
+With ``workers > 1`` the warm-up and the adaptation run data-parallel on Ray Train
+(:mod:`hrlm.training.distributed`): ``batch_size`` stays the global batch, each worker masks and
+trains on its share, the held-out loss is measured on rank 0, and this process writes the folder.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -32,6 +37,7 @@ from hrlm.errors import ConfigError, DataError
 from hrlm.inference import autocast, default_threads, resolve_device, resolve_precision
 from hrlm.modeling import quiet_transformers
 from hrlm.text import normalize
+from hrlm.training.distributed import Replicas, check_distributable, run_on_workers, shard
 from hrlm.training.loop import Optimization, batches_forever, run_steps, seed_everything
 from hrlm.training.mlm_data import (
     IGNORE,
@@ -61,6 +67,7 @@ class PretrainResult:
     head_was_new: bool
     interrupted: bool = False
     notes: list[str] = field(default_factory=list)
+    placements: list[dict[str, Any]] = field(default_factory=list)  # with workers: rank, node, IP, pid
 
 
 def load_pretraining_model(base_dir: Path, *, nsp: bool) -> tuple[Any, bool]:
@@ -146,11 +153,15 @@ class _Data:
             g=g,
         )
 
-    def stream(self, seed: int) -> Iterator[Batch]:
-        """Batches forever: length-grouped, reshuffled and re-masked every epoch."""
-        g = torch.Generator().manual_seed(seed)
+    def stream(self, seed: int, replicas: Replicas | None = None) -> Iterator[tuple[Batch, float]]:
+        """Batches forever, each with the weight of its loss: length-grouped, reshuffled, re-masked every epoch.
+
+        With ``replicas``, this worker's share of every global batch (:func:`shard`).
+        """
+        g = torch.Generator().manual_seed(seed + (replicas.rank if replicas is not None else 0))
         for idx in batches_forever([len(e.ids) for e in self.examples], self.cfg.batch_size, seed):
-            yield self.collate(idx, g)
+            mine, weight = shard(idx, replicas)
+            yield self.collate(mine, g), weight
 
     def fixed_batches(self, seed: int) -> list[Batch]:
         """The same masks every time, so that losses before and after training compare."""
@@ -212,6 +223,7 @@ def pretrain(
     cfg = cfg or PretrainConfig()
     if out is not None and Path(out).exists() and not overwrite:
         raise ConfigError(f"{out} already exists; choose another --out or pass --overwrite.")
+    check_distributable(cfg)
     docs = read_corpus(corpus, cfg.text_col) if isinstance(corpus, str | Path) else [normalize(d) for d in corpus]
     docs = [d for d in docs if d]
     if len(docs) < 2:
@@ -228,7 +240,6 @@ def pretrain(
     limit = int(getattr(model.config, "max_position_embeddings", 512))
     if cfg.max_length > limit:
         raise ConfigError(f"max_length = {cfg.max_length} exceeds the encoder's limit of {limit} positions.")
-    model.to(device)
 
     order = list(range(len(docs)))
     random.Random(cfg.seed).shuffle(order)
@@ -248,18 +259,118 @@ def pretrain(
             + (" (next-sentence prediction needs documents of two sentences or more)" if cfg.nsp else "")
             + "; add more text."
         )
+    notes = [f"{len(train_docs)} documents -> {len(train_ex)} examples; {len(val_docs)} held out -> {len(val_ex)}"]
+    if not head_new:
+        notes.append("the base encoder has a trained masked-LM head; no warm-up needed")
+    placements: list[dict[str, Any]] = []
+    if cfg.workers > 1:
+        initial = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        job = functools.partial(_pretrain_replica, cfg, train_ex, val_ex, initial, head_new, precision, progress)
+        outcome = run_on_workers(job, cfg, what="pretraining")
+        run, placements = outcome.result, outcome.placements
+        model.load_state_dict(run.pop("state"))
+        report_device = str(placements[0]["device"]).split(":")[0]
+    else:
+        model.to(device)
+        run = _adapt(model, tokenizer, cfg, train_ex, val_ex, head_new, device, precision, progress, None)
+        report_device = device.type
+    model.eval()
+    report = {
+        "before": run["before"],
+        "after": run["after"],
+        "head_was_new": head_new,
+        "head_warmup_steps": run["warm_steps"],
+        "history": run["history"],
+        "train_seconds": round(run["seconds"], 2),
+        "samples_per_s": round(run["samples"] / max(run["seconds"], 1e-9), 2),
+        "documents": {"train": len(train_docs), "heldout": len(val_docs)},
+        "examples": {"train": len(train_ex), "heldout": len(val_ex)},
+        "interrupted": run["interrupted"],
+        "device": report_device,
+        "precision": precision,
+        "config": cfg.to_dict(),
+    }
+    if placements:
+        report["workers"] = placements
+    if out is not None:
+        with atomic_dir(out, overwrite=overwrite) as tmp:
+            model.to("cpu").save_pretrained(str(tmp), safe_serialization=True)
+            tokenizer.save_pretrained(str(tmp))
+            write_json(tmp / REPORT_FILE, report)
+            _write_curve(tmp / "pretrain_curve.png", run["history"])
+    return PretrainResult(
+        out=Path(out) if out is not None else None,
+        before=run["before"],
+        after=run["after"],
+        history=run["history"],
+        train_seconds=run["seconds"],
+        samples_per_s=run["samples"] / max(run["seconds"], 1e-9),
+        head_was_new=head_new,
+        interrupted=run["interrupted"],
+        notes=notes,
+        placements=placements,
+    )
+
+
+def _pretrain_replica(
+    cfg: PretrainConfig,
+    train_ex: list[Example],
+    val_ex: list[Example],
+    initial: dict[str, torch.Tensor],
+    head_new: bool,
+    precision: str,
+    progress: bool,
+    replicas: Replicas,
+) -> dict[str, Any] | None:
+    """One worker's :func:`_adapt`, from the caller's weights; rank 0 answers with the weights and the report."""
+    seed_everything(cfg.seed + replicas.rank)
+    device = replicas.device
+    precision = resolve_precision(cfg.precision, device) if device.type == "cuda" else precision
+    base_dir = resolve_base(cfg.base)
+    tokenizer = load_tokenizer(base_dir)
+    model, _ = load_pretraining_model(base_dir, nsp=cfg.nsp)
+    model.load_state_dict(initial)
+    model.to(device)
+    run = _adapt(model, tokenizer, cfg, train_ex, val_ex, head_new, device, precision, progress, replicas)
+    run["samples"] = replicas.total(run["samples"])
+    if not replicas.leader:
+        return None
+    run["state"] = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    return run
+
+
+def _adapt(
+    model: Any,
+    tokenizer: Any,
+    cfg: PretrainConfig,
+    train_ex: list[Example],
+    val_ex: list[Example],
+    head_new: bool,
+    device: torch.device,
+    precision: str,
+    progress: bool,
+    replicas: Replicas | None,
+) -> dict[str, Any]:
+    """The head warm-up, then masked-LM (and NSP) training with held-out losses before, during and after.
+
+    With ``replicas`` every worker trains on its shares; only rank 0 measures (the others' losses
+    and history are empty) and shows progress.
+    """
+    measures = replicas is None or replicas.leader
+    progress = progress and measures
     vocab_size = int(model.get_input_embeddings().weight.shape[0])
     train_data = _Data(train_ex, cfg, tokenizer, vocab_size)
-    val_batches = _Data(val_ex, cfg, tokenizer, vocab_size).fixed_batches(cfg.seed + 2)
-    stream = train_data.stream(cfg.seed)
-    notes = [f"{len(train_docs)} documents -> {len(train_ex)} examples; {len(val_docs)} held out -> {len(val_ex)}"]
+    val_batches = _Data(val_ex, cfg, tokenizer, vocab_size).fixed_batches(cfg.seed + 2) if measures else []
+    stream = train_data.stream(cfg.seed, replicas)
     history: list[dict[str, Any]] = []
     seconds = 0.0
     samples = 0
 
-    def loss_of_batch(batch: Batch) -> tuple[torch.Tensor, int]:
+    def loss_of_batch(item: tuple[Batch, float]) -> tuple[torch.Tensor, int]:
+        batch, weight = item
         mlm, nsp, _ = _losses(model, batch, device, precision)
-        return (mlm + nsp if nsp is not None else mlm), len(batch.ids)
+        loss = mlm + nsp if nsp is not None else mlm
+        return (loss * weight if weight != 1.0 else loss), len(batch.ids) if weight else 0
 
     warm_steps = cfg.head_steps if head_new else 0
     if warm_steps:
@@ -270,70 +381,50 @@ def pretrain(
         head_params = [p for p in model.parameters() if p.requires_grad]
         opt = Optimization.from_config(cfg, steps=warm_steps, lr=cfg.head_lr)
         bar = ProgressBar(warm_steps, "warming up the MLM head", unit="steps", fields={"loss": "-"}, enabled=progress)
-        warm = run_steps(model, head_params, stream, loss_of_batch, opt, bar=bar)
+        warm = run_steps(model, head_params, stream, loss_of_batch, opt, bar=bar, replicas=replicas)
         seconds, samples = seconds + warm.seconds, samples + warm.samples
         for p in model.parameters():
             p.requires_grad_(True)
         if warm.interrupted:  # nothing to measure against yet: stop the whole run
             raise KeyboardInterrupt
-    elif not head_new:
-        notes.append("the base encoder has a trained masked-LM head; no warm-up needed")
-    before = heldout_loss(model, val_batches, device, precision)
+    before = heldout_loss(model, val_batches, device, precision) if measures else {}
     history.append({"step": 0, "epoch": 0.0, "train_loss": None, **before})
-    log.info(
-        "held-out masked-LM loss before adaptation %.4f (perplexity %.2f)", before["mlm_loss"], before["perplexity"]
-    )
+    if measures:
+        log.info(
+            "held-out masked-LM loss before adaptation %.4f (perplexity %.2f)", before["mlm_loss"], before["perplexity"]
+        )
 
     steps_per_epoch = max(1, math.ceil(len(train_ex) / cfg.batch_size))
     total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
     def evaluate(step: int, train_loss: float) -> bool:
-        entry = {"step": step, "epoch": round(step / steps_per_epoch, 4), "train_loss": round(train_loss, 5)}
-        history.append({**entry, **heldout_loss(model, val_batches, device, precision)})
+        if replicas is not None:
+            train_loss = replicas.mean(train_loss)
+        if measures:
+            entry = {"step": step, "epoch": round(step / steps_per_epoch, 4), "train_loss": round(train_loss, 5)}
+            history.append({**entry, **heldout_loss(model, val_batches, device, precision)})
         return False
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = Optimization.from_config(cfg, steps=total)
     bar = ProgressBar(total, "pretraining", unit="steps", fields={"loss": "-"}, enabled=progress)
     eval_every = cfg.eval_steps or steps_per_epoch
-    done = run_steps(model, params, stream, loss_of_batch, opt, bar=bar, evaluate=evaluate, eval_every=eval_every)
+    done = run_steps(
+        model, params, stream, loss_of_batch, opt, bar=bar, evaluate=evaluate, eval_every=eval_every, replicas=replicas
+    )
     seconds, samples, interrupted = seconds + done.seconds, samples + done.samples, done.interrupted
-    after = heldout_loss(model, val_batches, device, precision)
+    after = heldout_loss(model, val_batches, device, precision) if measures else {}
     if interrupted:
         history.append({"step": None, "epoch": None, "train_loss": None, **after})
-    model.eval()
-    report = {
+    return {
         "before": before,
         "after": after,
-        "head_was_new": head_new,
-        "head_warmup_steps": warm_steps,
         "history": history,
-        "train_seconds": round(seconds, 2),
-        "samples_per_s": round(samples / max(seconds, 1e-9), 2),
-        "documents": {"train": len(train_docs), "heldout": len(val_docs)},
-        "examples": {"train": len(train_ex), "heldout": len(val_ex)},
+        "warm_steps": warm_steps,
+        "seconds": seconds,
+        "samples": samples,
         "interrupted": interrupted,
-        "device": device.type,
-        "precision": precision,
-        "config": cfg.to_dict(),
     }
-    if out is not None:
-        with atomic_dir(out, overwrite=overwrite) as tmp:
-            model.to("cpu").save_pretrained(str(tmp), safe_serialization=True)
-            tokenizer.save_pretrained(str(tmp))
-            write_json(tmp / REPORT_FILE, report)
-            _write_curve(tmp / "pretrain_curve.png", history)
-    return PretrainResult(
-        out=Path(out) if out is not None else None,
-        before=before,
-        after=after,
-        history=history,
-        train_seconds=seconds,
-        samples_per_s=samples / max(seconds, 1e-9),
-        head_was_new=head_new,
-        interrupted=interrupted,
-        notes=notes,
-    )
 
 
 def _write_curve(path: Path, history: list[dict[str, Any]]) -> None:
