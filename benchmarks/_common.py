@@ -124,8 +124,14 @@ def portable_argv(argv: Sequence[str], cwd: Path | None = None) -> list[str]:
     """
     cwd = cwd or Path.cwd()
 
+    def exists(arg: str) -> bool:
+        try:
+            return (cwd / arg).exists()
+        except OSError:  # a --note longer than a file name can be
+            return False
+
     def convert(arg: str) -> str:
-        if _is_absolute_path(arg) or (arg and not arg.startswith("-") and (cwd / arg).exists()):
+        if _is_absolute_path(arg) or (arg and not arg.startswith("-") and exists(arg)):
             return portable_path(arg, cwd)
         return arg
 

@@ -320,6 +320,8 @@ def test_portable_path_keeps_project_and_shared_paths_and_hides_others(common: M
 def test_portable_argv_leaves_arguments_that_are_not_paths_alone(common: ModuleType) -> None:
     argv = ["benchmarks/fewshot.py", "--systems", "setfit", "augment", "--lr", "1e-4", "--note", "/v1/predict is slow"]
     assert common.portable_argv(argv, cwd=PROJECT) == argv
+    long_note = ["benchmarks/batch.py", "--note", "a note longer than any file name can be; " * 10]
+    assert common.portable_argv(long_note, cwd=PROJECT) == long_note
 
 
 def test_matmul_gflops_reports_every_precision_asked(common: ModuleType) -> None:

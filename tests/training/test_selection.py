@@ -227,7 +227,7 @@ def test_the_chosen_method_is_the_one_trained_and_recorded(
 
 @pytest.mark.slow
 @pytest.mark.data
-def test_auto_on_110_onet_descriptions_prefers_a_head_on_frozen_features(shared_data: Path) -> None:
+def test_auto_on_110_onet_descriptions_chooses_the_best_it_measured_within_budget(shared_data: Path) -> None:
     import pandas as pd
 
     frame = pd.read_csv(shared_data / "onet_tasks" / "onet_occupation_descriptions.csv")
@@ -241,11 +241,18 @@ def test_auto_on_110_onet_descriptions_prefers_a_head_on_frozen_features(shared_
     rng.shuffle(picked)
     picked = picked[:110]  # 23 classes, 4-5 texts each
     ds = dataset_from_records(list(frame.text[picked]), list(frame.label[picked]))
-    choice = choose_by_cv(TrainConfig(auto_budget=600), ds)
+    # A short budget keeps CI quick: the frozen-feature head (seconds) always fits, SetFit (minutes) does
+    # not; with the default 600 s on a quiet machine SetFit fits too and wins narrowly (0.507 vs 0.434).
+    t0 = time.perf_counter()
+    choice = choose_by_cv(TrainConfig(auto_budget=120), ds)
+    spent = time.perf_counter() - t0
     by_method = {c.method: c for c in choice.candidates}
     head = by_method["head"].result
     assert head is not None and head.mean > 0.3, choice.reason  # 23 classes: chance is about 0.04
-    assert choice.method == "head", choice.reason
+    measured = {c.method: c.result.mean for c in choice.candidates if c.result is not None}
+    assert choice.method == max(measured, key=lambda m: measured[m]), choice.reason
+    assert by_method["setfit"].result is None and "skipped" in choice.reason, choice.reason
+    assert spent < 120 * 1.5, choice.reason  # within the budget, with room for the last candidate's overrun
 
 
 def test_cross_validating_auto_chooses_once_on_all_of_train(tiny_bert: Path, monkeypatch: pytest.MonkeyPatch) -> None:

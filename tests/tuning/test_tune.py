@@ -254,11 +254,10 @@ def test_trials_never_see_the_test_split(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import hrlm.training.selection
     import hrlm.tuning.search as search
 
     seen: list[tuple[str, set[str]]] = []
-    real_fit, real_cv = search.fit, hrlm.training.selection.cross_validate
+    real_fit, real_cv = search.fit, search.cross_validate
 
     def spy_fit(cfg: TrainConfig, splits: dict[str, Any], out: Any = None, **kw: Any) -> Any:
         who = "trial" if kw.get("on_eval") is not None else "final"
@@ -270,7 +269,7 @@ def test_trials_never_see_the_test_split(
         return real_cv(cfg, train, **kw)
 
     monkeypatch.setattr(search, "fit", spy_fit)
-    monkeypatch.setattr(hrlm.training.selection, "cross_validate", spy_cv)
+    monkeypatch.setattr(search, "cross_validate", spy_cv)
     cfg = _cfg(tiny_bert, cv_folds=2)
     result = tune(tickets_csv, tmp_path / "t", cfg, space=space_toml, trials=2, validation=validation, progress=False)
     test_texts = set(
