@@ -104,13 +104,18 @@ def remove_stale_temporaries(target: str | os.PathLike[str], *, now: float | Non
         stale = age > STALE_AFTER_S and not owner_alive(int(pid)) if pid else age > UNOWNED_STALE_AFTER_S
         if not stale:
             continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                path.unlink()
+        remove(path)
         removed.append(path)
     return removed
+
+
+def remove(path: Path) -> None:
+    """Remove a file, a link or a folder tree, whichever ``path`` is; one already gone is no error."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 @contextlib.contextmanager

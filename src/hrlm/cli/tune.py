@@ -12,9 +12,8 @@ from rich.table import Table
 from hrlm.cli.app import Device, Precision, app, err_console, given, handles_errors, option, out_console
 from hrlm.config import TrainConfig
 
-# the TrainConfig settings `hrlm tune` takes as flags: data columns, splits and hardware; the searched
-# ones come from --space, everything else from --config
-_TUNE_SETTINGS = (
+# The settings that decide which rows are a model's test split (hrlm.training.train: load, then split).
+SPLIT_SETTINGS = (
     "text_col",
     "label_col",
     "label_sep",
@@ -23,14 +22,12 @@ _TUNE_SETTINGS = (
     "strict",
     "val_size",
     "test_size",
-    "base",
-    "metric",
     "seed",
-    "cv_folds",
-    "precision",
-    "device",
-    "threads",
 )
+
+# the TrainConfig settings `hrlm tune` takes as flags: data columns, splits and hardware; the searched
+# ones come from --space, everything else from --config
+_TUNE_SETTINGS = (*SPLIT_SETTINGS, "base", "metric", "cv_folds", "precision", "device", "threads")
 
 
 @app.command()
@@ -132,20 +129,6 @@ def tune(
     out_console.print(f"best settings: {out / 'best.toml'}")
     out_console.print(f"model:         {result.model_dir}")
     out_console.print(f"report:        {out / 'report' / 'report.html'}")
-
-
-# The settings that decide which rows are a model's test split (hrlm.training.train: load, then split).
-SPLIT_SETTINGS = (
-    "text_col",
-    "label_col",
-    "label_sep",
-    "split_col",
-    "group_col",
-    "strict",
-    "val_size",
-    "test_size",
-    "seed",
-)
 
 
 @app.command()

@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from hrlm._fs import atomic_file, owner_alive, write_json
+from hrlm._fs import atomic_file, owner_alive, remove, write_json
 from hrlm._progress import ProgressBar
 from hrlm.config import BatchConfig
 from hrlm.data import FORMATS
@@ -350,18 +350,12 @@ def write_part(frame: pd.DataFrame, path: Path, fmt: str) -> None:
 
 def remove_dead_temporaries(folder: Path) -> list[Path]:
     """Remove the temporaries of writers that were killed (their process is gone) from an output folder."""
-    import shutil
-
     removed = []
     for path in folder.iterdir():
         match = _TEMPORARY.fullmatch(path.name)
         if match is None or owner_alive(int(match["pid"])):
             continue
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                path.unlink()
+        remove(path)
         removed.append(path)
     return removed
 
