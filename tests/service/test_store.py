@@ -23,8 +23,8 @@ def test_migrations_create_exactly_the_tables_the_code_uses(db_url: str) -> None
 
     engine = make_engine(db_url)
     try:
-        assert upgrade(engine) == head_revision() == "0003"
-        assert upgrade(engine) == "0003"  # idempotent
+        assert upgrade(engine) == head_revision() == "0004"
+        assert upgrade(engine) == "0004"  # idempotent
         assert set(table_names(engine)) == {*metadata.tables, "alembic_version"}
         with engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)

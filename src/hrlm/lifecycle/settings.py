@@ -38,12 +38,30 @@ class LifecycleSettings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     job_stale_s: float = 60.0
     log_level: str = "info"
+    # the bias audit of the promotion gate (issue 16): on audit_data, per group column, for audit_positive
+    audit_data: str | None = None
+    audit_group_cols: tuple[str, ...] = ()
+    audit_positive: str | None = None
+    audit_min_impact_ratio: float = 0.8
+    audit_max_flip_rate: float | None = None
+    # retention: texts of predictions, review items and reviewers' notes older than this many days are removed
+    retention_days: int | None = None
 
     def __post_init__(self) -> None:
         if self.job_runner not in JOB_RUNNERS:
             raise ConfigError(f"job_runner = {self.job_runner!r}: must be one of {', '.join(JOB_RUNNERS)}.")
         if not self.job_stale_s > 0:
             raise ConfigError(f"job_stale_s = {self.job_stale_s!r}: must be greater than 0 seconds.")
+        object.__setattr__(self, "audit_group_cols", tuple(self.audit_group_cols))
+        if not 0 < self.audit_min_impact_ratio <= 1:
+            raise ConfigError(
+                f"audit_min_impact_ratio = {self.audit_min_impact_ratio!r}: must be above 0 and at most 1 "
+                "(0.8 is the four-fifths rule)."
+            )
+        if self.audit_max_flip_rate is not None and not 0 <= self.audit_max_flip_rate <= 1:
+            raise ConfigError(f"audit_max_flip_rate = {self.audit_max_flip_rate!r}: must be between 0 and 1.")
+        if self.retention_days is not None and self.retention_days < 1:
+            raise ConfigError(f"retention_days = {self.retention_days!r}: must be at least 1 day (or unset: keep).")
         if not -1 <= self.promote_margin <= 1:
             raise ConfigError(f"promote_margin = {self.promote_margin!r}: must be between -1 and 1.")
 
@@ -64,7 +82,8 @@ class LifecycleSettings:
         the job against its own database URL).
         """
         data = dataclasses.asdict(self)
-        for key in ("train_data", "holdout_data", "registry_dir"):
+        data["audit_group_cols"] = list(self.audit_group_cols)
+        for key in ("train_data", "holdout_data", "registry_dir", "audit_data"):
             if data.get(key):
                 data[key] = str(Path(data[key]).expanduser().resolve())
         url = data["database_url"]

@@ -145,6 +145,51 @@ class ServiceSettings(BaseSettings):
         description="How much a candidate's macro F1 must beat production's to be promoted (-1 promotes every "
         "candidate: simulations only).",
     )
+    # the bias audit that gates promotion (unset audit_data: no audit)
+    audit_data: str | None = Field(
+        default=None,
+        description="A file with texts and group columns that every retrained candidate is bias-audited on before "
+        "promotion.",
+    )
+    audit_group_cols: list[str] = Field(
+        default_factory=list, description="Group columns of audit_data (each, and their intersections, is audited)."
+    )
+    audit_positive: str | None = Field(default=None, description="The label that counts as selected in the audit.")
+    audit_min_impact_ratio: float = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        description="Lowest impact ratio a candidate may show for any category (0.8: the four-fifths rule).",
+    )
+    audit_max_flip_rate: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Most predictions the counterfactual probe (swapped gendered words) may change; unset: not gated.",
+    )
+    # monitoring and alerts
+    monitor_window: Literal["hour", "day", "week"] = Field(
+        default="day", description="Time window the monitor measures and alerts over."
+    )
+    monitor_every_s: float = Field(
+        default=300.0, ge=0, description="How often the monitor checks the current window for alerts; 0 = never."
+    )
+    evaluate_every_s: float = Field(
+        default=86_400.0,
+        ge=0,
+        description="How often production is measured on holdout_data (a job); 0 = never, or no holdout_data.",
+    )
+    alert_webhook_url: str | None = Field(default=None, description="URL each new alert is POSTed to (JSON).")
+    alert_webhook_secret: str | None = Field(
+        default=None, description="Key of the HMAC-SHA256 signature sent with each webhook call (X-Hrlm-Signature)."
+    )
+    # retention
+    retention_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="Remove stored texts of predictions and reviews (and reviewers' notes) older than this many "
+        "days, once a day; ids, labels and the audit log stay. Unset: keep.",
+    )
     job_runner: Literal["inprocess", "redis"] = Field(
         default="inprocess", description="inprocess (embedded default) or redis (an `hrlm worker` process runs jobs)."
     )

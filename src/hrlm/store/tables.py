@@ -86,6 +86,8 @@ predictions = Table(
     Column("output", JSON, nullable=False),
     Column("latency_ms", Float, nullable=False),
     Column("batch_size", Integer, nullable=False),
+    # when retention removed the text (0004); the row, its label and model version stay
+    Column("text_purged_at", DateTime(timezone=True)),
 )
 
 audit_log = Table(
@@ -168,6 +170,8 @@ review_items = Table(
     Column("state", String(20), nullable=False),
     Column("leased_by", Integer, ForeignKey("users.id", ondelete="SET NULL")),
     Column("leased_until", DateTime(timezone=True)),
+    # when retention removed the text (0004): the text is then empty, the labels and answers stay
+    Column("text_purged_at", DateTime(timezone=True)),
     Index("ix_review_items_state_score", "state", "score"),
 )
 
@@ -184,8 +188,9 @@ review_feedback = Table(
     Column("label", Text),
     Column("previous_label", Text),
     Column("model_version", String(200), nullable=False),
-    # what the reviewer wrote, mostly why they flagged the item
+    # what the reviewer wrote, mostly why they flagged the item; removed by retention at note_purged_at (0004)
     Column("note", Text),
+    Column("note_purged_at", DateTime(timezone=True)),
 )
 
 # one row per queue filler ("fill"): how far it has read the predictions, and what it skipped
@@ -221,4 +226,46 @@ jobs = Table(
     Column("params", JSON),
     Column("result", JSON),
     Column("error", Text),
+)
+
+
+# -- oversight (migration 0004) ------------------------------------------------------------------
+
+ALERT_STATES = ("open", "resolved")
+
+# what the monitor raised: a rule over a time window crossed its threshold; and its webhook delivery
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("rule", String(50), nullable=False),
+    Column("model_version", String(200)),
+    Column("window_start", DateTime(timezone=True), nullable=False),
+    Column("window_end", DateTime(timezone=True), nullable=False),
+    Column("opened_at", DateTime(timezone=True), nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("resolved_at", DateTime(timezone=True)),
+    Column("value", Float),
+    Column("threshold", Float),
+    Column("message", Text, nullable=False),
+    Column("detail", JSON),
+    Column("delivered_at", DateTime(timezone=True)),
+    Column("delivery_attempts", Integer, nullable=False, server_default="0"),
+    Column("delivery_error", Text),
+    Index("ix_alerts_state_opened_at", "state", "opened_at"),
+    Index("ix_alerts_rule_window_start", "rule", "window_start"),
+)
+
+# a model measured on a fixed holdout file (the scheduled evaluation job), a point of the monitor's series
+evaluations = Table(
+    "evaluations",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False, index=True),
+    Column("model_version", String(200), nullable=False, index=True),
+    Column("data", Text, nullable=False),
+    Column("data_fingerprint", String(64)),
+    Column("n", Integer, nullable=False),
+    Column("metrics", JSON, nullable=False),
+    Column("job_id", String(36)),
 )
