@@ -9,7 +9,7 @@ CONSTRAINTS := constraints.txt
 INSTALL := $(PIP) install -q -c $(CONSTRAINTS)
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint lean format install install-serve install-test constraints clean
+.PHONY: demo test lint lean format install install-serve install-test labelstudio constraints clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,16 @@ $(VENV)/.installed-serve: $(PY) pyproject.toml $(CONSTRAINTS)
 $(VENV)/.installed-test: $(PY) pyproject.toml $(CONSTRAINTS)
 	$(INSTALL) -e '.[all,test]'
 	@touch $@
+
+# Label Studio, for the test of hrlm as its ML backend (tests/e2e/test_labelstudio.py; CI makes it): a virtual
+# environment of its own, since label-studio pins packages hrlm does not (.ci/labelstudio-constraints.txt)
+LABEL_STUDIO := .ci/labelstudio
+$(LABEL_STUDIO)/.installed: .ci/labelstudio-constraints.txt
+	$(PYTHON) -m venv $(LABEL_STUDIO)
+	$(LABEL_STUDIO)/bin/python -m pip install -q --disable-pip-version-check -c .ci/labelstudio-constraints.txt label-studio==1.23.2
+	@touch $@
+
+labelstudio: $(LABEL_STUDIO)/.installed
 
 install: $(VENV)/.installed
 

@@ -8,6 +8,7 @@
     onnx       the ONNX Runtime backends and ``hrlm compress --onnx``: onnxruntime, onnx, onnxscript
     ray        ``hrlm batch --engine ray``, ``hrlm train --workers`` and ``hrlm pretrain --workers``: ray
     tune       ``hrlm tune``: optuna
+    audit      ``hrlm audit`` and the bias audit of the promotion gate: fairlearn
     all        every one of them
 
 A package that needs an extra imports its dependencies inside :func:`needs_extras`, so that a
@@ -45,6 +46,8 @@ EXTRA_OF_MODULE = {
     "onnxscript": "onnx",
     "ray": "ray",
     "optuna": "tune",
+    "fairlearn": "audit",
+    "captum": "serve",
 }
 
 

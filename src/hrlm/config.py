@@ -197,6 +197,10 @@ class TrainConfig(_Settings):
         600.0, "--method auto: seconds for choosing by cross-validation; methods estimated to take longer are skipped."
     )
     cv_folds: int = setting(5, "Folds of the cross-validation of --method auto (and hrlm tune) on small data.")
+    # the model card (README.md of the model folder)
+    intended_use: str | None = setting(
+        None, "What the model is for, written into its model card. (default: routing and tagging HR text with review)"
+    )
 
     def __post_init__(self) -> None:
         check_choice("truncate", self.truncate, TRUNCATE_MODES)

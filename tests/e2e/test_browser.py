@@ -68,6 +68,7 @@ def server(trained_model: Path, tickets_csv: Path, tmp_path: Path) -> Iterator[d
         holdout_data=str(holdout),
         promote_margin=-1.0,  # every candidate passes: the gate promotes, deterministically
         review_fill_s=0.2,
+        evaluate_every_s=0,  # no holdout evaluation job in the middle of the jobs these tests follow
         review_confidence_below=1.0,
         review_random_fraction=0.0,
         review_double_fraction=0.0,

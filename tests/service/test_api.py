@@ -95,7 +95,7 @@ def test_migration_0003_adds_client_request_id_to_stored_predictions_and_back(db
                     "output, latency_ms, batch_size) VALUES ('old', 0, CURRENT_TIMESTAMP, 'v1', 'it', 0.9, '{}', 1, 1)"
                 )
             )
-        assert upgrade(engine) == "0004"
+        assert upgrade(engine) == "0006"
         assert "client_request_id" in {c["name"] for c in inspect(engine).get_columns("predictions")}
         (row,) = predictions_of(engine, "old")
         assert row["client_request_id"] is None and row["label"] == "it"

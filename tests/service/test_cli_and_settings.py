@@ -39,7 +39,7 @@ def test_db_upgrade(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'sub' / 'hrlm.db'}"
     (tmp_path / "sub").mkdir()  # a missing folder is an error, not created (tests/cli/test_cli.py)
     r = runner.invoke(app, ["db", "upgrade", "--database-url", url])
-    assert r.exit_code == 0 and "at revision 0003 (head)" in r.stdout
+    assert r.exit_code == 0 and "at revision 0006 (head)" in r.stdout
     assert (tmp_path / "sub" / "hrlm.db").exists()
 
 

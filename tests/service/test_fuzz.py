@@ -160,6 +160,16 @@ BODIES = {
     ("post", "/v1/models/{version}/promote"): {"reason": "gate passed", "force": False},
     ("post", "/v1/models/rollback"): {"reason": "worse"},
     ("post", "/v1/retrain"): {"base": "v1", "margin": 0.01},
+    ("post", "/v1/alerts/{alert_id}/resolve"): {"note": "a known campaign"},
+    ("post", "/v1/audit"): {"group_cols": ["sex"], "positive": "payroll", "rows": [{"text": "tax", "sex": "F"}]},
+    ("post", "/v1/review/items/{item_id}/reopen"): {"reason": "check again"},
+    ("post", "/v1/review/items/{item_id}/adjudicate"): {"label": "it", "note": "the VPN is IT's"},
+    ("put", "/v1/review/guidelines/{label}"): {"description": "Pay and payslips", "examples": ["my payslip"]},
+    # Label Studio's requests (hrlm.service.routes.labelstudio)
+    ("post", "/labelstudio/setup"): {"project": "1.1700000000", "schema": "<View/>"},
+    ("post", "/labelstudio/predict"): {"tasks": [{"id": 1, "data": {"text": "tax"}}], "label_config": "<View/>"},
+    ("post", "/labelstudio/webhook"): {"action": "ANNOTATION_CREATED", "project": {"id": 1}, "task": {}},
+    ("post", "/labelstudio/train"): {"project": "1.1700000000"},
 }
 
 
@@ -169,7 +179,7 @@ def test_no_hostile_value_in_any_parameter_or_field_gets_a_500(trained_model: Pa
 
     admin = add_users(db_url).admin
     version = folder_version(trained_model)
-    base = {"version": version, "item_id": "1", "job_id": "x", "name": "metrics.json"}
+    base = {"version": version, "item_id": "1", "job_id": "x", "name": "metrics.json", "alert_id": "1", "label": "payroll"}
     limits = {"rate_limit": 0, "auth_fail_limit": 0, "max_texts": 8, "max_text_chars": 400}
     with running(trained_model, db_url, **limits) as client:
         spec = client.get("/openapi.json", headers=bearer(admin)).json()

@@ -103,18 +103,23 @@ def models_show(
     config: Config = None,
     registry_dir: RegistryDir = None,
 ) -> None:
-    """Show a version: folder, origin, metrics, the gate's comparison, report files and stage history."""
+    """Show a version: folder, model card, origin, metrics, the gate's comparison, report files and stage history."""
     from hrlm.lifecycle import report_files
+    from hrlm.model_card import CARD_FILE
 
     with _registry(config, database_url, registry_dir) as registry:
         info = registry.get(version)
         events = registry.history(version)
+        card = info.path / CARD_FILE
+        if not card.is_file():  # registered before hrlm wrote cards: write it now
+            registry.refresh_cards(version)
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
     facts.add_column(overflow="fold")
     facts.add_row("version", escape(info.version))
     facts.add_row("stage", info.stage)
     facts.add_row("folder", escape(str(info.path)))
+    facts.add_row("model card", escape(str(card)) if card.is_file() else "- (cannot be written; see the log)")
     facts.add_row("origin", info.origin + (f" (from {escape(info.parent)})" if info.parent else ""))
     facts.add_row("created", f"{info.created_at:%Y-%m-%d %H:%M:%S %Z}")
     if info.note:
@@ -216,3 +221,63 @@ def models_rollback(
         info = registry.rollback(actor(), reason)
     was = f" (was {escape(before.version)}, now archived)" if before else ""
     out_console.print(f"rolled back to {escape(info.version)}{was}", highlight=False, soft_wrap=True)
+
+
+@models_app.command("compare")
+@handles_errors
+def models_compare(
+    a: Annotated[str, typer.Argument(help="The first version (the baseline).")],
+    b: Annotated[str, typer.Argument(help="The second version, compared with the first.")],
+    holdout: Annotated[
+        Path | None, typer.Option(help="Labelled file to measure both on. (default: the holdout_data setting)")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the whole comparison to this JSON file.")
+    ] = None,
+    show: Annotated[int, typer.Option(help="Disagreements to print (all are in --json, up to 200).")] = 10,
+    database_url: DatabaseUrl = None,
+    config: Config = None,
+    registry_dir: RegistryDir = None,
+) -> None:
+    """Two versions on the fixed holdout: metrics, per-class F1, and the texts on which they disagree."""
+    from hrlm._fs import atomic_file
+    from hrlm.lifecycle import Registry
+    from hrlm.lifecycle.compare import compare_versions
+
+    flags = {"database_url": database_url, "registry_dir": str(registry_dir) if registry_dir is not None else None}
+    with migrated_store(config, **flags) as (settings, engine):
+        out = compare_versions(
+            Registry(engine, settings.registry_dir), a, b, holdout or settings.holdout_data, threads=settings.threads
+        )
+    head = Table(title=f"{escape(a)} (a) vs {escape(b)} (b) on {escape(str(out['holdout']))}: {out['n']} texts")
+    for col in ("", "a", "b", "b - a"):
+        head.add_column(col, justify="right" if col else "left")
+    for key in ("accuracy", "macro_f1", "weighted_f1"):
+        head.add_row(
+            key, f"{out['a']['metrics'][key]:.4f}", f"{out['b']['metrics'][key]:.4f}", f"{out['delta'][key]:+.4f}"
+        )
+    for label, row in out["per_class"].items():
+        if row["a"] is not None and row["b"] is not None:
+            head.add_row(
+                f"F1 {escape(label)} ({row['support']})", f"{row['a']:.3f}", f"{row['b']:.3f}", f"{row['delta']:+.3f}"
+            )
+    out_console.print(head)
+    out_console.print(
+        f"they disagree on {out['disagreements_total']} texts: a right on {out['a_right']}, b right on {out['b_right']}"
+    )
+    if out["disagreements"] and show > 0:
+        table = Table(title="where they disagree")
+        for col in ("text", "label", "a", "b"):
+            table.add_column(col, overflow="fold")
+        for row in out["disagreements"][:show]:
+            table.add_row(
+                escape(row["text"][:160]),
+                escape(row["label"]),
+                f"{escape(row['a'])} ({row['a_confidence']:.2f})",
+                f"{escape(row['b'])} ({row['b_confidence']:.2f})",
+            )
+        out_console.print(table)
+    if json_out is not None:
+        with atomic_file(json_out) as fh:
+            fh.write(json.dumps(out, indent=2, default=str) + "\n")
+        out_console.print(f"wrote {escape(str(json_out))}")

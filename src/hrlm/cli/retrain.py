@@ -49,6 +49,37 @@ def retrain(
         ),
     ] = None,
     base: Annotated[str | None, typer.Option(help="Registry version to start from. (default: production)")] = None,
+    audit_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Bias-audit the candidate on this file of texts and group columns; a failing audit rejects it. "
+            "(default: audit_data)"
+        ),
+    ] = None,
+    audit_group_col: Annotated[
+        list[str] | None,
+        typer.Option("--audit-group-col", help="A group column of the audit data; repeat for several."),
+    ] = None,
+    audit_positive: Annotated[
+        str | None, typer.Option(help="The label that counts as selected in the audit. (default: audit_positive)")
+    ] = None,
+    audit_min_impact_ratio: Annotated[
+        float | None,
+        typer.Option(
+            min=0.01,
+            max=1.0,
+            help="Lowest impact ratio the candidate may show for any category. (default: audit_min_impact_ratio, "
+            "0.8: the four-fifths rule)",
+        ),
+    ] = None,
+    audit_max_flip_rate: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Most predictions the counterfactual gender swap may change. (default: audit_max_flip_rate, unset)",
+        ),
+    ] = None,
     enqueue: Annotated[
         bool, typer.Option("--enqueue", help="Hand the retrain to `hrlm worker` through Redis (job_runner = redis).")
     ] = False,
@@ -65,7 +96,15 @@ def retrain(
     params |= {k: str(v.expanduser().resolve()) for k, v in (("data", data), ("holdout", holdout)) if v is not None}
     params = {k: v for k, v in params.items() if v is not None}
     flags = {"database_url": database_url, "registry_dir": str(registry_dir) if registry_dir else None}
+    audit = {
+        "audit_data": str(audit_data.expanduser().resolve()) if audit_data else None,
+        "audit_group_cols": audit_group_col or None,
+        "audit_positive": audit_positive,
+        "audit_min_impact_ratio": audit_min_impact_ratio,
+        "audit_max_flip_rate": audit_max_flip_rate,
+    }
     with migrated_store(config, **flags) as (settings, engine):
+        settings = settings.model_copy(update={k: v for k, v in audit.items() if v is not None})
         if enqueue:
             job_id = _enqueue(settings, engine, params)
             if wait:
@@ -157,6 +196,18 @@ def _gate_table(result: dict[str, Any]) -> Table:
             passed += " (too few to count)"
         table.add_row(
             name, str(part["n"]), _num(part["production"]), _num(part["candidate"]), _num(part["delta"]), passed
+        )
+    audit = gate.get("audit")
+    if audit:  # the bias audit: the lowest impact ratio of each model against the threshold
+        prod, cand = audit["production"]["min_impact_ratio"], audit["candidate"]["min_impact_ratio"]
+        delta = None if prod is None or cand is None else cand - prod
+        table.add_row(
+            f"bias audit (min impact ratio >= {audit['min_impact_ratio']:g})",
+            "-",
+            _num(prod),
+            _num(cand),
+            _num(delta),
+            str(audit["candidate"]["passed"]),
         )
     return table
 

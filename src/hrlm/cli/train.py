@@ -84,6 +84,7 @@ def train(
     address: str | None = option(TrainConfig, "address"),
     auto_budget: float = option(TrainConfig, "auto_budget"),
     cv_folds: int = option(TrainConfig, "cv_folds"),
+    intended_use: str | None = option(TrainConfig, "intended_use"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out folder.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:

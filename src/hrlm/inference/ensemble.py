@@ -40,6 +40,7 @@ from hrlm.data import Dataset
 from hrlm.errors import ConfigError, ModelError
 from hrlm.inference.predictor import Predictor, default_threads
 from hrlm.inference.scoring import evaluate_dataset
+from hrlm.model_card import write_model_card
 from hrlm.modeling import META_FILE, ModelMeta, TaskSpec, read_meta
 from hrlm.report import write_report
 
@@ -385,6 +386,7 @@ def build_ensemble(
                 settings={"members": [r["source"] for r in rows], "how": HOW, "weights": weights, "rows": len(test)},
                 tables={"Members and the ensemble on this split": table},
             )
+        write_model_card(tmp, name=target.name)
     return {"model_dir": Path(out), "members": rows, "metrics": metrics}
 
 

@@ -20,7 +20,7 @@ import torch
 from hrlm._progress import ProgressBar
 from hrlm.config import AGGREGATIONS, DEVICES, PRECISIONS, TRUNCATE_MODES, check_choice
 from hrlm.errors import ConfigError
-from hrlm.inference.backends import Backend, build_backend, choose_backend
+from hrlm.inference.backends import Backend, TorchBackend, build_backend, choose_backend
 from hrlm.inference.backends import autocast as autocast  # re-exported: training and pretraining use it
 from hrlm.inference.backends import cpu_has_fast_bf16 as cpu_has_fast_bf16
 from hrlm.inference.packing import collate_packed, plan
@@ -299,6 +299,51 @@ class Predictor:
         by_task = {t.name: t for t in self.tasks}
         logits = self.logits(texts, progress=progress)
         return {name: probabilities(v, by_task[name].multi_label) for name, v in logits.items()}
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """The fine-tuned encoder's pooled vector of each text (the mean over its windows), what the heads read.
+
+        Returns:
+            A float32 array of shape ``(len(texts), hidden size)``.
+
+        Raises:
+            ConfigError: the backend is not a torch one (ONNX graphs return logits only).
+
+        Example:
+            >>> Predictor.from_dir("runs/tickets", backend="torch-fp32").embed(["payslip"]).shape  # doctest: +SKIP
+            (1, 384)
+        """
+        return self.embed_with_logits(texts)[0]
+
+    def embed_with_logits(self, texts: Sequence[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """:meth:`embed` and :meth:`logits` from one pass of the encoder (the monitor needs both).
+
+        The heads read each window's pooled vector and the logits are aggregated per document as in
+        :meth:`logits`; the vectors are averaged over a document's windows.
+        """
+        backend = getattr(self, "backend", None)  # an ensemble has one per member
+        if not isinstance(backend, TorchBackend):
+            raise ConfigError(
+                f"backend = {self.backend_name!r} gives no pooled vectors; load the model with a torch backend "
+                "(--backend torch-fp32) to embed texts."
+            )
+        hidden = int(self.model.config.hidden_size)
+        if not texts:
+            empty = {t.name: np.zeros((0, len(t.labels)), dtype=np.float32) for t in self.tasks}
+            return np.zeros((0, hidden), dtype=np.float32), empty
+        enc = self.encode(texts)
+        pooled = np.zeros((len(enc.windows), hidden), dtype=np.float32)
+        logits = {t.name: np.zeros((len(enc.windows), len(t.labels)), dtype=np.float32) for t in self.tasks}
+        lengths = [len(w) for w in enc.windows]
+        with torch.inference_mode(), autocast(backend.device, backend.precision):
+            for batch in plan(lengths, max_tokens=self.max_tokens, max_batch=self.max_batch, packing=False):
+                ids, mask = collate([enc.windows[i] for i in batch], self.pad_id)
+                vectors = backend.model.pool(ids.to(backend.device), mask.to(backend.device))
+                pooled[batch] = vectors.float().cpu().numpy()
+                for name, value in backend.model.head_logits(vectors).items():
+                    logits[name][batch] = value.float().cpu().numpy()
+        docs = {name: aggregate(v, enc.doc_index, enc.n_docs, self.meta.aggregate) for name, v in logits.items()}
+        return aggregate(pooled, enc.doc_index, enc.n_docs, "mean"), docs
 
     @overload
     def predict(self, texts: str, *, progress: bool = False) -> Prediction: ...

@@ -2,9 +2,10 @@
 
 Modules: ``registry`` (versions and their stages: candidate, production, archived, rejected;
 promote, roll back), ``retraining`` (train a candidate on data plus reviewers' answers, compare it
-with production on a fixed holdout, promote or reject), ``jobs`` (the jobs table and running one
-job), ``runners`` (in a thread of the service, or on a Redis queue for ``hrlm worker``),
-``settings`` (what these need to know, handed down by the service or the CLI).
+with production on a fixed holdout, promote or reject), ``audit_gate`` (the bias audit a candidate
+must pass), ``jobs`` (the jobs table and running one job), ``runners`` (in a thread of the service,
+or on a Redis queue for ``hrlm worker``), ``settings`` (what these need to know, handed down by the
+service or the CLI).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from hrlm.text import check_storable
 log = logging.getLogger("hrlm.jobs")
 
 QUEUE_NAME = "hrlm"
-KINDS = ("retrain",)
+KINDS = ("retrain", "evaluate")  # evaluate: production measured on holdout_data (hrlm.lifecycle.holdout)
 _ACTIVE = ("queued", "running")
 _CREATE_LOCK = 7_246_552  # the PostgreSQL advisory lock that serialises job creation (one active job per kind)
 
@@ -345,8 +345,17 @@ def _run_retrain(engine: Engine, s: LifecycleSettings, job: dict[str, Any], repo
     )
 
 
+def _run_evaluate(
+    engine: Engine, s: LifecycleSettings, job: dict[str, Any], report: ProgressCallback
+) -> dict[str, Any]:
+    from hrlm.lifecycle.holdout import run_evaluate_job
+
+    return run_evaluate_job(engine, s, job, report)
+
+
 _KIND_RUNNERS: dict[str, Callable[[Engine, Any, dict[str, Any], ProgressCallback], dict[str, Any]]] = {
-    "retrain": _run_retrain
+    "retrain": _run_retrain,
+    "evaluate": _run_evaluate,
 }
 
 

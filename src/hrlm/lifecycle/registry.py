@@ -11,6 +11,9 @@ audit log, in the same transaction as the change. The stages and the moves betwe
     archive            candidate, rejected -> archived
     rollback           production -> archived; the production version before it -> production
 
+Each version's model card (``README.md``, :mod:`hrlm.model_card`) is re-rendered with its stage history
+after every change; a card that cannot be written is logged and never undoes the change.
+
 At most one version is in production. Every stage change holds a registry-wide lock (an advisory
 lock on PostgreSQL, the database's write lock on SQLite) from its first read to its commit, and a
 partial unique index makes the database refuse a second production version whatever a writer does.
@@ -25,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -39,6 +43,7 @@ from sqlalchemy.exc import IntegrityError
 from hrlm._fs import atomic_dir, atomic_file
 from hrlm.config import check_choice
 from hrlm.errors import ConfigError, Conflict
+from hrlm.model_card import CARD_FILE, write_model_card
 from hrlm.report import REPORT_DIR, report_file, report_files
 from hrlm.store.tables import STAGES, model_stage_events, model_versions, utcnow
 from hrlm.store.users import audit
@@ -57,6 +62,7 @@ from hrlm.store.versions import (
 from hrlm.text import check_storable
 
 __all__ = [
+    "CARD_FILE",
     "ORIGINS",
     "REPORT_DIR",
     "Registry",
@@ -67,6 +73,7 @@ __all__ = [
     "version_name",
 ]
 
+log = logging.getLogger("hrlm.registry")
 ORIGINS = ("register", "retrain")
 META_FILE = "hrlm.json"  # = hrlm.modeling.META_FILE, without importing torch
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -197,7 +204,7 @@ class Registry:
                             continue
                         raise
                 try:
-                    self._insert(version, folder, origin, parent, metrics, gate, note, actor, stage, reason)
+                    replaced = self._insert(version, folder, origin, parent, metrics, gate, note, actor, stage, reason)
                 except IntegrityError:  # the name was taken in the database between the check and the insert
                     if staging is not None:
                         os.rename(folder, staging)
@@ -207,6 +214,7 @@ class Registry:
                         os.rename(folder, staging)  # removed below
                     raise
                 staging = None
+                self.refresh_cards(version, replaced)
                 return self.get(version)
             raise Conflict(f"100 versions named {base}[-n] exist; rename the folder {src} and register it again.")
         finally:
@@ -225,7 +233,8 @@ class Registry:
         actor: str,
         stage: str,
         reason: str | None,
-    ) -> None:
+    ) -> str | None:
+        """Insert the version's rows; the version it replaced in production, if promoted at once."""
         row: dict[str, Any] = {"version": version, "path": str(folder), "stage": "candidate", "origin": origin}
         row |= {"parent": parent, "metrics": metrics or None, "gate": gate, "note": note}
         with changing(self.engine) as conn:
@@ -234,7 +243,8 @@ class Registry:
             log_event(conn, version, None, "candidate", "register", actor, reason or note)
             audit(conn, actor, "model.register", version, origin=origin, parent=parent, path=str(folder))
             if stage == "production":
-                self._move(conn, version, "promote", actor, reason)
+                return self._move(conn, version, "promote", actor, reason)
+        return None
 
     def _taken(self, version: str) -> bool:
         with reading(self.engine) as conn:
@@ -263,7 +273,8 @@ class Registry:
         """
         _check_words(reason=reason)
         with changing(self.engine) as conn:
-            self._move(conn, version, "promote", actor, reason, gate=gate, force=force)
+            previous = self._move(conn, version, "promote", actor, reason, gate=gate, force=force)
+        self.refresh_cards(version, previous)
         return self.get(version)
 
     def reject(
@@ -278,6 +289,7 @@ class Registry:
         _check_words(reason=reason)
         with changing(self.engine) as conn:
             self._move(conn, version, "reject", actor, reason, gate=gate)
+        self.refresh_cards(version)
         return self.get(version)
 
     def archive(self, version: str, actor: str, reason: str | None = None) -> VersionInfo:
@@ -290,6 +302,7 @@ class Registry:
         _check_words(reason=reason)
         with changing(self.engine) as conn:
             self._move(conn, version, "archive", actor, reason)
+        self.refresh_cards(version)
         return self.get(version)
 
     def rollback(self, actor: str, reason: str | None = None) -> VersionInfo:
@@ -338,6 +351,7 @@ class Registry:
             set_stage(conn, target, "production", now)
             log_event(conn, target, "archived", "production", "rollback", actor, reason)
             audit(conn, actor, "model.rollback", target, previous=current, reason=reason)
+        self.refresh_cards(target, current)
         return self.get(target)
 
     def annotate(
@@ -357,6 +371,8 @@ class Registry:
             if values:
                 conn.execute(update(model_versions).where(model_versions.c.version == version).values(**values))
                 audit(conn, actor, "model.annotate", version, fields=sorted(values))
+        if values:
+            self.refresh_cards(version)
         return self.get(version)
 
     def add_report(self, version: str, name: str, content: str | bytes) -> Path:
@@ -370,7 +386,38 @@ class Registry:
         path = self.get(version).path / REPORT_DIR / name
         with atomic_file(path, "wb" if isinstance(content, bytes) else "w") as fh:
             fh.write(content)
+        self.refresh_cards(version)  # an audit.json added here shows in the card
         return path
+
+    def write_card(self, version: str) -> Path:
+        """Render ``version``'s model card with its registry facts and stage history into its folder.
+
+        Returns:
+            The card's path (``<folder>/README.md``).
+
+        Raises:
+            NotFound: no such version.
+            ModelNotFound, ModelError: its folder is gone or holds no ``hrlm.json``.
+
+        Example:
+            >>> registry.write_card("router-1a2b3c4d")  # doctest: +SKIP
+            PosixPath('hrlm-models/router-1a2b3c4d/README.md')
+        """
+        info = self.get(version)
+        events = [e.to_dict() for e in self.history(version)]
+        return write_model_card(info.path, history=events, version=info.to_dict())
+
+    def refresh_cards(self, *versions: str | None) -> None:
+        """Re-render the cards of ``versions`` (``None`` entries skipped); a failure is logged, never raised.
+
+        A stage change is stored before its cards are written: a full disk or a read-only folder must
+        not undo or fail it.
+        """
+        for version in dict.fromkeys(v for v in versions if v):
+            try:
+                self.write_card(version)
+            except Exception as exc:  # the change stands; the card is re-rendered at the next change
+                log.warning("could not write the model card of %s: %s: %s", version, type(exc).__name__, exc)
 
     # -- internals --------------------------------------------------------------------------------
 
@@ -384,8 +431,12 @@ class Registry:
         *,
         gate: dict[str, Any] | None = None,
         force: bool = False,
-    ) -> None:
-        """Move ``version`` by ``action`` (promote, reject, archive); the caller holds the lock."""
+    ) -> str | None:
+        """Move ``version`` by ``action`` (promote, reject, archive); the caller holds the lock.
+
+        Returns:
+            The version that left production for it (a promotion), else ``None``.
+        """
         row = version_row(conn, version)
         target = _TO[action]
         allowed = _FROM[action] + (("rejected",) if action == "promote" and force else ())
@@ -406,6 +457,7 @@ class Registry:
         if force:
             detail["force"] = True
         audit(conn, actor, f"model.{action}", version, **detail)
+        return previous
 
 
 def _check_words(**words: str | None) -> None:

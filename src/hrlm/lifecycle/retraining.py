@@ -6,6 +6,13 @@ measures candidate and production on the fixed holdout file (never trained on) a
 feedback holdout, and promotes the candidate only when it wins by ``margin``; otherwise it stays
 registered as ``rejected`` with its report (``report/gate.md``).
 
+With ``audit_data`` set, the candidate is also bias-audited on that file (:func:`hrlm.fairness.run_audit`:
+impact ratios per group column of ``audit_group_cols`` and their intersections, for the label
+``audit_positive``, and the counterfactual gender-swap probe). Its ``audit.json`` and ``audit.html``
+go into the candidate's ``report/`` folder, production's audit is shown beside it in ``gate.md``,
+and a candidate whose audit fails ``audit_min_impact_ratio`` (or ``audit_max_flip_rate``) is
+rejected like one that scores lower, whatever its F1.
+
 Nothing about production changes until the candidate's folder is complete: the candidate is
 trained in a temporary folder, registered as ``candidate`` once written, and promoted in one
 transaction of the registry. A crash at any point leaves production as it was.
@@ -27,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine
 
 from hrlm.errors import ConfigError, DataError, HrlmError, NotFound
+from hrlm.lifecycle.audit_gate import audit_file, format_audit, gate_audit
 
 if TYPE_CHECKING:
     from hrlm.config import TrainConfig
@@ -89,6 +97,7 @@ def retrain(
         raise ConfigError(f"margin = {margin!r} must be between -1 and 1 (a difference of macro F1).")
     data_path = _required(data or settings.train_data, "train_data", "--data FILE")
     holdout_path = _required(holdout or settings.holdout_data, "holdout_data", "--holdout FILE")
+    audit_path = audit_file(settings)
 
     report(0.02, "reading the production model")
     parent = _parent(registry, base)
@@ -142,6 +151,9 @@ def retrain(
 
         report(0.78, "evaluating the candidate and production on the holdouts")
         gate = _gate(parent, folder, fixed, fb_hold, margin, settings.threads, notes)
+        if audit_path is not None:
+            report(0.85, "bias audit of the candidate and production")
+            gate_audit(gate, parent, folder, audit_path, settings, cfg.text_col)
         gate["train_seconds"] = round(train_s, 2)
         gate["data"] = counts
         _write_gate(folder, gate, notes)
@@ -399,6 +411,7 @@ def format_gate(gate: dict[str, Any], notes: Sequence[str] = ()) -> str:
         f"| feedback ({counted}) | {fb['n']} | {num(fb['production'])} | {num(fb['candidate'])} | "
         f"{num(fb['delta'])} | {'-' if fb['passed'] is None else fb['passed']} |",
     ]
+    lines += format_audit(gate.get("audit"), num)
     data = gate.get("data")
     if data:
         lines += ["", "Training data: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in data.items()) + "."]

@@ -2,7 +2,8 @@
 
 Modules: ``answers`` (the review policy, next item, leases, submitted answers, labelled examples for
 retraining), ``fill`` (sorting new predictions into the queue: low confidence, uncertainty sampling,
-random share, near-duplicates), ``stats`` (queue statistics, reviewer agreement and kappa).
+random share, near-duplicates), ``external`` (answers from other labelling tools: Label Studio),
+``stats`` (queue statistics, reviewer agreement and kappa).
 It needs the store (``pip install 'hrlm[serve]'``), not the service.
 """
 
@@ -12,5 +13,6 @@ from hrlm._extras import needs_extras
 
 with needs_extras("the review loop (hrlm.review)"):
     from hrlm.review.answers import ReviewPolicy, fill_queue, labelled_examples
+    from hrlm.review.external import EXTERNAL_REASON, record_external, withdraw_external
 
-__all__ = ["ReviewPolicy", "fill_queue", "labelled_examples"]
+__all__ = ["EXTERNAL_REASON", "ReviewPolicy", "fill_queue", "labelled_examples", "record_external", "withdraw_external"]

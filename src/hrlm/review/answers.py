@@ -34,6 +34,7 @@ __all__ = [
     "ReviewPolicy",
     "agreement",
     "fill_queue",
+    "item_text",
     "labelled_examples",
     "next_item",
     "open_items",
@@ -47,26 +48,32 @@ ANSWERS = ("accept", "correct")  # the actions that give an item a label
 
 
 def _answered_by(user_id: int) -> Any:
-    return select(review_feedback.c.item_id).where(review_feedback.c.reviewer_id == user_id)
+    return select(review_feedback.c.item_id).where(
+        review_feedback.c.reviewer_id == user_id, review_feedback.c.withdrawn_at.is_(None)
+    )
 
 
 def next_item(engine: Engine, principal: Principal, *, lease_s: float = 600.0) -> dict[str, Any] | None:
     """Lease the best open item to ``principal`` for ``lease_s`` seconds and return it; ``None`` when none is left.
 
     An item the reviewer holds already comes back first (a reloaded page shows the same text); an
-    item they answered (even skipped) never does. Items go by priority (``score``, highest first).
+    item they answered (even skipped) never does, nor one whose text retention removed (nothing is
+    left to read). Items go by priority (``score``, highest first).
     Leasing is a compare-and-set, so two reviewers asking at once never get the same item.
     """
     for _ in range(8):
         now = utcnow()
         base = select(review_items).where(
-            review_items.c.state == "open", review_items.c.id.not_in(_answered_by(principal.user_id))
+            review_items.c.state == "open",
+            review_items.c.text_purged_at.is_(None),
+            review_items.c.id.not_in(_answered_by(principal.user_id)),
         )
         with engine.connect() as conn:
             held = (
                 conn.execute(
                     base.where(review_items.c.leased_by == principal.user_id, review_items.c.leased_until > now)
-                    .order_by(review_items.c.id)
+                    # the latest lease first: an item given back by undo comes before the one shown meanwhile
+                    .order_by(review_items.c.leased_until.desc(), review_items.c.id)
                     .limit(1)
                 )
                 .mappings()
@@ -103,8 +110,12 @@ def next_item(engine: Engine, principal: Principal, *, lease_s: float = 600.0) -
 
 
 def open_items(engine: Engine, principal: Principal | None = None) -> int:
-    """How many items are open (of those ``principal`` has not answered, when given)."""
-    query = select(func.count()).select_from(review_items).where(review_items.c.state == "open")
+    """How many items are open and still have their text (of those ``principal`` has not answered, when given)."""
+    query = (
+        select(func.count())
+        .select_from(review_items)
+        .where(review_items.c.state == "open", review_items.c.text_purged_at.is_(None))
+    )
     if principal is not None:
         query = query.where(review_items.c.id.not_in(_answered_by(principal.user_id)))
     with engine.connect() as conn:
@@ -117,7 +128,9 @@ def _describe(conn: Connection, row: dict[str, Any]) -> dict[str, Any]:
     multi = isinstance(output.get("label"), list)
     done = conn.execute(
         select(review_feedback.c.id).where(
-            review_feedback.c.item_id == row["id"], review_feedback.c.action.in_(ANSWERS)
+            review_feedback.c.item_id == row["id"],
+            review_feedback.c.action.in_(ANSWERS),
+            review_feedback.c.withdrawn_at.is_(None),
         )
     ).all()
     return {
@@ -219,7 +232,7 @@ def submit(
             raise Conflict(f"review item {item_id} is {item['state']} already; GET /v1/review/next gives the next one.")
         answers = conn.execute(
             select(review_feedback.c.reviewer_id, review_feedback.c.action, review_feedback.c.label)
-            .where(review_feedback.c.item_id == item_id)
+            .where(review_feedback.c.item_id == item_id, review_feedback.c.withdrawn_at.is_(None))
             .order_by(review_feedback.c.id)
         ).all()
         if any(a.reviewer_id == principal.user_id for a in answers):
@@ -260,3 +273,21 @@ def submit(
         "reviews_done": done,
         "reviews_needed": item["reviews_needed"],
     }
+
+
+def item_text(engine: Engine, item_id: int) -> tuple[str, str]:
+    """The text and the suggested label of review item ``item_id`` (what an explanation of it needs).
+
+    Raises:
+        NotFound: no item has that id.
+        Conflict: retention removed the item's text.
+    """
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(review_items.c.text, review_items.c.suggestion).where(review_items.c.id == item_id)
+        ).first()
+    if row is None:
+        raise NotFound(f"no review item {item_id}; GET /v1/review/next gives the next one.")
+    if not row.text:
+        raise Conflict(f"review item {item_id} has no text any more (retention removed it): nothing to explain.")
+    return str(row.text), str(row.suggestion)

@@ -120,7 +120,7 @@ def _shingles(text: str) -> frozenset[tuple[str, ...]]:
     return frozenset(itertools.pairwise(words))
 
 
-def _share(key: str) -> float:
+def share(key: str) -> float:
     """A stable pseudo-random number in [0, 1) for ``key``."""
     return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:13], 16) / 16**13
 
@@ -295,7 +295,7 @@ def _choose(
             result["skipped_no_text"] += 1
             continue
         u = uncertainty(row.output, policy.uncertainty)
-        if _share(f"random:{row.id}") < policy.random_fraction:
+        if share(f"random:{row.id}") < policy.random_fraction:
             chosen.append(_item(row, "random", 1.0, policy))  # unbiased: no diversity rule, served first
         elif row.confidence < policy.confidence_below:
             low.append((u, row))
@@ -339,6 +339,6 @@ def _item(row: Any, reason: str, score: float, policy: ReviewPolicy, digest: str
         "reason": reason,
         "score": round(float(score), 6),
         # identical texts land on the same side, so a holdout text is never also trained on
-        "holdout": _share(f"holdout:{digest}") < policy.holdout_fraction,
-        "reviews_needed": 2 if _share(f"double:{row.id}") < policy.double_fraction else 1,
+        "holdout": share(f"holdout:{digest}") < policy.holdout_fraction,
+        "reviews_needed": 2 if share(f"double:{row.id}") < policy.double_fraction else 1,
     }

@@ -15,13 +15,15 @@ from sqlalchemy import Engine, func, select
 from hrlm.store.tables import REVIEW_ACTIONS, review_feedback, review_fill, review_items, utcnow
 
 ANSWERS = ("accept", "correct")
+ADJUDICATE = "adjudicate"  # an admin's answer settling a disagreement (review.corrections.adjudicate)
+FLAGGED_SHOWN = 50  # the newest flagged items stats() lists with their notes
 
 
 def _answers(engine: Engine, item_ids: list[int] | None = None) -> dict[int, list[Any]]:
-    """Accept/correct answers per item, in the order they were given."""
+    """Accept/correct answers per item, in the order they were given (withdrawn answers left out)."""
     query = (
         select(review_feedback.c.item_id, review_feedback.c.reviewer, review_feedback.c.label)
-        .where(review_feedback.c.action.in_(ANSWERS))
+        .where(review_feedback.c.action.in_(ANSWERS), review_feedback.c.withdrawn_at.is_(None))
         .order_by(review_feedback.c.id)
     )
     if item_ids is not None:
@@ -33,11 +35,32 @@ def _answers(engine: Engine, item_ids: list[int] | None = None) -> dict[int, lis
     return out
 
 
+def adjudications(engine: Engine, item_ids: list[int] | None = None) -> dict[int, str]:
+    """The label an admin settled each adjudicated item with (the latest adjudication that counts)."""
+    query = (
+        select(review_feedback.c.item_id, review_feedback.c.label)
+        .where(review_feedback.c.action == ADJUDICATE, review_feedback.c.withdrawn_at.is_(None))
+        .order_by(review_feedback.c.id)
+    )
+    if item_ids is not None:
+        query = query.where(review_feedback.c.item_id.in_(item_ids))
+    with engine.connect() as conn:
+        return {row.item_id: row.label for row in conn.execute(query)}
+
+
+def agreed_label(labels: set[str], adjudicated: str | None) -> str | None:
+    """An item's label: an admin's adjudication, else the reviewers' one label; ``None`` when they disagree."""
+    if adjudicated is not None:
+        return adjudicated
+    return next(iter(labels)) if len(labels) == 1 else None
+
+
 def labelled_examples(engine: Engine, *, holdout: bool) -> list[tuple[str, str]]:
     """``(text, label)`` of every done item on one side of the holdout split, oldest first.
 
-    The label is the reviewers' (``|``-joined for several labels). Items whose two reviewers
-    disagree are left out: nobody knows which label is right. Retraining reads ``holdout=False``;
+    The label is the reviewers' (``|``-joined for several labels), or an admin's adjudication. Items
+    whose two reviewers disagree are left out until an admin adjudicates: nobody knows which label is
+    right. Texts removed by retention are left out. Retraining reads ``holdout=False``;
     the promotion gate measures on ``holdout=True``.
 
     Example:
@@ -52,12 +75,63 @@ def labelled_examples(engine: Engine, *, holdout: bool) -> list[tuple[str, str]]
     with engine.connect() as conn:
         items = conn.execute(query).all()
     answers = _answers(engine)
+    settled = adjudications(engine)
     out = []
     for item_id, text in items:
-        labels = {a.label for a in answers.get(item_id, [])}
-        if len(labels) == 1:
-            out.append((text, labels.pop()))
+        label = agreed_label({a.label for a in answers.get(item_id, [])}, settled.get(item_id))
+        if label is not None and text:
+            out.append((text, label))
     return out
+
+
+def flagged_items(engine: Engine, *, limit: int = FLAGGED_SHOWN, action: str = "flag") -> list[dict[str, Any]]:
+    """The newest flags reviewers raised, with who flagged the item, when, and their note.
+
+    ``action="skip"`` lists the newest skips the same way (``flagged_by`` is then who skipped).
+    Answers taken back are left out.
+
+    Returns:
+        Up to ``limit`` dicts, newest first: ``item_id``, ``flagged_by``, ``at``, ``note`` (``None``
+        when none was written or retention removed it), ``note_purged``, ``model_version``,
+        ``suggestion``, ``reason`` (why the item was queued) and ``state`` (the item's, now).
+
+    Example:
+        >>> flagged_items(engine, limit=1)  # doctest: +SKIP
+        [{'item_id': 7, 'flagged_by': 'ana', 'note': 'names a colleague', 'state': 'flagged', ...}]
+    """
+    query = (
+        select(
+            review_feedback.c.item_id,
+            review_feedback.c.reviewer,
+            review_feedback.c.at,
+            review_feedback.c.note,
+            review_feedback.c.note_purged_at,
+            review_feedback.c.model_version,
+            review_items.c.suggestion,
+            review_items.c.reason,
+            review_items.c.state,
+        )
+        .join(review_items, review_items.c.id == review_feedback.c.item_id)
+        .where(review_feedback.c.action == action, review_feedback.c.withdrawn_at.is_(None))
+        .order_by(review_feedback.c.at.desc(), review_feedback.c.id.desc())
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return [
+        {
+            "item_id": r.item_id,
+            "flagged_by": r.reviewer,
+            "at": r.at,
+            "note": r.note,
+            "note_purged": r.note_purged_at is not None,
+            "model_version": r.model_version,
+            "suggestion": r.suggestion,
+            "reason": r.reason,
+            "state": r.state,
+        }
+        for r in rows
+    ]
 
 
 def stats(engine: Engine) -> dict[str, Any]:
@@ -66,7 +140,8 @@ def stats(engine: Engine) -> dict[str, Any]:
     Returns:
         ``open``, ``leased``, ``done``, ``flagged``, ``holdout_done``, ``disagreements``,
         ``by_reason`` (reason -> state -> count), ``reviewers`` (name and a count per action),
-        ``fill`` (the filler's cursor and totals) and ``notes`` (sentences worth showing a person).
+        ``fill`` (the filler's cursor and totals), ``notes`` (sentences worth showing a person) and
+        ``flagged_items`` (the newest flags with their notes: :func:`flagged_items`).
     """
     now = utcnow()
     by_reason: dict[str, dict[str, int]] = defaultdict(lambda: {"open": 0, "done": 0, "flagged": 0})
@@ -89,14 +164,19 @@ def stats(engine: Engine) -> dict[str, Any]:
         ).scalar()
         per: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(REVIEW_ACTIONS, 0))
         for reviewer, action, n in conn.execute(
-            select(review_feedback.c.reviewer, review_feedback.c.action, func.count()).group_by(
-                review_feedback.c.reviewer, review_feedback.c.action
-            )
+            select(review_feedback.c.reviewer, review_feedback.c.action, func.count())
+            .where(review_feedback.c.withdrawn_at.is_(None), review_feedback.c.action.in_(REVIEW_ACTIONS))
+            .group_by(review_feedback.c.reviewer, review_feedback.c.action)
         ):
             per[reviewer][action] = int(n)
         done_ids = [i for (i,) in conn.execute(select(review_items.c.id).where(review_items.c.state == "done"))]
         fill = conn.execute(select(review_fill).where(review_fill.c.name == "fill")).mappings().first()
-    disagreements = sum(1 for rows in _answers(engine, done_ids).values() if len({r.label for r in rows}) > 1)
+    settled = adjudications(engine)
+    disagreements = sum(
+        1
+        for item, rows in _answers(engine, done_ids).items()
+        if len({r.label for r in rows}) > 1 and item not in settled
+    )
     totals = {state: sum(r[state] for r in by_reason.values()) for state in ("open", "done", "flagged")}
     fill_info = (
         {k: fill[k] for k in ("last_prediction_id", "scanned", "queued", "skipped_no_text", "skipped_duplicate")}
@@ -123,6 +203,7 @@ def stats(engine: Engine) -> dict[str, Any]:
         ],
         "fill": fill_info,
         "notes": notes,
+        "flagged_items": flagged_items(engine),
     }
 
 

@@ -22,7 +22,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hrlm._version import __version__
 from hrlm.errors import HrlmError, PayloadTooLarge, ServiceError, Unauthorized
 from hrlm.service.auth import FailureThrottle, gate
+from hrlm.service.routes.audit_log import build_audit_log_router
+from hrlm.service.routes.fairness import build_fairness_router
 from hrlm.service.routes.jobs import build_job_router
+from hrlm.service.routes.labelstudio import build_labelstudio_router
+from hrlm.service.routes.monitor import build_monitor_router
 from hrlm.service.routes.pages import build_docs_router, build_ui_router
 from hrlm.service.routes.pages import open_paths as ui_open_paths
 from hrlm.service.routes.predict import build_router
@@ -32,6 +36,7 @@ from hrlm.service.runtime import Service
 from hrlm.service.served_model import ModelSource, quoted
 from hrlm.service.settings import ServiceSettings
 
+LABEL_STUDIO_PREFIX = "/labelstudio"  # the routes that take HTTP Basic credentials too (Label Studio sends them)
 log = logging.getLogger("hrlm.service")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # which setting a pydantic error on a body field is about, so a 422 names the limit
@@ -101,7 +106,11 @@ class ServiceMiddleware:
                     address = (scope.get("client") or ("",))[0] or ""
                     authorization = _header(scope, b"authorization")
                     state["principal"] = await gate(
-                        self.service, authorization, address=address, throttle=self.throttle
+                        self.service,
+                        authorization,
+                        address=address,
+                        throttle=self.throttle,
+                        basic=scope["path"].startswith(LABEL_STUDIO_PREFIX),
                     )
                 except HrlmError as exc:
                     await _send_error(send_wrapper, exc, request_id)
@@ -283,6 +292,10 @@ def create_app(
         build_registry_router(),
         build_review_router(),
         build_job_router(),
+        build_fairness_router(),
+        build_monitor_router(),
+        build_audit_log_router(),
+        build_labelstudio_router(),
         build_ui_router(),
         build_docs_router("hrlm"),
     ]

@@ -15,6 +15,7 @@ token it carries.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import math
 import time
@@ -137,9 +138,17 @@ class FailureThrottle:
 
 
 async def gate(
-    service: Any, authorization: str | None, *, address: str = "", throttle: FailureThrottle | None = None
+    service: Any,
+    authorization: str | None,
+    *,
+    address: str = "",
+    throttle: FailureThrottle | None = None,
+    basic: bool = False,
 ) -> Principal:
     """The principal of an ``Authorization: Bearer`` header, else :class:`Unauthorized`.
+
+    With ``basic`` (the routes Label Studio calls), HTTP Basic credentials are taken too: the
+    password is the token, the user name is ignored.
 
     Runs in the middleware, before the body is read or a route is chosen: a request without a
     valid token reaches neither a route nor the model nor the prediction store. With a
@@ -148,6 +157,9 @@ async def gate(
     """
     scheme, _, token = (authorization or "").partition(" ")
     token = token.strip()
+    if basic and scheme.lower() == "basic":  # Label Studio's ML backend connection: the password is the token
+        token = _basic_password(token)
+        scheme = "bearer"
     if scheme.lower() != "bearer" or not token:
         service.metrics.auth_failures.labels(status="401").inc()
         raise Unauthorized(f"this route needs an API token: {HOW}")
@@ -178,7 +190,7 @@ def require(*roles: str) -> Callable[..., Awaitable[Principal]]:
     ) -> Principal:
         service = request.app.state.service
         principal: Principal | None = getattr(request.state, "principal", None)
-        if principal is None or credentials is None:  # the gate lets nobody through without one
+        if principal is None:  # the gate lets nobody through without one
             raise Unauthorized(f"this route needs an API token: {HOW}")
         if principal.role not in roles:
             service.metrics.auth_failures.labels(status="403").inc()
@@ -186,7 +198,8 @@ def require(*roles: str) -> Callable[..., Awaitable[Principal]]:
                 f"user {principal.name!r} has role {principal.role!r}; {_route(request)} needs role "
                 f"{' or '.join(roles)}. An admin can issue one with `hrlm users add NAME --role {roles[0]}`."
             )
-        wait = service.limiter.hit(parse_token(credentials.credentials.strip()) or principal.name)
+        key = parse_token(credentials.credentials.strip()) if credentials is not None else None
+        wait = service.limiter.hit(key or principal.name)
         if wait is not None:
             retry = max(1, math.ceil(wait))
             raise RateLimited(
@@ -197,6 +210,15 @@ def require(*roles: str) -> Callable[..., Awaitable[Principal]]:
         return principal
 
     return dependency
+
+
+def _basic_password(credentials: str) -> str:
+    """The password of HTTP Basic credentials (``base64(user:password)``); empty when they do not decode."""
+    try:
+        decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    return decoded.partition(":")[2].strip()
 
 
 def _route(request: Request) -> str:

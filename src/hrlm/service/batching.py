@@ -87,6 +87,10 @@ class MicroBatcher:
     def start(self) -> None:
         self._worker = asyncio.create_task(self._run(), name="hrlm-batcher")
 
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` on the model's thread, between two batches (one model, one thread at a time)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
     def submit(self, texts: list[str], info: Any = None) -> asyncio.Future[Any]:
         """Queue ``texts``; the returned future gets ``finish``'s answer.
 

@@ -57,6 +57,22 @@ class Metrics:
             registry=r,
         )
         self.auth_failures = Counter("hrlm_auth_failures", "Requests refused 401 or 403.", ["status"], registry=r)
+        # monitoring (issue 16): what the health monitor opened and sent, and its latest window's measures
+        self.alerts = Counter("hrlm_alerts", "Alerts opened by the health monitor, by rule.", ["rule"], registry=r)
+        self.alerts_open = Gauge("hrlm_alerts_open", "Alerts open now, by rule.", ["rule"], registry=r)
+        self.alert_deliveries = Counter(
+            "hrlm_alert_deliveries",
+            "Webhook deliveries of alerts by outcome: delivered, failed (retried next round), rejected (4xx).",
+            ["outcome"],
+            registry=r,
+        )
+        self.monitor_drift = Gauge(
+            "hrlm_monitor_drift",
+            "The latest judged window's measures: label_psi, confidence_psi, embedding_drift (ROC AUC), "
+            "estimated_accuracy (CBPE), reviewed_accuracy.",
+            ["measure"],
+            registry=r,
+        )
 
     def set_model(self, version: str) -> None:
         """Mark ``version`` as the one served (and no other)."""

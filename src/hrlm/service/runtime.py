@@ -6,6 +6,7 @@ Routes stay thin: they validate, call one method of :class:`Service`, and return
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from dataclasses import dataclass
@@ -21,8 +22,10 @@ from hrlm.review import ReviewPolicy
 from hrlm.service.auth import Authenticator, RateLimiter
 from hrlm.service.batching import MicroBatcher, PendingRequest
 from hrlm.service.metrics import Metrics
+from hrlm.service.monitor import EvaluationScheduler, HealthMonitor
 from hrlm.service.queue_filler import QueueFiller
 from hrlm.service.recorder import Recorder
+from hrlm.service.retention import RetentionPurger
 from hrlm.service.served_model import (
     FolderSource,
     LoadedModel,
@@ -36,6 +39,7 @@ from hrlm.store import db
 from hrlm.store.tables import utcnow
 from hrlm.store.users import Principal
 
+EXPLAIN_CACHE = 512  # explanations of review items kept (per model version, item and label)
 log = logging.getLogger("hrlm.service")
 
 
@@ -87,6 +91,8 @@ class Service:
         self.model: LoadedModel | None = None
         self.started = False
         self._swap_lock = asyncio.Lock()
+        # explanations of review items: (model version, item, label) -> explanations, least recently used first out
+        self._explained: collections.OrderedDict[tuple[str, str, str | None], list[Any]] = collections.OrderedDict()
 
     async def start(self) -> None:
         """Connect and migrate the database, load the model, start the batcher and the recorder."""
@@ -111,6 +117,9 @@ class Service:
         # new predictions are sorted into the review queue every review_fill_s (POST /v1/review/fill: now)
         self.filler = QueueFiller(self.engine, ReviewPolicy.from_settings(s), s.review_fill_s)
         self.filler.start()
+        # stored texts and notes past retention_days are removed once a day, the first time soon after start
+        self.purger = RetentionPurger(self.engine, s.retention_days)
+        self.purger.start()
         # retrain jobs: a thread of this process (job_runner=inprocess) or `hrlm worker` through Redis; a job
         # that promoted a version reloads the model at once (the registry follower would, within registry_poll_s)
         loop = asyncio.get_running_loop()
@@ -118,6 +127,11 @@ class Service:
             self.engine, s.lifecycle(), on_finished=lambda *_: asyncio.run_coroutine_threadsafe(self.reload(), loop)
         )
         self.jobs.start()
+        # the health monitor (alerts every monitor_every_s) and the holdout evaluation (a job every evaluate_every_s)
+        self.monitor = HealthMonitor(self, s.monitor_every_s)
+        self.monitor.start()
+        self.evaluator = EvaluationScheduler(self, s.evaluate_every_s)
+        self.evaluator.start()
         self.batcher = MicroBatcher(
             self._infer,
             self._finish,
@@ -143,6 +157,9 @@ class Service:
         await self.batcher.close()
         await self.recorder.close()
         await self.filler.stop()
+        await self.purger.stop()
+        await self.monitor.stop()
+        await self.evaluator.stop()
         await asyncio.to_thread(self.jobs.close)
         if self.engine is not None:
             self.engine.dispose()
@@ -221,6 +238,55 @@ class Service:
                 f"no answer within request_timeout_s = {self.settings.request_timeout_s:g} s "
                 f"({self.batcher.depth} texts are waiting); retry, or send fewer or shorter texts."
             ) from None
+
+    async def predict_unrecorded(self, texts: list[str]) -> tuple[str, list[Any]]:
+        """The served model's version and predictions of ``texts``, made on the model thread and stored nowhere.
+
+        For another tool's own labelling traffic (Label Studio's pre-annotations): not the service's
+        clients' predictions, so neither the prediction store, the review queue nor the monitor sees it.
+        """
+        model, preds = await self.batcher.call(self._infer, list(texts))
+        return model.version, preds
+
+    async def explain(
+        self, texts: list[str], *, label: str | None = None, key: str | None = None
+    ) -> tuple[str, list[Any]]:
+        """The served model's version and word attributions of ``texts`` (for ``label``, else the predicted one).
+
+        Integrated gradients on the model thread (:func:`hrlm.inference.explain.explain`), with
+        ``explain_steps`` path points and at most ``explain_max_windows`` windows a text; ``key``
+        (a review item) caches the result per model version and label. Bounded by ``request_timeout_s``.
+
+        Raises:
+            RequestTimeout: the attributions took longer than ``request_timeout_s`` (504).
+        """
+        from hrlm.inference.explain import explain
+
+        model = self.model
+        assert model is not None
+        cache_key = (model.version, key, label) if key is not None else None
+        if cache_key is not None and cache_key in self._explained:
+            self._explained.move_to_end(cache_key)
+            return model.version, self._explained[cache_key]
+        s = self.settings
+
+        def run() -> list[Any]:
+            return explain(
+                model.predictor, texts, label=label, steps=s.explain_steps, max_windows=s.explain_max_windows
+            )
+
+        try:
+            found = await asyncio.wait_for(self.batcher.call(run), s.request_timeout_s)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the explanation took longer than request_timeout_s = {s.request_timeout_s:g} s; "
+                "explain fewer or shorter texts, or lower explain_steps."
+            ) from None
+        if cache_key is not None:
+            self._explained[cache_key] = found
+            while len(self._explained) > EXPLAIN_CACHE:
+                self._explained.popitem(last=False)
+        return model.version, found
 
     # -- swapping models ------------------------------------------------------------------------
 

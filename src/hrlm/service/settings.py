@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
@@ -22,6 +22,9 @@ from hrlm.config import BACKEND_HELP, BACKENDS, check_choice, load_toml
 from hrlm.errors import ConfigError
 from hrlm.lifecycle.settings import LifecycleSettings
 from hrlm.pii import compile_patterns
+
+if TYPE_CHECKING:
+    from hrlm.monitoring import MonitorSettings
 
 # the [serve] table of the file ServiceSettings.load reads, for the duration of that call
 _TOML: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("hrlm_serve_toml", default=None)
@@ -52,6 +55,19 @@ class ServiceSettings(BaseSettings):
         default=None,
         ge=64,
         description="Token budget of one forward pass (default: the Predictor's, 1,024 on a CPU and 16,384 on a GPU).",
+    )
+    # explanations ("explain": true, the review page's evidence)
+    explain_steps: int = Field(
+        default=16,
+        ge=2,
+        le=512,
+        description="Points along the integrated-gradients path of an explanation (more: closer attributions, slower).",
+    )
+    explain_max_windows: int = Field(
+        default=4, ge=1, le=64, description="Most windows of one text an explanation attributes (the rest score 0)."
+    )
+    explain_max_texts: int = Field(
+        default=8, ge=1, le=1000, description='Most texts of one /v1/predict request with "explain": true.'
     )
     # micro-batching
     batching: bool = Field(default=True, description="Micro-batch concurrent requests into one model call.")
@@ -183,6 +199,46 @@ class ServiceSettings(BaseSettings):
     alert_webhook_secret: str | None = Field(
         default=None, description="Key of the HMAC-SHA256 signature sent with each webhook call (X-Hrlm-Signature)."
     )
+    monitor_min_volume: int = Field(
+        default=50, ge=1, description="Predictions a window needs before the monitor judges it (shown either way)."
+    )
+    monitor_sample: int = Field(
+        default=300, ge=10, description="Texts per window embedded for the embedding drift score (bounds its time)."
+    )
+    alert_label_psi: float = Field(
+        default=0.25, gt=0, description="Alert when the predicted labels' PSI against the reference exceeds this."
+    )
+    alert_confidence_psi: float = Field(
+        default=0.25,
+        gt=0,
+        description="Alert when the confidence distribution's PSI against the reference exceeds this.",
+    )
+    alert_length_psi: float = Field(
+        default=0.25,
+        gt=0,
+        description="Alert when the text-length distribution's PSI against the reference exceeds this.",
+    )
+    alert_unknown_rate_rise: float = Field(
+        default=0.02, gt=0, lt=1, description="Alert when the share of unknown tokens rises by more than this."
+    )
+    alert_embedding_drift: float = Field(
+        default=0.55,
+        gt=0.5,
+        lt=1,
+        description="Alert when the domain classifier's ROC AUC (current vs reference pooled vectors) exceeds this.",
+    )
+    alert_accuracy_drop: float = Field(
+        default=0.05,
+        gt=0,
+        lt=1,
+        description="Alert when reviewed (or holdout) accuracy falls this far below the reference accuracy.",
+    )
+    alert_estimated_accuracy_drop: float = Field(
+        default=0.05,
+        gt=0,
+        lt=1,
+        description="Alert when the label-free (CBPE) accuracy estimate falls this far below the reference accuracy.",
+    )
     # retention
     retention_days: int | None = Field(
         default=None,
@@ -230,6 +286,23 @@ class ServiceSettings(BaseSettings):
         """The settings retraining, the registry and background jobs read, taken from these."""
         names = {f.name for f in dataclasses.fields(LifecycleSettings)}
         return LifecycleSettings(**{k: v for k, v in self.model_dump().items() if k in names})
+
+    def monitor_settings(self) -> MonitorSettings:
+        """The monitor's window and alert thresholds, taken from these (``alert_label_psi`` -> ``label_psi``...)."""
+        from hrlm.monitoring import MonitorSettings
+
+        return MonitorSettings(
+            window=self.monitor_window,
+            min_volume=self.monitor_min_volume,
+            sample_size=self.monitor_sample,
+            label_psi=self.alert_label_psi,
+            confidence_psi=self.alert_confidence_psi,
+            length_psi=self.alert_length_psi,
+            unknown_rate_rise=self.alert_unknown_rate_rise,
+            embedding_drift=self.alert_embedding_drift,
+            accuracy_drop=self.alert_accuracy_drop,
+            estimated_accuracy_drop=self.alert_estimated_accuracy_drop,
+        )
 
     @classmethod
     def load(cls, config: str | Path | None = None, **flags: Any) -> ServiceSettings:

@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 
@@ -191,6 +192,13 @@ review_feedback = Table(
     # what the reviewer wrote, mostly why they flagged the item; removed by retention at note_purged_at (0004)
     Column("note", Text),
     Column("note_purged_at", DateTime(timezone=True)),
+    # where the answer came from (NULL: hrlm's review page; "labelstudio") and its id there (0005)
+    Column("source", String(30)),
+    Column("external_id", String(200)),
+    # an answer taken back keeps its row and counts nowhere (0005)
+    Column("withdrawn_at", DateTime(timezone=True)),
+    Column("withdrawn_by", String(100)),
+    Index("ix_review_feedback_source_external_id", "source", "external_id"),
 )
 
 # one row per queue filler ("fill"): how far it has read the predictions, and what it skipped
@@ -269,3 +277,21 @@ evaluations = Table(
     Column("metrics", JSON, nullable=False),
     Column("job_id", String(36)),
 )
+
+
+# -- what each label means (migration 0006): every edit is a new version; the newest is shown -------
+
+label_guidelines = Table(
+    "label_guidelines",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("label", String(200), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("examples", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(100), nullable=False),
+    UniqueConstraint("label", "version", name="uq_label_guidelines_label_version"),
+)
+# Full-text search of review_items.text (0006) lives outside these tables: SQLite's FTS5 table
+# review_items_fts (kept by triggers) and PostgreSQL's GIN index on to_tsvector('simple', text).

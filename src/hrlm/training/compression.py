@@ -51,6 +51,7 @@ from hrlm.inference import (
     export_onnx,
     quantize_onnx_int8,
 )
+from hrlm.model_card import write_model_card
 from hrlm.modeling import META_FILE, HrlmModel, ModelMeta, attention_heads, encoder_layers, load_model, save_model
 from hrlm.modeling import prune_heads as remove_heads
 
@@ -243,6 +244,7 @@ def compress(
         write_json(tmp / "compress.json", {"settings": settings, "rows": rows, "checks": checks, "notes": notes})
         with atomic_file(tmp / "compress.md") as fh:
             fh.write(markdown_table(rows, source, settings, notes))
+        write_model_card(tmp, name=target.name)
     return CompressResult(out=target, rows=rows, checks=checks, notes=notes)
 
 

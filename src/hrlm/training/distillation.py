@@ -33,6 +33,7 @@ from hrlm.inference import (
     resolve_precision,
     window_logits,
 )
+from hrlm.model_card import write_model_card
 from hrlm.modeling import HrlmModel, ModelMeta, encoder_layers, load_model, save_model
 from hrlm.report import write_report
 from hrlm.text import encode_documents
@@ -312,6 +313,7 @@ def distill(
                     title=f"hrlm student {Path(out).name} ({layers} layers)",
                     settings={**cfg.to_dict(), "layers": layers, "temperature": temperature, "alpha": alpha},
                 )
+            write_model_card(tmp, name=Path(out).name)
         model_dir = Path(out)
         for name in ("teacher", "student"):
             folder = Path(teacher_dir) if name == "teacher" else model_dir

@@ -36,6 +36,7 @@ from hrlm.inference import (
     resolve_device,
     resolve_precision,
 )
+from hrlm.model_card import write_model_card
 from hrlm.modeling import HrlmModel, ModelMeta, TaskSpec, build_model, save_model
 from hrlm.report import write_report
 from hrlm.text import Encoded, encode_documents
@@ -188,6 +189,8 @@ def fit(
         "device": device.type,
         "precision": precision,
         "splits": {k: len(v) for k, v in splits.items() if v is not None},
+        # the model card's training data table: texts per label of the first task, per split
+        "label_counts": {k: dict(sorted(v.label_counts().items())) for k, v in splits.items() if v is not None},
     }
     if placements:
         meta.extra["workers"] = placements
@@ -202,6 +205,7 @@ def fit(
                 title=f"hrlm model {Path(out).name}: {report_on} split",
                 settings={**cfg.to_dict(), "device": device.type, "precision": precision},
             )
+            write_model_card(tmp, name=Path(out).name)
         model_dir = Path(out)
     return TrainResult(
         model_dir=model_dir,

@@ -1,4 +1,5 @@
-"""The web pages: ``/ui/review`` for reviewers and ``/ui/admin`` for admins, with their scripts and styles.
+"""The web pages: ``/ui/review`` for reviewers, ``/ui/admin`` and ``/ui/audit-log`` for admins, with their scripts
+and styles.
 
 The pages are shells that carry no data, so they are served without a token; every piece of data
 comes from the token-checked API, which their scripts call with ``Authorization: Bearer`` (the
@@ -53,6 +54,20 @@ PAGES = {
         "title": "Admin",
         "role": "admin",
         "signin_title": "Sign in as admin",
+        "signin_help": "Paste an admin token (`hrlm users add NAME --role admin`).",
+    },
+    "browse": {
+        "template": "browse.html",
+        "title": "Find items",
+        "role": "reviewer",
+        "signin_title": "Sign in to find review items",
+        "signin_help": "Paste a reviewer or admin token (`hrlm users add NAME --role reviewer`).",
+    },
+    "audit-log": {
+        "template": "audit_log.html",
+        "title": "Audit log",
+        "role": "admin",
+        "signin_title": "Sign in as admin to read the audit log",
         "signin_help": "Paste an admin token (`hrlm users add NAME --role admin`).",
     },
 }

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from hrlm.errors import StoreError
+from hrlm.errors import Conflict, StoreError
 from hrlm.service.auth import require
 from hrlm.service.routes.common import Version, error_responses
 from hrlm.service.schemas.predict import (
@@ -31,7 +31,10 @@ def build_router(settings: ServiceSettings) -> APIRouter:
     """Every route of the service, with the request limits of ``settings`` in the schema."""
     router = APIRouter()
     PredictRequest = predict_request(
-        settings.max_texts, settings.max_text_chars, allow_empty=settings.allow_empty_texts
+        settings.max_texts,
+        settings.max_text_chars,
+        allow_empty=settings.allow_empty_texts,
+        max_explain=settings.explain_max_texts,
     )
 
     @router.post(
@@ -58,6 +61,17 @@ def build_router(settings: ServiceSettings) -> APIRouter:
         if client_id is not None:
             out["client_request_id"] = client_id
         preds = [p.to_dict() for p in answer.predictions]
+        if body.explain:  # type: ignore[attr-defined]
+            # each text's own label, by the model that answered (a swap in between is refused, not mixed)
+            labels = [_first_label(p["label"]) for p in preds]
+            for pred, text, label in zip(preds, texts, labels, strict=True):
+                version, (found,) = await service.explain([text], label=label)
+                if version != answer.model_version:
+                    raise Conflict(
+                        f"the model changed from {answer.model_version} to {version} while explaining; send the "
+                        "request again."
+                    )
+                pred["explanation"] = found.to_dict()
         if one:
             out["prediction"] = preds[0]
         else:
@@ -116,3 +130,10 @@ def build_router(settings: ServiceSettings) -> APIRouter:
         return Response(m.render(), media_type=m.content_type)
 
     return router
+
+
+def _first_label(label: Any) -> str | None:
+    """The label an explanation is for: a multi-label prediction's first label (none: the model chooses)."""
+    if isinstance(label, list):
+        return str(label[0]) if label else None
+    return str(label)

@@ -1,4 +1,4 @@
-"""Routes of the model registry: promote and roll back (admin), a version's history and report files.
+"""Routes of the model registry: promote and roll back (admin), a version's history, model card and report files.
 
 Promotion and rollback need the registry: a service started with ``--model DIR`` answers them
 with 409. Both reload the model at once; other processes' changes arrive by the registry follower.
@@ -10,13 +10,15 @@ import asyncio
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 from hrlm.errors import Conflict, NotFound
 from hrlm.lifecycle import Registry, report_file, report_files
+from hrlm.model_card import CARD_FILE, render_model_card
 from hrlm.service.auth import require
 from hrlm.service.routes.common import Version, error_responses
 from hrlm.service.schemas.predict import MAX_REPORT_NAME
@@ -118,6 +120,35 @@ def build_registry_router() -> APIRouter:
         return await _changed(request, info)
 
     @router.get(
+        "/v1/models/{version}/compare/{other}",
+        responses=error_responses(401, 403, 404, 409, 422),
+        summary="Two versions on the fixed holdout: metrics, per-class F1, confusion matrices, disagreements",
+    )
+    async def compare(
+        version: Version, other: Version, request: Request, _: Principal = Depends(require(*ROLES_CHANGE))
+    ) -> dict[str, Any]:
+        """``version`` (a) and ``other`` (b) measured on holdout_data, and the texts they label differently (admin)."""
+        from hrlm.lifecycle.compare import compare_versions
+
+        service = request.app.state.service
+        registry = _registry(request)
+        for name in (version, other):
+            with _known(name):
+                await asyncio.to_thread(registry.get, name)
+        if not service.settings.holdout_data:
+            raise Conflict("comparing needs the fixed holdout file: set holdout_data (HRLM_HOLDOUT_DATA).")
+        out: dict[str, Any] = await asyncio.to_thread(
+            compare_versions,
+            registry,
+            version,
+            other,
+            service.settings.holdout_data,
+            threads=service.settings.threads,
+        )
+        out["holdout"] = FilePath(out["holdout"]).name  # the file's name: the service's paths stay its own
+        return out
+
+    @router.get(
         "/v1/models/{version}/history",
         response_model=VersionHistoryOut,
         responses=error_responses(401, 403, 404, 409, 422),
@@ -163,5 +194,30 @@ def build_registry_router() -> APIRouter:
         """Served with a sandboxing Content-Security-Policy; paths outside the report folder answer 404."""
         ref = await asyncio.to_thread(find_version, request.app.state.service.source, version)
         return FileResponse(report_file(ref.path, name), headers=REPORT_HEADERS)
+
+    @router.get(
+        "/v1/models/{version}/card",
+        response_class=Response,
+        responses={
+            200: {
+                "content": {"text/markdown": {"schema": {"type": "string"}}},
+                "description": "The model card: Markdown with YAML metadata (Hugging Face's model card format).",
+            },
+            **error_responses(401, 403, 404, 422),
+        },
+        summary="A version's model card: intended use, training data, metrics, bias audit, history",
+    )
+    async def card(version: Version, request: Request, _: Principal = Depends(require(*ROLES_READ))) -> Response:
+        """The version's ``README.md``; a folder written before hrlm wrote cards gets one rendered on the fly."""
+        ref = await asyncio.to_thread(find_version, request.app.state.service.source, version)
+
+        def read() -> str:
+            try:
+                return (ref.path / CARD_FILE).read_text(encoding="utf-8")
+            except FileNotFoundError:
+                return render_model_card(ref.path, version=ref.version)
+
+        text = await asyncio.to_thread(read)
+        return Response(text, media_type="text/markdown; charset=utf-8", headers=REPORT_HEADERS)
 
     return router

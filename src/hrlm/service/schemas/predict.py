@@ -49,6 +49,32 @@ VERSION_PATTERN = r"^[A-Za-z0-9._-]+$"
 JOB_ID_PATTERN = r"^[A-Za-z0-9-]+$"
 
 
+class WordOut(BaseModel):
+    """A word and its attribution: positive is evidence for the label, negative against it."""
+
+    text: str
+    start: int = Field(description="Offset of the word's first character in the explanation's text.")
+    end: int
+    score: float
+
+
+class ExplanationOut(BaseModel):
+    """Word attributions of a text for one label, by integrated gradients (hrlm.inference.explain)."""
+
+    text: str = Field(description="The text as the model read it (normalised); the offsets refer to it.")
+    label: str
+    task: str
+    logit: float
+    baseline_logit: float = Field(description="The logit with every word replaced by [PAD].")
+    delta: float = Field(description="Sum of attributions - (logit - baseline_logit): the method's error.")
+    words: list[WordOut]
+    windows: int
+    windows_attributed: int
+    steps: int
+    seconds: float
+    notes: list[str] = Field(default_factory=list)
+
+
 class PredictionOut(BaseModel):
     """One text's prediction. ``label`` is a list for multi-label tasks; ``tasks`` appears with several tasks."""
 
@@ -56,6 +82,9 @@ class PredictionOut(BaseModel):
     score: float = Field(description="Probability of the predicted label (the highest one, multi-label).")
     probabilities: dict[str, float]
     tasks: dict[str, PredictionOut] | None = None
+    explanation: ExplanationOut | None = Field(
+        default=None, description='Why the model predicted the label (only with "explain": true).'
+    )
 
 
 class PredictResponse(BaseModel):
@@ -114,7 +143,9 @@ class Health(BaseModel):
     queue_depth: int | None = None
 
 
-def predict_request(max_texts: int, max_text_chars: int, *, allow_empty: bool = False) -> type[BaseModel]:
+def predict_request(
+    max_texts: int, max_text_chars: int, *, allow_empty: bool = False, max_explain: int = 8
+) -> type[BaseModel]:
     """The body of ``POST /v1/predict`` with this service's limits in its schema.
 
     A text without a visible character (empty, white space, controls) is refused unless ``allow_empty``.
@@ -129,9 +160,9 @@ def predict_request(max_texts: int, max_text_chars: int, *, allow_empty: bool = 
         model_config = ConfigDict(
             extra="forbid",
             json_schema_extra={
-                # exactly one of the two (the validator below says so in words)
+                # exactly one of text and texts (the validator below says so in words), and explain
                 "minProperties": 1,
-                "maxProperties": 1,
+                "maxProperties": 2,
                 "examples": [
                     {"text": "My payslip is missing last week's overtime"},
                     {"texts": ["Can I carry over vacation days?", "VPN login fails"]},
@@ -143,11 +174,20 @@ def predict_request(max_texts: int, max_text_chars: int, *, allow_empty: bool = 
         texts: list[Text] | None = Field(
             None, min_length=1, max_length=max_texts, description=f"1 to {max_texts} texts."
         )
+        explain: bool = Field(
+            default=False,
+            description="Add each prediction's word attributions for its label (integrated gradients; slower: "
+            f"at most {max_explain} texts).",
+        )
 
         @model_validator(mode="after")
         def _one_of(self) -> PredictRequest:
             if (self.text is None) == (self.texts is None):
                 raise ValueError('send exactly one of "text" (a string) or "texts" (a list of strings)')
+            if self.explain and self.texts is not None and len(self.texts) > max_explain:
+                raise ValueError(
+                    f'"explain": true takes at most {max_explain} texts (explain_max_texts); send fewer at a time'
+                )
             return self
 
     return PredictRequest

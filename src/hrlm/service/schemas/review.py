@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from hrlm.service.schemas.predict import STORABLE, Name
+from hrlm.service.schemas.predict import STORABLE, ExplanationOut, Name
 
 
 class ReviewerOut(BaseModel):
@@ -112,6 +112,20 @@ class FillState(BaseModel):
     updated_at: dt.datetime
 
 
+class FlaggedItemOut(BaseModel):
+    """A flag a reviewer raised: who, when, and their note (``null`` when none, or removed by retention)."""
+
+    item_id: int
+    flagged_by: str
+    at: dt.datetime
+    note: str | None
+    note_purged: bool = Field(description="Retention removed the note (retention_days, `hrlm purge`).")
+    model_version: str
+    suggestion: str
+    reason: str = Field(description="Why the item was queued: low_confidence, uncertainty, random.")
+    state: str = Field(description="The item's state now (flagged, or open again / done after an admin's action).")
+
+
 class ReviewStatsOut(BaseModel):
     """The queue: items by state and reason, answers per reviewer, and what the filler skipped."""
 
@@ -125,6 +139,9 @@ class ReviewStatsOut(BaseModel):
     reviewers: list[ReviewerCounts]
     fill: FillState | None
     notes: list[str]
+    flagged_items: list[FlaggedItemOut] = Field(
+        default_factory=list, description="The newest flagged items with who flagged them, when, and the note."
+    )
 
 
 class PairAgreement(BaseModel):
@@ -152,3 +169,174 @@ class FillOut(BaseModel):
     skipped_no_text: int
     skipped_duplicate: int
     last_prediction_id: int
+
+
+class ItemExplanationOut(BaseModel):
+    """Why the served model gives a review item's text a label: its words' attributions."""
+
+    item_id: int
+    model_version: str = Field(description="The model that explained (the served one; the item's may be older).")
+    explanation: ExplanationOut
+
+
+class WithdrawnOut(BaseModel):
+    """An answer taken back."""
+
+    action: str
+    label: str | None
+    at: dt.datetime
+
+
+class UndoOut(BaseModel):
+    """What undoing an answer did: the answer withdrawn, the item back with the reviewer."""
+
+    item_id: int
+    withdrawn: WithdrawnOut
+    state: Literal["open", "done", "flagged"]
+
+
+class ReopenIn(BaseModel):
+    """Why an admin sends an item back to the queue (kept in the audit log)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Annotated[str, StringConstraints(max_length=500), STORABLE] | None = None
+
+
+class ReopenOut(BaseModel):
+    """An item sent back to the queue: its earlier answers withdrawn."""
+
+    item_id: int
+    state: Literal["open"]
+    withdrawn: int = Field(description="Answers withdrawn (their rows stay, counted nowhere).")
+    previous_state: str
+
+
+class FoundAnswerOut(BaseModel):
+    reviewer: str
+    label: str | None
+    action: str
+
+
+class FoundItemOut(BaseModel):
+    """An item in a page of results (its text cut to a snippet)."""
+
+    id: int
+    created_at: dt.datetime
+    state: str
+    reason: str
+    suggestion: str
+    confidence: float | None
+    model_version: str
+    holdout: bool
+    text: str = Field(description="The first 240 characters of the text (empty once retention removed it).")
+    purged: bool
+    answers: list[FoundAnswerOut] = Field(description="The answers that count (withdrawn ones left out).")
+
+
+class BrowseOut(BaseModel):
+    """A page of items, newest first; ask for the next with before=next_before."""
+
+    items: list[FoundItemOut]
+    total: int = Field(description="Items matching the filters, on every page.")
+    next_before: int | None
+
+
+class ItemAnswerOut(BaseModel):
+    id: int
+    reviewer: str
+    at: dt.datetime
+    action: str
+    label: str | None
+    previous_label: str | None
+    note: str | None
+    source: str | None = Field(description="Where the answer came from: null for hrlm's page, labelstudio, ...")
+    withdrawn_at: dt.datetime | None
+    withdrawn_by: str | None
+
+
+class ItemDetailOut(BaseModel):
+    """One item with every answer it got (withdrawn ones too, marked)."""
+
+    id: int
+    created_at: dt.datetime
+    state: str
+    reason: str
+    suggestion: str
+    confidence: float | None
+    probabilities: dict[str, float]
+    model_version: str
+    holdout: bool
+    reviews_needed: int
+    text: str
+    purged: bool
+    answers: list[ItemAnswerOut]
+
+
+class GuidelineIn(BaseModel):
+    """A new version of a label's guideline."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: Annotated[str, StringConstraints(min_length=1, max_length=4000), STORABLE] = Field(
+        description="What the label means, and where its border with the others lies."
+    )
+    examples: list[Annotated[str, StringConstraints(max_length=500), STORABLE]] = Field(
+        default_factory=list, max_length=10, description="Up to 10 example texts of the label."
+    )
+
+
+class GuidelineOut(BaseModel):
+    label: str
+    version: int
+    description: str
+    examples: list[str]
+    created_at: dt.datetime
+    created_by: str
+
+
+class GuidelinesOut(BaseModel):
+    """The newest guideline of each label that has one."""
+
+    guidelines: dict[str, GuidelineOut]
+
+
+class DisagreementAnswerOut(BaseModel):
+    reviewer: str
+    label: str | None
+    note: str | None
+    at: dt.datetime
+
+
+class DisagreementOut(BaseModel):
+    """A double-reviewed item whose reviewers gave different labels, not settled yet."""
+
+    item_id: int
+    text: str
+    suggestion: str
+    labels: list[str] = Field(description="The model's labels: the choices of an adjudication.")
+    model_version: str
+    answers: list[DisagreementAnswerOut]
+
+
+class TriageOut(BaseModel):
+    """What needs an admin: disagreements to settle, flagged items and skipped items with their notes."""
+
+    disagreements: list[DisagreementOut]
+    flagged: list[FlaggedItemOut]
+    skipped: list[FlaggedItemOut] = Field(description="The newest skips (flagged_by: who skipped).")
+
+
+class AdjudicateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: Annotated[str, StringConstraints(min_length=1, max_length=1000), STORABLE] = Field(
+        description="The item's label from now on ('|'-joined for several)."
+    )
+    note: Annotated[str, StringConstraints(max_length=2000), STORABLE] | None = None
+
+
+class AdjudicateOut(BaseModel):
+    item_id: int
+    label: str
+    answers: list[str | None] = Field(description="The reviewers' labels it settles.")

@@ -1,5 +1,6 @@
-// The admin's page: the review queue, reviewer agreement, model versions (promote, roll back, reports)
-// and retrain jobs. Everything comes from the token-checked API; the page refreshes itself.
+// The admin's page: the review queue (with the flagged items and their notes), reviewer agreement, model
+// versions (promote, roll back, reports, model cards) and retrain jobs. Everything comes from the
+// token-checked API; the page refreshes itself.
 "use strict";
 
 (() => {
@@ -71,6 +72,30 @@
     const notes = [...s.notes];
     if (s.fill) notes.push(`${s.fill.scanned} predictions read so far, ${s.fill.queued} queued, ${s.fill.skipped_duplicate} near-duplicates skipped.`);
     $("notes").replaceChildren(...notes.map((n) => el("li", {}, n)));
+    showFlagged(s.flagged_items || []);
+  }
+
+  // The newest flagged items with who flagged them and their note, under the queue's notes.
+  function showFlagged(items) {
+    let box = $("flagged-items");
+    if (!box) {
+      box = el("div", { id: "flagged-items" });
+      $("notes").after(box);
+    }
+    if (!items.length) {
+      box.replaceChildren();
+      return;
+    }
+    const list = el("ul", { class: "notes" });
+    for (const f of items) {
+      const note = f.note_purged ? "note removed by retention" : f.note ? `“${f.note}”` : "no note";
+      list.append(el("li", {}, el("code", {}, `#${f.item_id}`), ` flagged by ${f.flagged_by}, ${when(f.at)}: ${note}`));
+    }
+    box.replaceChildren(
+      el("h3", {}, "Flagged items"),
+      list,
+      el("p", { class: "meta" }, el("a", { href: "/ui/audit-log" }, "All flags and the audit log")),
+    );
   }
 
   function showAgreement(a) {
@@ -102,7 +127,10 @@
       "models",
       data.models.map((m) => {
         const stage = m.stage || "–";
-        const reports = el("button", { type: "button", class: "link", onclick: () => openReports(m.version) }, "Reports");
+        const reports = el("span", { class: "links" },
+          el("button", { type: "button", class: "link", onclick: () => openReports(m.version) }, "Reports"),
+          el("button", { type: "button", class: "link", onclick: () => openCard(m.version) }, "Model card"),
+        );
         const actions = el("div", { class: "links" });
         if (["candidate", "archived"].includes(m.stage)) {
           actions.append(
@@ -162,6 +190,99 @@
       if (focusTitle) $("report-title").focus();
     } catch (err) {
       view.replaceChildren(el("p", { class: "error" }, err.message));
+    }
+  }
+
+  // -- model cards: Markdown rendered with textContent only (headings, tables, lists, paragraphs, code) --
+
+  function inline(text) {
+    const out = [];
+    text.split(/(`[^`]*`)/).forEach((part) => {
+      if (part.length > 1 && part.startsWith("`") && part.endsWith("`")) out.push(el("code", {}, part.slice(1, -1)));
+      else if (part) out.push(part.replace(/\\([\\|`*_])/g, "$1"));
+    });
+    return out;
+  }
+
+  function tableCells(line) {
+    const cells = [];
+    let cell = "";
+    const body = line.trim().replace(/^\|/, "").replace(/\|$/, "");
+    for (let i = 0; i < body.length; i++) {
+      if (body[i] === "\\" && i + 1 < body.length) {
+        cell += body[i] + body[i + 1];
+        i++;
+      } else if (body[i] === "|") {
+        cells.push(cell.trim());
+        cell = "";
+      } else {
+        cell += body[i];
+      }
+    }
+    cells.push(cell.trim());
+    return cells;
+  }
+
+  function renderMarkdown(text) {
+    const root = el("div", { class: "card-md" });
+    let lines = text.replace(/\r\n/g, "\n").split("\n");
+    if (lines[0] === "---") {
+      const end = lines.indexOf("---", 1);
+      if (end > 0) {
+        root.append(el("details", {}, el("summary", {}, "Metadata (YAML)"), el("pre", {}, lines.slice(1, end).join("\n"))));
+        lines = lines.slice(end + 1);
+      }
+    }
+    let i = 0;
+    while (i < lines.length) {
+      const line = lines[i];
+      const heading = /^(#{1,6})\s+(.*)$/.exec(line);
+      if (!line.trim()) {
+        i++;
+      } else if (heading) {
+        const level = Math.min(heading[1].length + 2, 6); // the card's h1 sits under the panel's h3
+        root.append(el("h" + level, {}, ...inline(heading[2])));
+        i++;
+      } else if (line.trim().startsWith("|")) {
+        const rows = [];
+        while (i < lines.length && lines[i].trim().startsWith("|")) rows.push(lines[i++]);
+        const table = el("table");
+        const head = tableCells(rows[0]);
+        table.append(el("thead", {}, el("tr", {}, ...head.map((c) => el("th", { scope: "col" }, ...inline(c))))));
+        const body = el("tbody");
+        for (const r of rows.slice(1)) {
+          if (/^\|?\s*:?-{3,}/.test(r.trim())) continue; // the rule under the head
+          body.append(el("tr", {}, ...tableCells(r).map((c) => el("td", {}, ...inline(c)))));
+        }
+        table.append(body);
+        root.append(el("div", { class: "table-wrap" }, table));
+      } else if (/^\s*[-*]\s+/.test(line)) {
+        const list = el("ul");
+        while (i < lines.length && /^\s*[-*]\s+/.test(lines[i])) list.append(el("li", {}, ...inline(lines[i++].replace(/^\s*[-*]\s+/, ""))));
+        root.append(list);
+      } else {
+        const para = [];
+        while (i < lines.length && lines[i].trim() && !/^(#{1,6}\s|\s*[-*]\s|\s*\|)/.test(lines[i])) para.push(lines[i++].trim());
+        root.append(el("p", {}, ...inline(para.join(" "))));
+      }
+    }
+    return root;
+  }
+
+  // The version's model card (GET /v1/models/{version}/card) in the report panel.
+  async function openCard(version) {
+    const box = $("report-body");
+    $("report").hidden = false;
+    $("report-title").textContent = `Model card · ${version}`;
+    box.replaceChildren(el("p", { class: "meta" }, "Loading…"));
+    if (objectUrl) URL.revokeObjectURL(objectUrl);
+    objectUrl = null;
+    try {
+      const text = await (await blob(`/v1/models/${encodeURIComponent(version)}/card`)).text();
+      box.replaceChildren(renderMarkdown(text));
+      $("report-title").focus();
+    } catch (err) {
+      box.replaceChildren(el("p", { class: "error" }, err.message));
     }
   }
 
@@ -313,6 +434,7 @@
       $(id).textContent = "–";
     }
     $("notes").replaceChildren();
+    if ($("flagged-items")) $("flagged-items").replaceChildren();
     $("report-body").replaceChildren();
     $("report-title").textContent = "Report";
     $("report").hidden = true;

@@ -8,6 +8,8 @@
   const ACTIONS = ["accept", "correct", "skip", "flag"];
   const POLL_MS = 5000; // an empty queue is checked again this often
   let item = null;
+  let answeredLast = null; // {id, action} of this session's latest answer, which U takes back
+  let guidelines = {}; // label -> {description, examples, version}: GET /v1/review/guidelines
   let busy = false;
   let pollTimer = null;
 
@@ -40,6 +42,11 @@
     counts = loadCounts();
     left = null;
     item = null;
+    answeredLast = null;
+    guidelines = {};
+    showGuide(null);
+    $("guide-all").replaceChildren();
+    showUndo();
     showCounts();
     for (const id of ["item-id", "item-reason", "item-meta", "item-text", "item-suggestion", "item-confidence", "labels-help"]) {
       $(id).textContent = "";
@@ -76,6 +83,11 @@
     const accept = sameAsSuggestion();
     $("submit-text").textContent = accept ? "Accept suggestion" : "Save correction";
     $("submit").classList.toggle("correcting", !accept);
+    // the evidence for the label the reviewer is about to give (the suggestion until they choose another),
+    // and what that label means
+    const chosen = selected();
+    if (item && chosen.length) hrlmEvidence.show(item.id, chosen[chosen.length - 1]);
+    showGuide(chosen.length ? chosen[chosen.length - 1] : null);
   }
 
   function render(data) {
@@ -87,6 +99,7 @@
     $("empty").hidden = !!item;
     clearTimeout(pollTimer);
     if (!item) {
+      hrlmEvidence.clear();
       if (!wasEmpty) focusSoon($("refresh"));
       pollTimer = setTimeout(() => {
         if (hrlm.token() && !$("workspace").hidden) loadNext().catch((err) => say(err.message, "error"));
@@ -148,6 +161,7 @@
   async function loadNext() {
     const data = await api("GET", "/v1/review/next");
     if (!hrlm.token()) return data.reviewer; // signed out meanwhile: show nothing
+    if (!Object.keys(guidelines).length) await loadGuidelines();
     render(data);
     return data.reviewer;
   }
@@ -156,7 +170,7 @@
 
   function setBusy(value) {
     busy = value;
-    for (const id of ["submit", "accept", "skip", "flag", "refresh"]) $(id).disabled = value;
+    for (const id of ["submit", "accept", "skip", "flag", "refresh", "undo"]) $(id).disabled = value;
   }
 
   async function send(action, extra) {
@@ -176,11 +190,72 @@
         skip: "Skipped",
         flag: "Flagged for an admin",
       };
-      say(`${words[action]} (item #${answered.id}).`, "ok");
+      say(`${words[action]} (item #${answered.id}). U takes it back.`, "ok");
+      answeredLast = { id: answered.id, action };
+      showUndo();
       await loadNext();
     } catch (err) {
       say(err.message, "error");
       if (err.status === 409 || err.status === 404) await loadNext().catch(() => {});
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  async function loadGuidelines() {
+    try {
+      guidelines = (await api("GET", "/v1/review/guidelines")).guidelines;
+    } catch (err) {
+      guidelines = {};
+    }
+  }
+
+  function showGuide(label) {
+    const g = label ? guidelines[label] : null;
+    $("guide").hidden = !g;
+    $("guide-label").textContent = g ? label : "";
+    $("guide-text").textContent = g ? g.description : "";
+    $("guide-examples").replaceChildren(...(g ? g.examples.map((e) => el("li", {}, e)) : []));
+  }
+
+  async function openGuides() {
+    await loadGuidelines();
+    const labels = item ? item.labels : Object.keys(guidelines);
+    const known = labels.filter((label) => guidelines[label]);
+    $("guide-all").replaceChildren(
+      ...known.flatMap((label) => [
+        el("dt", {}, label),
+        el("dd", {}, guidelines[label].description, guidelines[label].examples.length
+          ? el("ul", { class: "guide-examples" }, ...guidelines[label].examples.map((e) => el("li", {}, e)))
+          : null),
+      ]),
+    );
+    $("guide-none").hidden = known.length > 0;
+    $("guide-dialog").showModal();
+  }
+
+  function showUndo() {
+    $("undo").hidden = !answeredLast;
+    $("undo-item").textContent = answeredLast ? "#" + answeredLast.id : "";
+  }
+
+  // Take back this session's latest answer: the item comes back, leased to this reviewer, for a new answer.
+  async function undoLast() {
+    if (!answeredLast || busy) return;
+    const last = answeredLast;
+    setBusy(true);
+    try {
+      await api("POST", `/v1/review/items/${last.id}/undo`);
+      counts[last.action] = Math.max(0, counts[last.action] - 1);
+      sessionStorage.setItem(SESSION_KEY, JSON.stringify(counts));
+      answeredLast = null;
+      showUndo();
+      say(`Took back your answer to item #${last.id}; answer it again.`, "ok");
+      await loadNext();
+    } catch (err) {
+      say(err.message, "error");
+      answeredLast = null;
+      showUndo();
     } finally {
       setBusy(false);
     }
@@ -235,6 +310,7 @@
     $("skip").addEventListener("click", () => send("skip"));
     $("flag").addEventListener("click", openFlag);
     $("refresh").addEventListener("click", () => loadNext().catch((err) => say(err.message, "error")));
+    $("undo").addEventListener("click", undoLast);
     const dialog = $("flag-dialog");
     $("flag-note").addEventListener("keydown", (event) => {
       if (event.key === "Enter" && !event.shiftKey) {
@@ -260,6 +336,16 @@
     document.addEventListener("keydown", (event) => {
       if ($("workspace").hidden || !onItem(event.target) || !hrlm.isShortcut(event)) return;
       const key = event.key;
+      if (key === "u" || key === "U") {
+        event.preventDefault();
+        undoLast();
+        return;
+      }
+      if (key === "g" || key === "G") {
+        event.preventDefault();
+        openGuides();
+        return;
+      }
       if (!item) {
         if (key === "r" || key === "R") {
           event.preventDefault();
