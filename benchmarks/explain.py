@@ -147,7 +147,7 @@ def main() -> None:
     from hrlm.inference import Predictor
 
     for dataset in args.datasets:
-        tr_x, tr_y, te_x, _, split = load(dataset, args.train, args.n, args.seed)
+        tr_x, tr_y, te_x, te_y, split = load(dataset, args.train, args.n, args.seed)
         max_length, truncate = (128, "head") if dataset == "imdb" else (64, "none")
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="hrlm-explain-") as tmp:
@@ -159,9 +159,15 @@ def main() -> None:
             train_s = time.perf_counter() - t0
             predictor = Predictor.from_dir(folder, backend="torch-fp32")
             result = measure(predictor, te_x, args.steps, args.random_repeats, args.seed)
+            predicted = [p.label for p in predictor.predict(te_x)]
+        accuracy = sum(p == y for p, y in zip(predicted, te_y, strict=True)) / max(len(te_y), 1)
         rows = [
-            {"system": f"hrlm integrated gradients ({args.steps} steps), top-k words vs random", **r}
-            for r in result.pop("rows")
+            {
+                "system": f"hrlm integrated gradients ({args.steps} steps), top-k words vs random",
+                **r,
+                "explain_seconds_median": result["explain_seconds_median"],
+            }
+            for r in result["rows"]
         ]
         print_table(rows, f"explain: {dataset}")
         notes = [
@@ -172,7 +178,8 @@ def main() -> None:
         if dataset not in given:
             notes.append(
                 f"model trained by this script: {len(tr_x)} training texts, max_length {max_length}, "
-                f"truncate {truncate}, 1 epoch of fine-tuning, lr 1e-4, batch 32, the packaged all-MiniLM-L6-v2 ({train_s:.0f} s)"
+                f"truncate {truncate}, 1 epoch of fine-tuning, lr 1e-4, batch 32, "
+                f"the packaged all-MiniLM-L6-v2 ({train_s:.0f} s)"
             )
         path = write_result(
             f"explain-{dataset}",
@@ -181,9 +188,14 @@ def main() -> None:
                 "dataset": dataset,
                 "split": split,
                 "rows": rows,
-                "steps": args.steps,
-                "random_repeats": args.random_repeats,
-                **result,
+                "settings": {
+                    "steps": args.steps,
+                    "random_repeats": args.random_repeats,
+                    "texts": len(te_x),
+                    "texts_skipped_short": result["texts_skipped_short"],
+                    "model_accuracy_on_these_texts": round(accuracy, 4),
+                    "training_texts": len(tr_x) if dataset not in given else None,
+                },
                 "notes": notes,
             },
             args=args,

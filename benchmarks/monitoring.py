@@ -28,9 +28,9 @@ of ``--window`` texts are streamed through :func:`hrlm.monitoring.series_from_te
 
 Per window: the alert rules' figures (label, confidence and length PSI, the embedding drift AUC and
 its noise level), the true accuracy and macro F1 (the labels are known here), the CBPE estimate
-and its gap to the true accuracy, the alerts raised. The chart (``monitoring-onet.png``) shows true
+and its gap to the true accuracy, the alerts raised. The chart (``monitoring-onet_tasks.png``) shows true
 and estimated accuracy over the windows, and the drift scores. Writes
-``benchmarks/results/monitoring-onet[-<variant>].json`` and the PNG beside it.
+``benchmarks/results/monitoring-onet_tasks[-<variant>].json`` and the PNG beside it.
 """
 
 from __future__ import annotations
@@ -226,6 +226,7 @@ def main() -> None:
         gap = None if w.estimated_accuracy is None or w.accuracy is None else w.estimated_accuracy - w.accuracy
         rows.append(
             {
+                "system": "hrlm.monitoring: domain-classifier drift, CBPE estimate",
                 "window": w.label,
                 "phase": phase,
                 "n": w.volume,
@@ -274,7 +275,7 @@ def main() -> None:
         "monitoring on O*NET",
     )
     print({k: v for k, v in summary.items()}, file=sys.stderr)
-    name = "monitoring-onet" + (f"-{args.variant}" if args.variant else "")
+    name = "monitoring-onet_tasks" + (f"-{args.variant}" if args.variant else "")
     results_dir = args.results_dir
     results_dir.mkdir(parents=True, exist_ok=True)
     chart(rows, results_dir / f"{name}.png")

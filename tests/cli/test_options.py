@@ -64,6 +64,7 @@ SPECS = {
                 "migrate",
                 "max_tokens",
                 "explain_steps",
+                "review_bulk_similarity",
                 "explain_max_windows",
                 "explain_max_texts",
                 "max_queue",

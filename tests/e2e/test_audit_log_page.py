@@ -8,6 +8,7 @@ Uses the server and browser of tests/e2e/test_browser.py (a uvicorn with the tin
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -94,10 +95,11 @@ def test_audit_log_page_filters_exports_and_lists_flags(server: dict[str, Any], 
 
     page.get_by_label("Action").fill("model.")
     page.get_by_role("button", name="Apply").click()
-    page.wait_for_function(
-        "[...document.querySelectorAll('#entries tbody tr td:nth-child(3)')]"
-        ".every(td => td.textContent.startsWith('model.'))"
-    )
+    # polled from here: the page's CSP forbids the eval a string predicate of wait_for_function needs
+    deadline = time.monotonic() + 30
+    while not all(a.startswith("model.") for a in page.locator("#entries tbody tr td:nth-child(3)").all_inner_texts()):
+        assert time.monotonic() < deadline, "the filter did not apply within 30 s"
+        time.sleep(0.1)
     assert set(page.locator("#entries tbody tr td:nth-child(4)").all_inner_texts()) == {version}
 
     with page.expect_download() as download:

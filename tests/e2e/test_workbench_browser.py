@@ -187,7 +187,9 @@ def test_a_reviewer_finds_explains_answers_undoes_and_an_admin_adjudicates(
     # -- the two versions side by side on the holdout ------------------------------------------------
     from hrlm.lifecycle.registry import Registry
 
-    versions = [v.version for v in Registry(server["engine"], server["registry_dir"]).versions()]
+    registered = Registry(server["engine"], server["registry_dir"]).versions()
+    versions = [v.version for v in registered]
+    retrained = next(v.version for v in registered if v.origin == "retrain")
     assert len(versions) == 2
     admin.locator("#compare-a option").nth(1).wait_for(state="attached", timeout=40_000)
     admin.locator("#compare-a").select_option(versions[0])
@@ -196,4 +198,8 @@ def test_a_reviewer_finds_explains_answers_undoes_and_an_admin_adjudicates(
     expect(admin.locator("#comparison-meta")).to_contain_text("they disagree on", timeout=60_000)
     expect(admin.locator("#comparison-metrics tbody tr")).to_have_count(3 + 3)  # three metrics, three labels' F1
     expect(admin.locator("#comparison-matrices table")).to_have_count(2)
+    # the version history on the page: the retrained version was registered and promoted (margin -1)
+    admin.locator("#models tbody tr", has_text=retrained).get_by_role("button", name="History").click()
+    expect(admin.locator("#report-body")).to_contain_text("retrained from", timeout=30_000)
+    expect(admin.locator("#report-body tbody")).to_contain_text("promote")
     assert admin_errors == []

@@ -163,6 +163,7 @@ BODIES = {
     ("post", "/v1/alerts/{alert_id}/resolve"): {"note": "a known campaign"},
     ("post", "/v1/audit"): {"group_cols": ["sex"], "positive": "payroll", "rows": [{"text": "tax", "sex": "F"}]},
     ("post", "/v1/review/items/{item_id}/reopen"): {"reason": "check again"},
+    ("post", "/v1/review/bulk"): {"item_ids": [1, 2], "label": "it", "labels": None},
     ("post", "/v1/review/items/{item_id}/adjudicate"): {"label": "it", "note": "the VPN is IT's"},
     ("put", "/v1/review/guidelines/{label}"): {"description": "Pay and payslips", "examples": ["my payslip"]},
     # Label Studio's requests (hrlm.service.routes.labelstudio)
@@ -179,7 +180,15 @@ def test_no_hostile_value_in_any_parameter_or_field_gets_a_500(trained_model: Pa
 
     admin = add_users(db_url).admin
     version = folder_version(trained_model)
-    base = {"version": version, "item_id": "1", "job_id": "x", "name": "metrics.json", "alert_id": "1", "label": "payroll"}
+    base = {
+        "version": version,
+        "item_id": "1",
+        "job_id": "x",
+        "name": "metrics.json",
+        "alert_id": "1",
+        "label": "payroll",
+        "other": version,
+    }
     limits = {"rate_limit": 0, "auth_fail_limit": 0, "max_texts": 8, "max_text_chars": 400}
     with running(trained_model, db_url, **limits) as client:
         spec = client.get("/openapi.json", headers=bearer(admin)).json()

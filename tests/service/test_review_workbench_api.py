@@ -53,3 +53,28 @@ def test_find_open_undo_and_reopen(trained_model: Path, db_url: str, tokens: Tok
         assert client.get("/v1/review/items", headers=bearer(tokens.client)).status_code == 403
         page = client.get("/ui/browse")
         assert page.status_code == 200 and "browse.js" in page.text and "Content-Security-Policy" in page.headers
+
+
+def test_alike_items_through_the_api(trained_model: Path, db_url: str, tokens: Tokens) -> None:
+    with running(trained_model, db_url, **QUEUE_ALL) as client:
+        client.app.state.service.filler.policy = dataclasses.replace(
+            client.app.state.service.filler.policy, settle_s=0.0
+        )
+        texts = [
+            "salary payslip overtime tax paid in march",
+            "salary payslip overtime tax paid in april",
+            "vpn login locked",
+        ]
+        client.post("/v1/predict", json={"texts": texts}, headers=bearer(tokens.client))
+        client.post("/v1/review/fill", headers=bearer(tokens.admin))
+        items = client.get("/v1/review/items", headers=bearer(tokens.reviewer)).json()["items"]
+        by_text = {i["text"]: i["id"] for i in items}
+        first = by_text[texts[0]]
+        alike = client.get(f"/v1/review/items/{first}/similar", headers=bearer(tokens.reviewer)).json()
+        assert [a["id"] for a in alike["items"]] == [by_text[texts[1]]] and alike["threshold"] == 0.5
+        r = client.post(
+            "/v1/review/bulk", json={"item_ids": [by_text[texts[1]]], "label": "leave"}, headers=bearer(tokens.reviewer)
+        )
+        assert r.status_code == 200 and r.json()["answered"] == 1 and r.json()["results"][0]["label"] == "leave"
+        r = client.post("/v1/review/bulk", json={"item_ids": [], "label": "leave"}, headers=bearer(tokens.reviewer))
+        assert r.status_code == 422

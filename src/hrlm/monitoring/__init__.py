@@ -3,9 +3,10 @@
 Modules: ``settings`` (:class:`MonitorSettings`: window and thresholds), ``reference`` (what traffic
 is compared with: a model measured on a labelled holdout, cached in the model folder), ``drift``
 (PSI and the embedding drift score, a domain classifier's ROC AUC), ``estimate`` (the label-free
-CBPE estimate on calibrated probabilities), ``series`` (windows over the prediction
-store, or over texts), ``measure`` (one window's measurements), ``rules`` (which thresholds a window crossed), ``report`` (``hrlm monitor``'s
-JSON, PNG and HTML), ``alerts`` (storing, sending and counting alerts: the service's side).
+CBPE estimate on calibrated probabilities), ``measure`` (one window's measurements), ``series``
+(windows over the prediction store, or over texts), ``rules`` (which thresholds a window crossed),
+``report`` (``hrlm monitor``'s JSON, PNG and HTML), ``alerts`` (storing, sending and counting
+alerts: the service's side).
 It reads the store (``pip install 'hrlm[serve]'``); the service builds on it, not the reverse.
 
 Example:

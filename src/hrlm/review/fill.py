@@ -120,6 +120,17 @@ def _shingles(text: str) -> frozenset[tuple[str, ...]]:
     return frozenset(itertools.pairwise(words))
 
 
+def similarity(a: str, b: str) -> float:
+    """Word-pair Jaccard similarity of two texts, as the filler measures near-duplicates (0 to 1).
+
+    Example:
+        >>> round(similarity("my vpn login fails", "my vpn login fails again"), 2)
+        0.75
+    """
+    x, y = _shingles(a), _shingles(b)
+    return len(x & y) / len(x | y) if x or y else 1.0
+
+
 def share(key: str) -> float:
     """A stable pseudo-random number in [0, 1) for ``key``."""
     return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:13], 16) / 16**13

@@ -146,6 +146,12 @@ class ServiceSettings(BaseSettings):
     review_fill_s: float = Field(
         default=10.0, ge=0, description="How often new predictions are sorted into the review queue; 0 = on demand."
     )
+    review_bulk_similarity: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Word-pair Jaccard similarity at which open items count as alike, to be answered together.",
+    )
     review_lease_s: float = Field(default=600.0, gt=0, description="How long an item shown to a reviewer stays theirs.")
     # retraining
     train_data: str | None = Field(

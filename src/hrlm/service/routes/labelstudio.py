@@ -23,7 +23,7 @@ header set on its webhook. No ``from __future__ import annotations`` here: FastA
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Request
 
@@ -32,12 +32,15 @@ from hrlm.review import ReviewPolicy, record_external, withdraw_external
 from hrlm.service.auth import require
 from hrlm.service.labelstudio import SOURCE, LabelConfig, annotator, parse_config, project_id
 from hrlm.service.routes.common import error_responses
+from hrlm.service.schemas.predict import STORABLE
 from hrlm.store.users import Principal
 from hrlm.text import check_storable
 
 log = logging.getLogger("hrlm.service")
 
 ROLES = ("reviewer", "admin")
+# Label Studio's bodies are its own JSON; their keys are checked storable here, their values where used
+LSBody = dict[Annotated[str, STORABLE], Any]
 CREATED = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED")
 DELETED = ("ANNOTATIONS_DELETED", "ANNOTATION_DELETED")
 MAX_TASKS = 10_000
@@ -64,7 +67,7 @@ def build_labelstudio_router() -> APIRouter:
     @router.post("/setup", responses=error_responses(401, 403, 422), summary="Label Studio: connect a project")
     async def setup(
         request: Request,
-        body: dict[str, Any] = Body(..., description="Label Studio's setup request: project, schema, ..."),
+        body: LSBody = Body(..., description="Label Studio's setup request: project, schema, ..."),
         _: Principal = Depends(require(*ROLES)),
     ) -> dict[str, Any]:
         """Check the project's labelling config against the served model's labels; answer the model version."""
@@ -80,7 +83,7 @@ def build_labelstudio_router() -> APIRouter:
     @router.post("/predict", responses=error_responses(401, 403, 422, 503), summary="Label Studio: pre-annotate tasks")
     async def predict(
         request: Request,
-        body: dict[str, Any] = Body(..., description="Label Studio's predict request: tasks, project, label_config."),
+        body: LSBody = Body(..., description="Label Studio's predict request: tasks, project, label_config."),
         _: Principal = Depends(require(*ROLES)),
     ) -> dict[str, Any]:
         """One prediction per task, in Label Studio's result format (the label as a choice, the confidence as score)."""
@@ -104,9 +107,7 @@ def build_labelstudio_router() -> APIRouter:
     )
     async def webhook(
         request: Request,
-        body: dict[str, Any] = Body(
-            ..., description="A Label Studio webhook event: action, project, task, annotation."
-        ),
+        body: LSBody = Body(..., description="A Label Studio webhook event: action, project, task, annotation."),
         principal: Principal = Depends(require(*ROLES)),
     ) -> dict[str, Any]:
         """Annotations become review answers; deleted annotations are withdrawn; START_TRAINING queues a retrain."""
@@ -135,7 +136,7 @@ def build_labelstudio_router() -> APIRouter:
     @router.post("/train", status_code=201, responses=error_responses(401, 403, 409), summary="Label Studio: train")
     async def train(
         request: Request,
-        body: dict[str, Any] = Body(default_factory=dict, description="Label Studio's train request (ignored)."),
+        body: LSBody = Body(default_factory=dict, description="Label Studio's train request (ignored)."),
         principal: Principal = Depends(require(*ROLES)),
     ) -> dict[str, Any]:
         """Label Studio's "Start training" without its webhook: queue a retrain from hrlm's feedback."""

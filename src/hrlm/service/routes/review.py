@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
-from hrlm.review import answers, corrections
+from hrlm.review import answers, bulk, corrections
 from hrlm.review import guidelines as guideline_store
 from hrlm.review.browse import BrowseFilter, browse, item_detail
 from hrlm.review.stats import flagged_items
@@ -20,6 +20,8 @@ from hrlm.service.schemas.review import (
     AdjudicateOut,
     AgreementOut,
     BrowseOut,
+    BulkIn,
+    BulkOut,
     FillOut,
     GuidelineIn,
     GuidelineOut,
@@ -33,6 +35,7 @@ from hrlm.service.schemas.review import (
     ReviewNextOut,
     ReviewResultOut,
     ReviewStatsOut,
+    SimilarOut,
     TriageOut,
     UndoOut,
 )
@@ -153,6 +156,27 @@ def build_review_router() -> APIRouter:
             body.description,
             body.examples,
             actor=principal.name,
+        )
+
+    @router.get("/items/{item_id}/similar", response_model=SimilarOut, responses=error_responses(401, 403, 404, 422))
+    async def similar(
+        item_id: Annotated[int, Path(ge=1, le=MAX_ID, description="The item being answered.")],
+        request: Request,
+        principal: Principal = Depends(require(*ROLES_REVIEW)),
+    ) -> dict[str, Any]:
+        """Open items alike to this one (review_bulk_similarity) that the caller has not answered, most alike first."""
+        service = request.app.state.service
+        threshold = service.settings.review_bulk_similarity
+        items = await asyncio.to_thread(bulk.similar_open, service.engine, item_id, principal, threshold=threshold)
+        return {"item_id": item_id, "threshold": threshold, "items": items}
+
+    @router.post("/bulk", response_model=BulkOut, responses=error_responses(401, 403, 422, 429))
+    async def answer_many(
+        body: BulkIn, request: Request, principal: Principal = Depends(require(*ROLES_REVIEW))
+    ) -> dict[str, Any]:
+        """Give alike items one label, each as its own answer (and audit-log entry); refusals are listed, not fatal."""
+        return await asyncio.to_thread(
+            bulk.answer_many, request.app.state.service.engine, body.item_ids, principal, body.label_list()
         )
 
     @router.get("/triage", response_model=TriageOut, responses=error_responses(401, 403, 429))

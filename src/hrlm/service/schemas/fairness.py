@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hrlm.service.schemas.predict import Name
+from hrlm.service.schemas.predict import STORABLE, Name
+
+Stored = Annotated[str, STORABLE]
 
 MAX_AUDIT_ROWS = 100_000  # rows of one uploaded table
 
@@ -39,8 +41,10 @@ class AuditIn(BaseModel):
     source: Literal["upload", "review"] = Field(
         default="upload", description="upload: the rows hold texts; review: the rows map item_id to groups."
     )
-    rows: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_AUDIT_ROWS, description="The rows as JSON.")
-    table: str | None = Field(default=None, description="The rows as the text of a CSV or JSONL file.")
+    rows: list[dict[Stored, Any]] | None = Field(
+        default=None, max_length=MAX_AUDIT_ROWS, description="The rows as JSON."
+    )
+    table: Stored | None = Field(default=None, description="The rows as the text of a CSV or JSONL file.")
     format: Literal["csv", "jsonl"] = Field(default="csv", description="The format of table.")
     version: Name | None = Field(default=None, description="A registry version to audit (default: the served model).")
     text_col: Name = Field(default="text", description="The text column of uploaded rows.")
@@ -48,8 +52,8 @@ class AuditIn(BaseModel):
     min_impact_ratio: float = Field(default=0.8, gt=0, le=1, description="Impact ratios under it fail the audit.")
     max_flip_rate: float | None = Field(default=None, ge=0, le=1, description="Most flips the gender swap may cause.")
     counterfactual: bool = Field(default=True, description="Run the counterfactual gender-swap probe.")
-    data_source: str | None = Field(default=None, max_length=500, description="Where the data comes from.")
-    explanation: str | None = Field(default=None, max_length=2000, description="How the data was gathered.")
+    data_source: Stored | None = Field(default=None, max_length=500, description="Where the data comes from.")
+    explanation: Stored | None = Field(default=None, max_length=2000, description="How the data was gathered.")
 
     @model_validator(mode="after")
     def _one_table(self) -> AuditIn:

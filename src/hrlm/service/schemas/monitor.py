@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from hrlm.service.schemas.predict import STORABLE
 
 
 class AlertOut(BaseModel):
@@ -40,7 +42,9 @@ class ResolveIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{}, {"note": "new intake form"}]})
 
-    note: str | None = Field(default=None, max_length=1000, description="A note for the audit log.")
+    note: Annotated[str, STORABLE] | None = Field(
+        default=None, max_length=1000, description="A note for the audit log."
+    )
 
 
 class MonitorOut(BaseModel):

@@ -340,3 +340,42 @@ class AdjudicateOut(BaseModel):
     item_id: int
     label: str
     answers: list[str | None] = Field(description="The reviewers' labels it settles.")
+
+
+class SimilarItemOut(BaseModel):
+    id: int
+    text: str = Field(description="The first 240 characters.")
+    suggestion: str
+    similarity: float = Field(description="Word-pair Jaccard similarity with the item (0 to 1).")
+
+
+class SimilarOut(BaseModel):
+    """Open items alike to an item, which one answer may settle together."""
+
+    item_id: int
+    threshold: float
+    items: list[SimilarItemOut]
+
+
+class BulkIn(BaseModel):
+    """One label for several alike items (accept where it is an item's suggestion, correct elsewhere)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item_ids: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] = Field(min_length=1, max_length=200)
+    label: Name | None = None
+    labels: list[Name] | None = Field(default=None, max_length=100)
+
+    def label_list(self) -> list[str]:
+        return list(self.labels) if self.labels else [self.label] if self.label else []
+
+
+class BulkRefusedOut(BaseModel):
+    item_id: int
+    why: str
+
+
+class BulkOut(BaseModel):
+    answered: int
+    results: list[ReviewResultOut]
+    refused: list[BulkRefusedOut]

@@ -130,6 +130,7 @@
         const reports = el("span", { class: "links" },
           el("button", { type: "button", class: "link", onclick: () => openReports(m.version) }, "Reports"),
           el("button", { type: "button", class: "link", onclick: () => openCard(m.version) }, "Model card"),
+          el("button", { type: "button", class: "link", onclick: () => openHistory(m.version) }, "History"),
         );
         const actions = el("div", { class: "links" });
         if (["candidate", "archived"].includes(m.stage)) {
@@ -280,6 +281,31 @@
     try {
       const text = await (await blob(`/v1/models/${encodeURIComponent(version)}/card`)).text();
       box.replaceChildren(renderMarkdown(text));
+      $("report-title").focus();
+    } catch (err) {
+      box.replaceChildren(el("p", { class: "error" }, err.message));
+    }
+  }
+
+  // Where a version came from and every stage it went through (GET /v1/models/{version}/history).
+  async function openHistory(version) {
+    const box = $("report-body");
+    $("report").hidden = false;
+    $("report-title").textContent = `History · ${version}`;
+    box.replaceChildren(el("p", { class: "meta" }, "Loading…"));
+    try {
+      const h = await api("GET", `/v1/models/${encodeURIComponent(version)}/history`);
+      const origin = h.origin === "retrain" && h.parent ? `retrained from ${h.parent}` : `registered (${h.origin})`;
+      const head = el("tr", {}, ...["When", "Move", "From", "To", "By", "Why"].map((c) => el("th", { scope: "col" }, c)));
+      const rows = h.events.map((e) =>
+        el("tr", {}, el("td", {}, when(e.at)), el("td", {}, e.action), el("td", {}, e.from_stage || "–"),
+          el("td", {}, e.to_stage), el("td", {}, e.actor), el("td", {}, e.reason || "")),
+      );
+      box.replaceChildren(
+        el("p", {}, `${origin}, created ${when(h.created_at)}; now ${h.stage}.` + (h.note ? ` Note: ${h.note}` : "")),
+        el("div", { class: "table-wrap", tabindex: "0", "aria-label": "Stage history" },
+          el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows))),
+      );
       $("report-title").focus();
     } catch (err) {
       box.replaceChildren(el("p", { class: "error" }, err.message));

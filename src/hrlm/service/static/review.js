@@ -10,6 +10,7 @@
   let item = null;
   let answeredLast = null; // {id, action} of this session's latest answer, which U takes back
   let guidelines = {}; // label -> {description, examples, version}: GET /v1/review/guidelines
+  let alike = []; // open items alike to the one shown: GET /v1/review/items/{id}/similar
   let busy = false;
   let pollTimer = null;
 
@@ -43,6 +44,10 @@
     left = null;
     item = null;
     answeredLast = null;
+    alike = [];
+    $("bulk-items").replaceChildren();
+    $("bulk-count").textContent = "";
+    $("bulk").hidden = true;
     guidelines = {};
     showGuide(null);
     $("guide-all").replaceChildren();
@@ -148,6 +153,7 @@
       choices.append(row);
     });
     refreshChoice();
+    showAlike(item.id);
     const text = $("item-text");
     text.tabIndex = -1;
     focusSoon(text);
@@ -181,6 +187,8 @@
     try {
       const result = await api("POST", `/v1/review/items/${answered.id}`, body);
       counts[action] += 1;
+      const labels = action === "accept" || action === "correct" ? (result.label || "").split("|").filter(Boolean) : [];
+      const also = labels.length ? await answerAlike(labels) : "";
       sessionStorage.setItem(SESSION_KEY, JSON.stringify(counts));
       if (left !== null) left = Math.max(0, left - 1);
       showCounts();
@@ -190,7 +198,7 @@
         skip: "Skipped",
         flag: "Flagged for an admin",
       };
-      say(`${words[action]} (item #${answered.id}). U takes it back.`, "ok");
+      say(`${words[action]} (item #${answered.id})${also}. U takes back the first.`, "ok");
       answeredLast = { id: answered.id, action };
       showUndo();
       await loadNext();
@@ -232,6 +240,33 @@
     );
     $("guide-none").hidden = known.length > 0;
     $("guide-dialog").showModal();
+  }
+
+  // The alike open items, counted before saving; the checkbox gives them this item's label too.
+  async function showAlike(id) {
+    alike = [];
+    $("bulk").hidden = true;
+    $("bulk-on").checked = false;
+    try {
+      const found = await api("GET", `/v1/review/items/${id}/similar`);
+      if (!item || item.id !== id) return;
+      alike = found.items;
+    } catch (err) {
+      alike = [];
+    }
+    $("bulk-count").textContent = String(alike.length);
+    $("bulk-items").replaceChildren(...alike.map((a) => el("li", {}, `#${a.id} (${Math.round(100 * a.similarity)}% alike): ${a.text}`)));
+    $("bulk").hidden = alike.length === 0;
+  }
+
+  async function answerAlike(labels) {
+    if (!$("bulk-on").checked || !alike.length) return "";
+    const result = await api("POST", "/v1/review/bulk", { item_ids: alike.map((a) => a.id), labels });
+    counts.correct += result.results.filter((r) => r.action === "correct").length;
+    counts.accept += result.results.filter((r) => r.action === "accept").length;
+    sessionStorage.setItem(SESSION_KEY, JSON.stringify(counts));
+    if (left !== null) left = Math.max(0, left - result.answered);
+    return ` and ${result.answered} alike item${result.answered === 1 ? "" : "s"}` + (result.refused.length ? ` (${result.refused.length} could not take it)` : "");
   }
 
   function showUndo() {
@@ -339,6 +374,11 @@
       if (key === "u" || key === "U") {
         event.preventDefault();
         undoLast();
+        return;
+      }
+      if ((key === "b" || key === "B") && item && alike.length) {
+        event.preventDefault();
+        $("bulk-on").checked = !$("bulk-on").checked;
         return;
       }
       if (key === "g" || key === "G") {
