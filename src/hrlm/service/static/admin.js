@@ -372,7 +372,8 @@
   }
 
   function showJobs(data) {
-    const jobs = Array.isArray(data) ? data : data.jobs || [];
+    // the Retraining section shows retrain jobs (the Health section has the holdout evaluations)
+    const jobs = (Array.isArray(data) ? data : data.jobs || []).filter((j) => !j.kind || j.kind === "retrain");
     activeJob = jobs.some((j) => j.state === "queued" || j.state === "running");
     $("retrain").disabled = activeJob;
     $("jobs-empty").hidden = jobs.length > 0;
