@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import threading
 import time
@@ -128,16 +129,15 @@ class HealthMonitor(Periodic):
             model = self.service.model
             assert model is not None
             s = self.settings
-            reference = await asyncio.to_thread(self.reference, model)
+            # the model runs on its own thread, between the clients' batches: one model call at a time, and no
+            # second pool of threads competing for the cores
+            reference = await self.service.batcher.call(self.reference, model)
             since = window_start(utcnow(), s.window) - WINDOW_LENGTHS[s.window]
-            series = await asyncio.to_thread(
-                compute_series,
+            series = await self.service.batcher.call(
+                functools.partial(compute_series, since=since, settings=s, model_version=model.version),
                 self.alerts.engine,
                 model.predictor,
                 reference,
-                since=since,
-                settings=s,
-                model_version=model.version,
             )
             candidates = check_rules(series, s)
             opened = await asyncio.to_thread(self.alerts.record, candidates)

@@ -47,7 +47,8 @@ def build_monitor_router() -> APIRouter:
     ) -> dict[str, Any]:
         """Volume, drift and quality of the served model per window, holdout evaluations, open alerts."""
         monitor = request.app.state.service.monitor
-        body: dict[str, Any] = await asyncio.to_thread(monitor.series, since, window)
+        # on the model thread, between the clients' batches (the series embeds stored texts with the served model)
+        body: dict[str, Any] = await request.app.state.service.batcher.call(monitor.series, since, window)
         return body
 
     @router.get("/v1/alerts", response_model=AlertsOut, responses=error_responses(401, 403, 422), summary="Alerts")
