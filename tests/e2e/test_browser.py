@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import csv
 import os
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import make_texts, write_csv
+from tests.e2e.live import live_server
 from tests.service.conftest import Tokens, add_users, bearer
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -39,17 +37,9 @@ pytestmark = [
 TEXTS = ["my payslip is missing the overtime", "vpn login fails on my laptop", "vacation days for next month"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def server(trained_model: Path, tickets_csv: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
     """uvicorn on a free port, serving the registry's production version (the tiny model) on a SQLite file."""
-    import uvicorn
-
     from hrlm.lifecycle.registry import Registry
     from hrlm.service import ServiceSettings, create_app
     from hrlm.store import make_engine
@@ -75,26 +65,16 @@ def server(trained_model: Path, tickets_csv: Path, tmp_path: Path) -> Iterator[d
         review_holdout_fraction=0.0,
         registry_poll_s=0,
     )
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not srv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("uvicorn did not start within 60 s")
-        time.sleep(0.05)
     try:
-        yield {
-            "base": f"http://127.0.0.1:{port}",
-            "tokens": tokens,
-            "engine": engine,
-            "registry_dir": tmp_path / "models",
-            "version": version,
-        }
+        with live_server(create_app(settings)) as base:
+            yield {
+                "base": base,
+                "tokens": tokens,
+                "engine": engine,
+                "registry_dir": tmp_path / "models",
+                "version": version,
+            }
     finally:
-        srv.should_exit = True
-        thread.join(30)
         engine.dispose()
 
 

@@ -12,11 +12,9 @@ a failure where HRLM_REQUIRE_LABELSTUDIO=1 (CI).
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,9 +22,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import make_texts, unavailable, write_csv
-from tests.e2e.live import free_port, live_server
-from tests.service.conftest import add_users, bearer
+from tests.conftest import unavailable
+from tests.e2e.live import free_port
+from tests.e2e.test_browser import server  # noqa: F401 (a fixture)
+from tests.service.conftest import bearer
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
 
@@ -123,77 +122,55 @@ def wait_for(what: str, check: Any, timeout: float = 120.0) -> Any:
 
 
 def test_label_studio_gets_predictions_sends_annotations_and_starts_training(
-    label_studio: dict[str, Any], trained_model: Path, tickets_csv: Path, tmp_path: Path
+    label_studio: dict[str, Any],
+    server: dict[str, Any],  # noqa: F811 (the browser tests' server: the tiny model in production, a holdout)
+    trained_model: Path,
 ) -> None:
     import httpx
     from sqlalchemy import select
 
     from hrlm.inference import Predictor
     from hrlm.lifecycle.registry import Registry
-    from hrlm.service import ServiceSettings, create_app
-    from hrlm.store import make_engine
     from hrlm.store.tables import review_feedback
 
-    url = f"sqlite:///{tmp_path / 'hrlm.db'}"
-    tokens = add_users(url)
-    engine = make_engine(url)
-    version = Registry(engine, tmp_path / "models").register(trained_model, actor="test", stage="production").version
-    with tickets_csv.open(encoding="utf-8") as fh:
-        seen = {row["text"] for row in csv.DictReader(fh)}
-    holdout = write_csv(tmp_path / "holdout.csv", [r for r in make_texts(8, seed=99) if r[0] not in seen])
-    settings = ServiceSettings(
-        database_url=url,
-        registry_dir=str(tmp_path / "models"),
-        train_data=str(tickets_csv),
-        holdout_data=str(holdout),
-        registry_poll_s=0,
-        review_fill_s=0,
-        review_holdout_fraction=0.0,
-    )
+    hrlm, tokens, engine, version = server["base"], server["tokens"], server["engine"], server["version"]
     expected = [p.label for p in Predictor.from_dir(trained_model).predict(TEXTS)]
-    try:
-        with live_server(create_app(settings)) as hrlm:
-            # 1. tasks imported into a project connected to hrlm get hrlm's predictions
-            connected = drive(
-                label_studio, "connect", label_config=CONFIG, hrlm_url=hrlm, hrlm_token=tokens.admin, texts=TEXTS
-            )
-            assert connected["webhooks"] == 1
-            by_text = {t["text"]: str(t["id"]) for t in connected["tasks"]}
-            for text, label in zip(TEXTS, expected, strict=True):
-                preds = connected["predictions"][by_text[text]]
-                assert len(preds) == 1, preds
-                assert preds[0]["model_version"] == version
-                assert preds[0]["result"][0]["value"]["choices"] == [label]
-                assert 0 < preds[0]["score"] <= 1
+    # 1. tasks imported into a project connected to hrlm get hrlm's predictions
+    connected = drive(label_studio, "connect", label_config=CONFIG, hrlm_url=hrlm, hrlm_token=tokens.admin, texts=TEXTS)
+    assert connected["webhooks"] == 1
+    by_text = {t["text"]: str(t["id"]) for t in connected["tasks"]}
+    for text, label in zip(TEXTS, expected, strict=True):
+        preds = connected["predictions"][by_text[text]]
+        assert len(preds) == 1, preds
+        assert preds[0]["model_version"] == version
+        assert preds[0]["result"][0]["value"]["choices"] == [label]
+        assert 0 < preds[0]["score"] <= 1
 
-            # 2. an annotation made through Label Studio's API reaches hrlm's feedback
-            task = int(by_text[TEXTS[0]])
-            wanted = next(lb for lb in ("leave", "it", "payroll") if lb != expected[0])
-            annotation = drive(label_studio, "annotate", task=task, label=wanted)["annotation"]
+    # 2. an annotation made through Label Studio's API reaches hrlm's feedback
+    task = int(by_text[TEXTS[0]])
+    wanted = next(lb for lb in ("leave", "it", "payroll") if lb != expected[0])
+    annotation = drive(label_studio, "annotate", task=task, label=wanted)["annotation"]
 
-            def stored() -> list[Any]:
-                with engine.connect() as conn:
-                    return conn.execute(select(review_feedback).where(review_feedback.c.source == "labelstudio")).all()
+    def stored() -> list[Any]:
+        with engine.connect() as conn:
+            return conn.execute(select(review_feedback).where(review_feedback.c.source == "labelstudio")).all()
 
-            rows = wait_for("the annotation's webhook", stored)
-            assert len(rows) == 1 and rows[0].label == wanted and rows[0].action == "correct"
-            assert rows[0].external_id == f"{connected['project']}:annotation:{annotation}"
+    rows = wait_for("the annotation's webhook", stored)
+    assert len(rows) == 1 and rows[0].label == wanted and rows[0].action == "correct"
+    assert rows[0].external_id == f"{connected['project']}:annotation:{annotation}"
 
-            # 3. "Start training" queues an hrlm retrain; the candidate gets its gate report
-            drive(label_studio, "train", backend=connected["backend"])
+    # 3. "Start training" queues an hrlm retrain; the candidate gets its gate report
+    drive(label_studio, "train", backend=connected["backend"])
 
-            def finished() -> dict[str, Any] | None:
-                jobs = httpx.get(f"{hrlm}/v1/jobs", headers=bearer(tokens.admin), timeout=10).json()["jobs"]
-                done = [j for j in jobs if j["kind"] == "retrain" and j["state"] in ("succeeded", "failed")]
-                return done[0] if done else None
+    def finished() -> dict[str, Any] | None:
+        jobs = httpx.get(f"{hrlm}/v1/jobs", headers=bearer(tokens.admin), timeout=10).json()["jobs"]
+        done = [j for j in jobs if j["kind"] == "retrain" and j["state"] in ("succeeded", "failed")]
+        return done[0] if done else None
 
-            job = wait_for("the retrain Label Studio started", finished, timeout=240)
-            assert job["state"] == "succeeded", job
-            assert job["actor"] == "labelstudio:admin"
-            result = job["result"]
-            assert result["decision"] in ("promoted", "rejected") and result["data"]["feedback"] == 1
-            candidate = Registry(engine, tmp_path / "models").get(result["candidate"])
-            assert (candidate.path / "report" / "gate.md").is_file()
-    finally:
-        engine.dispose()
-        sys.stdout.flush()
+    job = wait_for("the retrain Label Studio started", finished, timeout=240)
+    assert job["state"] == "succeeded", job
+    assert job["actor"] == "labelstudio:admin"
+    result = job["result"]
+    assert result["decision"] in ("promoted", "rejected") and result["data"]["feedback"] == 1
+    candidate = Registry(engine, server["registry_dir"]).get(result["candidate"])
+    assert (candidate.path / "report" / "gate.md").is_file()
