@@ -96,12 +96,9 @@ def _alone(model: HrlmModel, windows: list[list[int]]) -> np.ndarray:
     return torch.cat(rows).numpy()
 
 
-@pytest.mark.parametrize("small_width", [unpadded.SMALL_WIDTH, 4])  # 4: the SDPA branch for every group
+@pytest.mark.parametrize("plain_up_to", [unpadded.SMALL_WIDTH, 4])  # 4: the SDPA branch for every group
 @pytest.mark.parametrize("pooling", ["pooler", "cls", "mean"])
-def test_packed_batches_give_each_windows_own_logits(
-    tiny_bert: Path, pooling: str, small_width: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(unpadded, "SMALL_WIDTH", small_width)
+def test_packed_batches_give_each_windows_own_logits(tiny_bert: Path, pooling: str, plain_up_to: int) -> None:
     model = _model(tiny_bert, pooling)
     assert unpadded.supports(model.encoder)
     windows = _windows(7)
@@ -110,8 +107,11 @@ def test_packed_batches_give_each_windows_own_logits(
     assert len(batch.groups) > 2 and any(g.gather is not None for g in batch.groups)
     order = list(batch.order)
     with torch.inference_mode():
-        own = unpadded.forward(model, batch)["label"].numpy()  # the layers' own query, key and value projections
-    fused = TorchBackend(model, torch.device("cpu"), "fp32").packed(batch)["label"]
+        # the layers' own query, key and value projections
+        own = unpadded.forward(model, batch, plain_up_to=plain_up_to)["label"].numpy()
+    backend = TorchBackend(model, torch.device("cpu"), "fp32")
+    backend.plain_up_to = plain_up_to
+    fused = backend.packed(batch)["label"]
     np.testing.assert_allclose(own, alone[order], atol=1e-5)
     np.testing.assert_allclose(fused, alone[order], atol=1e-5)
     assert np.abs(alone).max() > 0.1

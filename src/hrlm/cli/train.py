@@ -60,6 +60,7 @@ def train(
     weight_decay: float = option(TrainConfig, "weight_decay"),
     max_grad_norm: float = option(TrainConfig, "max_grad_norm"),
     dropout: float | None = option(TrainConfig, "dropout"),
+    attention_dropout: float | None = option(TrainConfig, "attention_dropout"),
     class_weights: str = option(TrainConfig, "class_weights"),
     early_stopping_patience: int = option(TrainConfig, "early_stopping_patience", "--patience"),
     metric: str = option(TrainConfig, "metric"),

@@ -91,38 +91,58 @@ class Backend:
 
 
 class TorchBackend(Backend):
-    """The model in float32, or under bf16/fp16 autocast.
+    """The model in float32, in bf16 on a CPU, or under bf16/fp16 autocast on CUDA.
 
-    Under autocast the backend runs its own copy of the model whose linear layers already hold
-    bf16/fp16 weights (see :func:`hrlm.inference.unpadded.cast_linears`: same results, no cast per forward
-    pass); other parameters are shared with ``model``. Packed batches use one fused query-key-value
-    projection per layer. Both are taken from ``model`` when the backend is built: build a new
+    In bf16 on a CPU the backend runs its own copy of the model whose encoder is bf16 throughout,
+    without autocast (:func:`hrlm.inference.unpadded.cast_encoder`). Under autocast it runs a copy whose
+    linear layers already hold bf16/fp16 weights (:func:`hrlm.inference.unpadded.cast_linears`: same
+    results, no cast per forward pass); other parameters are shared with ``model``. Packed batches use
+    one fused query-key-value projection per layer. Both are taken from ``model`` when the backend is built: build a new
     backend after training changes the weights.
     """
 
     def __init__(self, model: HrlmModel, device: torch.device, precision: str = "fp32", name: str = "") -> None:
         model = model.to(device)
         lowp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        self.model = (unpadded.cast_linears(model, lowp) if lowp else model).eval()
+        # bf16 on a CPU: the whole encoder in bf16 and no autocast (see unpadded.cast_encoder)
+        self.autocast = lowp is not None and not (lowp == torch.bfloat16 and device.type == "cpu")
+        if lowp is None:
+            self.model = model.eval()
+        elif self.autocast:
+            self.model = unpadded.cast_linears(model, lowp).eval()
+        else:
+            self.model = unpadded.cast_encoder(model, lowp).eval()
+            self.autocast = self.model is model  # not copyable: autocast as before
         self.device = device
         self.precision = precision
         self.name = name or f"torch-{precision}"
         self.qkv = unpadded.fuse_qkv(self.model.encoder) if unpadded.supports(self.model.encoder) else None
+        # widest attention group run as plain matrix products on a CPU; the calibration may change it
+        self.plain_up_to = unpadded.SMALL_WIDTH
 
     @property
     def supports_packing(self) -> bool:
         return unpadded.supports(self.model.encoder)
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the encoder's matrix products run in."""
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+
+    def context(self) -> Any:
+        """The autocast context the backend runs its model in (none when the weights are already low precision)."""
+        return autocast(self.device, self.precision) if self.autocast else contextlib.nullcontext()
+
     @torch.inference_mode()
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, np.ndarray]:
-        with autocast(self.device, self.precision):
+        with self.context():
             logits = self.model(ids.to(self.device), mask.to(self.device))
         return _numpy(logits)
 
     @torch.inference_mode()
     def packed(self, batch: Packed) -> dict[str, np.ndarray]:
-        with autocast(self.device, self.precision):
-            logits = unpadded.forward(self.model, batch.to(self.device), self.qkv)
+        with self.context():
+            logits = unpadded.forward(self.model, batch.to(self.device), self.qkv, plain_up_to=self.plain_up_to)
         return _numpy(logits)
 
 

@@ -17,22 +17,25 @@ from typing import Any, overload
 import numpy as np
 import torch
 
+from hrlm._alloc import keep_freed_memory
 from hrlm._progress import ProgressBar
 from hrlm.config import AGGREGATIONS, DEVICES, PRECISIONS, TRUNCATE_MODES, check_choice
 from hrlm.errors import ConfigError
 from hrlm.inference.backends import Backend, TorchBackend, build_backend, choose_backend
 from hrlm.inference.backends import autocast as autocast  # re-exported: training and pretraining use it
 from hrlm.inference.backends import cpu_has_fast_bf16 as cpu_has_fast_bf16
+from hrlm.inference.calibrate import CPU_SAMPLE_TOKENS, GPU_SAMPLE_TOKENS, Calibrator, thread_choices
+from hrlm.inference.calibrate import mode as calibration_mode
 from hrlm.inference.packing import collate_packed, plan
 from hrlm.inference.packing import length_batches as length_batches  # re-exported: part of the public API
 from hrlm.modeling import HrlmModel, ModelMeta, TaskSpec, load_model
 from hrlm.text import Encoded, encode_documents
 
-# Token budget of one forward pass on a CPU. With packed batches, measured on MiniLM (bf16, median of
-# 3): 1,024 ran IMDB reviews (256-token windows, 2 threads) at 92.9 docs/s against 92.1 at 2,048 and
-# 85.8 at 4,096, where activations spill out of the caches; helpdesk tickets (1 thread) at 308 docs/s
-# in one call against 291 at 2,048, and in calls of 29 (a service's micro-batch) at 291 against 277
-# at 384, where more passes cost more fixed overhead.
+# Token budget of one forward pass on a CPU until the machine is calibrated (see
+# :mod:`hrlm.inference.calibrate`), and for calls too small to calibrate on. Measured on MiniLM on a
+# 2-core AMD EPYC (bf16, packed, median of 3): 1,024 ran IMDB reviews at 92.9 docs/s against 92.1 at
+# 2,048 and 85.8 at 4,096; helpdesk tickets in calls of 29 (a service's micro-batch) at 291 against
+# 277 at 384, where more passes cost more fixed overhead. Other CPUs want other budgets.
 CPU_MAX_TOKENS = 1024
 
 
@@ -176,13 +179,16 @@ class Predictor:
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
         threads: CPU threads for the torch and ONNX Runtime backends (default: the cores this
             process may use).
-        max_tokens, max_batch: the token budget and the row limit of one batch (default budget:
-            :data:`CPU_MAX_TOKENS` on a CPU, 16,384 on a GPU).
+        max_tokens, max_batch: the token budget and the row limit of one batch (default budget: the
+            calibrated one, see below; before calibration :data:`CPU_MAX_TOKENS` on a CPU, 16,384 on a GPU).
         truncate: read long texts differently from training (``none`` = windows, ``head``, ``head+tail``).
         max_length: tokens per window (default: the model's).
         folder: the model folder, where exported ONNX files are looked for.
         packing: lay windows end to end without padding where the backend can (see :mod:`hrlm.inference.packing`);
-            off gives plain length-sorted padded batches.
+            off gives plain length-sorted padded batches; default: whichever the calibration found faster.
+        calibrate: measure the budget, packing, attention path and threads on this machine on first use
+            and cache them (see :mod:`hrlm.inference.calibrate`); default: on unless ``HRLM_CALIBRATE=off``.
+            An explicit ``max_tokens``, ``packing`` or ``threads`` is never overridden.
 
     Example:
         >>> p = Predictor.from_dir("runs/tickets")  # doctest: +SKIP
@@ -206,7 +212,8 @@ class Predictor:
         truncate: str | None = None,
         max_length: int | None = None,
         folder: str | os.PathLike[str] | None = None,
-        packing: bool = True,
+        packing: bool | None = None,
+        calibrate: bool | None = None,
     ) -> None:
         if truncate is not None:
             check_choice("truncate", truncate, TRUNCATE_MODES)
@@ -216,8 +223,10 @@ class Predictor:
         if threads is not None and threads < 1:
             raise ConfigError(f"threads = {threads} must be at least 1.")
         self.threads = threads or default_threads()
+        self._threads_given = threads is not None
         choice = choose_backend(backend, meta, resolve_device(device), device_given=device != "auto")
         if choice.device.type == "cpu":
+            keep_freed_memory()
             torch.set_num_threads(self.threads)
         self._scratch: list[Any] = []  # keeps a temporary ONNX export alive as long as the predictor
         self.backend = build_backend(
@@ -228,12 +237,18 @@ class Predictor:
         self.model = model
         self.tokenizer = tokenizer
         self.meta = meta
+        self._max_tokens_given = max_tokens
+        self._packing_given = packing
         self.max_tokens = max_tokens or (CPU_MAX_TOKENS if self.device.type == "cpu" else 16384)
         self.max_batch = max_batch
-        self.packing = packing
+        self.packing = True if packing is None else packing
         self.pad_id = int(tokenizer.pad_token_id or 0)
         self.truncate = truncate or meta.truncate
         self.max_length = max_length or meta.max_length
+        wanted = calibration_mode() == "auto" if calibrate is None else calibrate
+        self.calibrator = Calibrator(self.backend, self.max_length) if wanted else None
+        if self.calibrator is not None and isinstance(self.backend, TorchBackend):
+            self.backend.plain_up_to = self.calibrator.attention()
         # Windows overlap by the model's stride, unless a shorter max_length leaves no room for it.
         self.stride = meta.stride if meta.stride < self.max_length - 2 else self.max_length // 4
 
@@ -279,20 +294,64 @@ class Predictor:
         if not texts:
             return {t.name: np.zeros((0, len(t.labels)), dtype=np.float32) for t in self.tasks}
         enc = self.encode(texts)
+        max_tokens, packing = self.batching(enc.windows)
         bar = ProgressBar(len(enc.windows), "predicting", unit="windows", enabled=progress and len(enc.windows) >= 512)
         try:
             per_window = window_logits(
                 self.backend,
                 enc.windows,
                 pad_id=self.pad_id,
-                max_tokens=self.max_tokens,
+                max_tokens=max_tokens,
                 max_batch=self.max_batch,
                 progress=lambda n: bar.update(advance=n),
-                packing=self.packing,
+                packing=packing,
             )
         finally:
             bar.close()
         return {name: aggregate(v, enc.doc_index, enc.n_docs, self.meta.aggregate) for name, v in per_window.items()}
+
+    def batching(self, windows: Sequence[Sequence[int]]) -> tuple[int, bool]:
+        """The token budget and packing to score ``windows`` with: given, calibrated, or the defaults.
+
+        A call of enough text (:data:`~hrlm.inference.calibrate.CPU_SAMPLE_TOKENS` tokens on a CPU) whose
+        window length was never calibrated on this machine for this model shape is calibrated first,
+        on a sample of its own windows; the result is cached for every later call and process.
+        """
+        max_tokens, packing = self.max_tokens, self.packing
+        calibrator = self.calibrator
+        if calibrator is None or (self._max_tokens_given and self._packing_given is not None):
+            return max_tokens, packing
+        found = calibrator.budget([len(w) for w in windows])
+        enough = GPU_SAMPLE_TOKENS if self.device.type == "cuda" else CPU_SAMPLE_TOKENS
+        if found is None and sum(len(w) for w in windows) >= enough:
+            found = self.calibrate(windows)
+        if found is None:
+            return max_tokens, packing
+        if found.threads != torch.get_num_threads() and self.device.type == "cpu" and not self._threads_given:
+            torch.set_num_threads(found.threads)
+            self.threads = found.threads
+        return self._max_tokens_given or found.max_tokens, found.packing if self._packing_given is None else packing
+
+    def calibrate(self, windows: Sequence[Sequence[int]]) -> Any:
+        """Measure (again) the fastest batching of windows like ``windows`` on this machine and cache it.
+
+        Returns the :class:`~hrlm.inference.calibrate.Budget`; ``None`` when calibration is off.
+        """
+        if self.calibrator is None:
+            return None
+
+        def run(sample: Sequence[Sequence[int]], max_tokens: int, packing: bool) -> None:
+            window_logits(
+                self.backend,
+                sample,
+                pad_id=self.pad_id,
+                max_tokens=max_tokens,
+                max_batch=self.max_batch,
+                packing=packing,
+            )
+
+        cpu = self.device.type == "cpu" and not self._threads_given
+        return self.calibrator.measure_budget(windows, run, threads=thread_choices(self.threads) if cpu else ())
 
     def predict_proba(self, texts: Sequence[str], *, progress: bool = False) -> dict[str, np.ndarray]:
         """Class probabilities for every task."""
@@ -335,7 +394,7 @@ class Predictor:
         pooled = np.zeros((len(enc.windows), hidden), dtype=np.float32)
         logits = {t.name: np.zeros((len(enc.windows), len(t.labels)), dtype=np.float32) for t in self.tasks}
         lengths = [len(w) for w in enc.windows]
-        with torch.inference_mode(), autocast(backend.device, backend.precision):
+        with torch.inference_mode(), backend.context():
             for batch in plan(lengths, max_tokens=self.max_tokens, max_batch=self.max_batch, packing=False):
                 ids, mask = collate([enc.windows[i] for i in batch], self.pad_id)
                 vectors = backend.model.pool(ids.to(backend.device), mask.to(backend.device))

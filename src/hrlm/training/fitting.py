@@ -37,7 +37,7 @@ from hrlm.inference import (
     resolve_precision,
 )
 from hrlm.model_card import write_model_card
-from hrlm.modeling import HrlmModel, ModelMeta, TaskSpec, build_model, save_model
+from hrlm.modeling import HrlmModel, ModelMeta, TaskSpec, attention_dropout_for, build_model, save_model
 from hrlm.report import write_report
 from hrlm.text import Encoded, encode_documents
 from hrlm.training.augmentation import augment_dataset
@@ -136,7 +136,14 @@ def fit(
     tasks = _tasks(cfg, train_ds, val_ds, test_ds, method)
     # SetFit reads mean-pooled vectors, as sentence encoders are trained to produce them.
     pooling = "mean" if method == "setfit" and cfg.pooling == "auto" else cfg.pooling
-    model = build_model(base_dir, tasks, pooling=pooling, dropout=cfg.dropout, freeze_encoder=cfg.freeze_encoder)
+    model = build_model(
+        base_dir,
+        tasks,
+        pooling=pooling,
+        dropout=cfg.dropout,
+        attention_dropout=attention_dropout_for(cfg.attention_dropout, device),
+        freeze_encoder=cfg.freeze_encoder,
+    )
     limit = int(getattr(model.config, "max_position_embeddings", 512))
     if cfg.max_length > limit:
         raise ConfigError(f"max_length = {cfg.max_length} exceeds the encoder's limit of {limit} positions.")
@@ -394,7 +401,14 @@ def _train_replica(
     base_dir = resolve_base(cfg.base)
     tokenizer = load_tokenizer(base_dir)
     tasks, pooling = spec
-    model = build_model(base_dir, tasks, pooling=pooling, dropout=cfg.dropout, freeze_encoder=cfg.freeze_encoder)
+    model = build_model(
+        base_dir,
+        tasks,
+        pooling=pooling,
+        dropout=cfg.dropout,
+        attention_dropout=attention_dropout_for(cfg.attention_dropout, device),
+        freeze_encoder=cfg.freeze_encoder,
+    )
     model.load_state_dict(initial)
     model.freeze(cfg.freeze_layers, encoder=cfg.freeze_encoder)
     model.to(device)

@@ -35,7 +35,7 @@ from hrlm.config import PretrainConfig
 from hrlm.encoders import load_tokenizer, resolve_base
 from hrlm.errors import ConfigError, DataError
 from hrlm.inference import autocast, default_threads, resolve_device, resolve_precision
-from hrlm.modeling import quiet_transformers
+from hrlm.modeling import attention_dropout_for, quiet_transformers, set_dropout
 from hrlm.text import normalize
 from hrlm.training.distributed import Replicas, check_distributable, run_on_workers, shard
 from hrlm.training.loop import Optimization, batches_forever, run_steps, seed_everything
@@ -70,15 +70,17 @@ class PretrainResult:
     placements: list[dict[str, Any]] = field(default_factory=list)  # with workers: rank, node, IP, pid
 
 
-def load_pretraining_model(base_dir: Path, *, nsp: bool) -> tuple[Any, bool]:
+def load_pretraining_model(base_dir: Path, *, nsp: bool, device: Any = "cpu") -> tuple[Any, bool]:
     """The base encoder with a masked-LM head (and an NSP head for BERT), and whether the MLM head is new.
 
-    The head's output matrix is tied to the word embeddings, as in BERT.
+    The head's output matrix is tied to the word embeddings, as in BERT. On a CPU, attention
+    probabilities are not dropped out (:func:`hrlm.modeling.attention_dropout_for`).
     """
     from transformers import AutoConfig, AutoModelForMaskedLM, BertForPreTraining
 
     quiet_transformers()
     config = AutoConfig.from_pretrained(str(base_dir), local_files_only=True)
+    set_dropout(config, None, attention_dropout_for(None, device))
     config.tie_word_embeddings = True
     if config.model_type == "bert":
         model, info = cast(
@@ -236,7 +238,7 @@ def pretrain(
 
     base_dir = resolve_base(cfg.base)
     tokenizer = load_tokenizer(base_dir)
-    model, head_new = load_pretraining_model(base_dir, nsp=cfg.nsp)
+    model, head_new = load_pretraining_model(base_dir, nsp=cfg.nsp, device=device)
     limit = int(getattr(model.config, "max_position_embeddings", 512))
     if cfg.max_length > limit:
         raise ConfigError(f"max_length = {cfg.max_length} exceeds the encoder's limit of {limit} positions.")
@@ -328,7 +330,7 @@ def _pretrain_replica(
     precision = resolve_precision(cfg.precision, device) if device.type == "cuda" else precision
     base_dir = resolve_base(cfg.base)
     tokenizer = load_tokenizer(base_dir)
-    model, _ = load_pretraining_model(base_dir, nsp=cfg.nsp)
+    model, _ = load_pretraining_model(base_dir, nsp=cfg.nsp, device=device)
     model.load_state_dict(initial)
     model.to(device)
     run = _adapt(model, tokenizer, cfg, train_ex, val_ex, head_new, device, precision, progress, replicas)

@@ -39,7 +39,7 @@ from hrlm.data import Dataset
 from hrlm.encoders import load_tokenizer, resolve_base
 from hrlm.errors import ConfigError, DataError
 from hrlm.inference import autocast, collate, resolve_device, resolve_precision
-from hrlm.modeling import TaskSpec, build_model
+from hrlm.modeling import TaskSpec, attention_dropout_for, build_model
 from hrlm.text import encode_documents
 
 log = logging.getLogger("hrlm")
@@ -307,7 +307,13 @@ def _measure(cfg: TrainConfig, train: Dataset) -> _Speeds:
     tasks = [TaskSpec(cfg.label_col, train.label_names)]
     build_model(base_dir, tasks, pooling="mean")  # the first build pays for imports, which folds do not
     t0 = time.perf_counter()
-    model = build_model(base_dir, tasks, pooling="mean", dropout=cfg.dropout)
+    model = build_model(
+        base_dir,
+        tasks,
+        pooling="mean",
+        dropout=cfg.dropout,
+        attention_dropout=attention_dropout_for(cfg.attention_dropout, device),
+    )
     model.to(device)
     build = time.perf_counter() - t0
     pad_id = int(tokenizer.pad_token_id or 0)

@@ -1,0 +1,314 @@
+"""Training speed: ``hrlm train`` against the Hugging Face ``Trainer`` on the same reviews, settings and machine.
+
+Example:
+    python benchmarks/training.py --data ../shared/data/imdb --train 1000 --test 1000 --rounds 3
+
+Both systems fine-tune the packaged all-MiniLM-L6-v2 on the same ``--train`` IMDB training reviews
+(sampled with ``--seed``), the head of each review at ``--max-length`` tokens, batch 32, one epoch,
+AdamW at 1e-4 with 6% linear warmup, weight decay 0.01, clipping at 1.0, in bf16 where the CPU
+computes it natively (the Trainer's ``bf16=True``). The Trainer pads each batch to its longest
+review (``DataCollatorWithPadding``), as its documentation shows; hrlm runs with its defaults
+(``hrlm train --truncate head``, a validation split of 200 other training reviews scored once, at
+the end). Each (system, round) runs in a fresh process, the rounds interleaved so that a slow
+spell of a shared host falls on both; figures are the median round's.
+
+Reported per system: training samples/s (the optimizer steps only: the Trainer's own
+``train_runtime``, hrlm's ``train_seconds``), wall seconds of the whole run, peak resident memory
+of the process, test accuracy on ``--test`` test reviews (the mean over the rounds, which use
+different seeds), and the share of the machine's bf16 ceiling: three forward passes' FLOPs (forward,
+and backward at twice the forward) on the real tokens per second, over the 2,048-square bf16
+matrix-product rate in ``machine.matmul_gflops``. Writes ``benchmarks/results/training-imdb.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import SHARED, add_run_options, machine, print_table, write_result
+
+SYSTEMS = ("hf-trainer", "hrlm")
+LABELS = {"hf-trainer": "Hugging Face Trainer, bf16=True", "hrlm": "hrlm train (defaults)"}
+
+
+def sample(folder: Path, n_train: int, n_val: int, n_test: int, seed: int) -> dict[str, list[dict[str, Any]]]:
+    import pandas as pd
+
+    train = pd.read_csv(folder / "train.csv.gz").sample(frac=1.0, random_state=seed)
+    test = pd.read_csv(folder / "test.csv.gz").sample(n=n_test, random_state=seed)
+    return {
+        "train": train.iloc[:n_train][["text", "label"]].to_dict("records"),
+        "validation": train.iloc[n_train : n_train + n_val][["text", "label"]].to_dict("records"),
+        "test": test[["text", "label"]].to_dict("records"),
+    }
+
+
+def flops_per_token() -> tuple[float, float]:
+    """FLOPs per token of the packaged encoder's linear layers and, per token and position, of attention."""
+    from torch import nn
+
+    from hrlm.encoders import default_encoder_path
+    from hrlm.modeling import TaskSpec, build_model, encoder_layers
+
+    model = build_model(default_encoder_path(), [TaskSpec("label", ["neg", "pos"])])
+    linear, attention = 0.0, 0.0
+    for block in encoder_layers(model.encoder):
+        linear += sum(2 * m.weight.numel() for m in block.modules() if isinstance(m, nn.Linear))
+        attention += 4 * block.attention.self.all_head_size
+    return linear, attention
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def run_hf(work: Path, args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """One Trainer run in this process: train, then score the test reviews."""
+    import numpy as np
+    import torch
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
+
+    from hrlm.encoders import default_encoder_path
+    from hrlm.inference import resolve_precision
+
+    torch.set_num_threads(args.threads)
+    data = json.loads((work / "data.json").read_text())
+    base = str(default_encoder_path())
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    names = sorted({str(r["label"]) for r in data["train"]})
+
+    def encode(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A list of feature dicts: a torch-style dataset, as the Trainer takes it."""
+        enc = tokenizer([r["text"] for r in rows], truncation=True, max_length=args.max_length)
+        labels = [names.index(str(r["label"])) for r in rows]
+        return [{**{k: v[i] for k, v in enc.items()}, "labels": labels[i]} for i in range(len(rows))]
+
+    train, test = encode(data["train"]), encode(data["test"])
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=len(names))
+    bf16 = resolve_precision("auto", torch.device("cpu")) == "bf16"
+    targs = TrainingArguments(
+        output_dir=str(work / f"hf-{seed}"),
+        per_device_train_batch_size=32,
+        per_device_eval_batch_size=64,
+        learning_rate=1e-4,
+        warmup_steps=0.06,  # transformers 5: a float below 1 is a fraction of the steps
+        weight_decay=0.01,
+        max_grad_norm=1.0,
+        num_train_epochs=1,
+        lr_scheduler_type="linear",
+        bf16=bf16,
+        use_cpu=True,
+        save_strategy="no",
+        eval_strategy="no",
+        logging_strategy="no",
+        report_to=[],
+        seed=seed,
+        disable_tqdm=True,
+    )
+    t0 = time.perf_counter()
+    trainer = Trainer(
+        model=model,
+        args=targs,
+        train_dataset=train,  # type: ignore[arg-type]  # a list of dicts is a map-style dataset
+        data_collator=DataCollatorWithPadding(tokenizer),
+    )
+    out = trainer.train()
+    train_wall = time.perf_counter() - t0
+    predictions = trainer.predict(test)
+    accuracy = float(np.mean(predictions.predictions.argmax(1) == np.asarray([row["labels"] for row in test])))
+    tokens = sum(len(row["input_ids"]) for row in train)
+    return {
+        "train_s": out.metrics["train_runtime"],
+        "wall_s": time.perf_counter() - t0,
+        "train_wall_s": train_wall,
+        "samples": len(train),
+        "tokens": tokens,
+        "accuracy": accuracy,
+        "precision": "bf16" if bf16 else "fp32",
+    }
+
+
+def run_hrlm(work: Path, args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """One ``hrlm train`` run in this process, through the Python API the CLI calls."""
+    import torch
+
+    from hrlm.config import TrainConfig
+    from hrlm.encoders import load_tokenizer, resolve_base
+    from hrlm.inference import resolve_precision
+    from hrlm.text import encode_documents
+    from hrlm.training import train
+
+    torch.set_num_threads(args.threads)
+    data = json.loads((work / "data.json").read_text())
+    csv = work / "hrlm.csv"
+    if not csv.exists():
+        import pandas as pd
+
+        rows = [dict(r, split=s) for s in ("train", "validation", "test") for r in data[s]]
+        pd.DataFrame(rows).to_csv(csv, index=False)
+    cfg = TrainConfig(
+        epochs=1,
+        max_length=args.max_length,
+        truncate="head",
+        split_col="split",
+        seed=seed,
+        threads=args.threads,
+    )
+    t0 = time.perf_counter()
+    result = train(csv, work / f"hrlm-{seed}", cfg, overwrite=True, progress=False)  # as `hrlm train` calls it
+    wall = time.perf_counter() - t0
+    tokenizer = load_tokenizer(resolve_base(None))
+    enc = encode_documents(
+        tokenizer, [r["text"] for r in data["train"]], max_length=args.max_length, stride=0, truncate="head"
+    )
+    return {
+        "train_s": result.train_seconds,
+        "wall_s": wall,
+        "samples": len(data["train"]),
+        "tokens": sum(len(w) for w in enc.windows),
+        "accuracy": float(result.metrics["accuracy"]),
+        "precision": resolve_precision(cfg.precision, torch.device("cpu")),
+    }
+
+
+def child(args: argparse.Namespace) -> None:
+    work = Path(args.work)
+    run = run_hf if args.child == "hf-trainer" else run_hrlm
+    out = run(work, args, args.child_seed)
+    out["peak_rss_mb"] = peak_rss_mb()
+    print(json.dumps(out))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=SHARED / "data" / "imdb")
+    parser.add_argument("--train", type=int, default=1000, help="training reviews")
+    parser.add_argument("--validation", type=int, default=200, help="hrlm's validation reviews (other training rows)")
+    parser.add_argument("--test", type=int, default=1000, help="test reviews scored by both")
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="runs per system, interleaved (at least 3)")
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--work", default=None, help=argparse.SUPPRESS)
+    add_run_options(parser)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    if args.rounds < 3:
+        parser.error("--rounds must be at least 3: the figures are the median run's")
+    if not (args.data / "train.csv.gz").is_file():
+        raise SystemExit(f"{args.data}: no train.csv.gz; point --data at the IMDB folder of ../shared/data")
+    systems = [s for s in args.systems.split(",") if s]
+    with tempfile.TemporaryDirectory(prefix="hrlm-bench-train-") as tmp:
+        work = Path(tmp)
+        data = sample(args.data, args.train, args.validation, args.test, args.seed)
+        (work / "data.json").write_text(json.dumps(data))
+        load_before = os.getloadavg()
+        ceiling_before = machine(args.threads)["matmul_gflops"]["bf16"]
+        runs: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
+        for r in range(args.rounds):
+            order = systems[r % len(systems) :] + systems[: r % len(systems)]
+            for name in order:
+                cmd = [sys.executable, __file__, "--child", name, "--child-seed", str(args.seed + r), "--work", tmp]
+                cmd += ["--max-length", str(args.max_length), "--threads", str(args.threads)]
+                t0 = time.perf_counter()
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                if proc.returncode != 0:
+                    raise SystemExit(f"{name} round {r + 1} failed:\n{proc.stderr[-3000:]}")
+                runs[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                print(
+                    f"round {r + 1}/{args.rounds} {name}: {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True
+                )
+    # the ceiling: 2,048-square bf16 products, measured before and after the runs, the higher kept
+    from _common import matmul_gflops
+
+    ceiling = max(ceiling_before or 0.0, matmul_gflops(threads=args.threads, precisions=("bf16",))["bf16"] or 0.0)
+    linear, attention = flops_per_token()
+    rows = []
+    for name in systems:
+        done = runs[name]
+        rates = [d["samples"] / d["train_s"] for d in done]
+        median = statistics.median(rates)
+        mid = done[rates.index(median)] if median in rates else done[0]
+        tokens_per_sample = mid["tokens"] / mid["samples"]
+        # forward + backward (twice the forward) = three forward passes, linear layers and attention
+        flops_per_sample = 3 * (tokens_per_sample * linear + tokens_per_sample**2 * attention)
+        gflops = median * flops_per_sample / 1e9
+        rows.append(
+            {
+                "system": LABELS.get(name, name),
+                "train_samples_s": round(median, 2),
+                "train_samples_s_runs": [round(x, 2) for x in rates],
+                "speedup": None,
+                "wall_s": round(statistics.median(d["wall_s"] for d in done), 1),
+                "peak_rss_mb": max(d["peak_rss_mb"] for d in done),
+                "accuracy": round(statistics.mean(d["accuracy"] for d in done), 4),
+                "accuracy_runs": [round(d["accuracy"], 4) for d in done],
+                "precision": mid.get("precision"),
+                "mean_tokens": round(tokens_per_sample, 1),
+                "gflops": round(gflops, 1),
+                "bf16_ceiling_fraction": round(gflops / ceiling, 3) if ceiling else None,
+            }
+        )
+    base = rows[0]["train_samples_s"]
+    for row in rows:
+        row["speedup"] = round(row["train_samples_s"] / base, 2)
+    desc = (
+        f"{args.train} IMDB training reviews (seed {args.seed}), {args.test} test reviews; "
+        f"hrlm's validation: {args.validation} other training reviews"
+    )
+    print_table(rows, f"training on imdb: {args.train} reviews, {args.max_length} tokens, {args.threads} threads")
+    path = write_result(
+        "training-imdb",
+        {
+            "benchmark": "training",
+            "dataset": "imdb",
+            "split": desc,
+            "rows": rows,
+            "settings": {
+                "max_length": args.max_length,
+                "threads": args.threads,
+                "batch_size": 32,
+                "epochs": 1,
+                "lr": 1e-4,
+                "rounds": args.rounds,
+                "seed": args.seed,
+                "bf16_ceiling_gflops": ceiling,
+                "flops_per_token_linear": linear,
+                "load_average_1min": {"start": round(load_before[0], 2), "end": round(os.getloadavg()[0], 2)},
+            },
+            "notes": [
+                "hrlm's defaults on a CPU train without attention-probability dropout (the Trainer keeps the "
+                "encoder's 0.1), with fused AdamW, and keep freed tensor memory in the process.",
+            ],
+        },
+        args=args,
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
