@@ -237,3 +237,17 @@ def test_predict_refuses_an_unknown_output_extension_before_predicting(trained_m
     assert not (tmp_path / "preds.xlsx").exists()
     _ok(["predict", str(trained_model), str(data), "--out", str(tmp_path / "preds.NDJSON")])
     assert json.loads((tmp_path / "preds.NDJSON").read_text())["predicted_label"] in ("it", "leave", "payroll")
+
+
+def test_calibrate_measures_caches_and_names_a_missing_column(
+    trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HRLM_CACHE_DIR", str(tmp_path / "cache"))
+    result = runner.invoke(app, ["calibrate", str(trained_model), "--backend", "torch-fp32"])
+    assert result.exit_code == 0, result.output
+    assert "chosen for windows of up to about" in result.output and "packed@" in result.output
+    cached = list((tmp_path / "cache" / "calibration").glob("*.json"))
+    assert len(cached) == 1 and json.loads(cached[0].read_text())["buckets"]
+    write_csv(tmp_path / "d.csv", [("payslip wrong", "pay")])
+    bad = runner.invoke(app, ["calibrate", str(trained_model), str(tmp_path / "d.csv"), "--text-col", "body"])
+    assert bad.exit_code == 1 and "--text-col" in bad.output

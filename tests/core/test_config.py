@@ -22,6 +22,7 @@ def test_defaults_are_valid() -> None:
         ({"epochs": -1.0}, ["epochs"]),
         ({"val_size": 0.5, "test_size": 0.5}, ["val_size"]),
         ({"dropout": 1.5}, ["dropout"]),
+        ({"attention_dropout": -0.1}, ["attention_dropout"]),
     ],
 )
 def test_bad_values_name_the_field(changes: dict, words: list[str]) -> None:

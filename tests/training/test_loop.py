@@ -103,3 +103,12 @@ def test_ctrl_c_ends_the_loop_cleanly_and_keeps_the_weights_of_the_steps_done() 
 def test_learning_rate_warms_up_then_decays_to_zero_over_the_run() -> None:
     opt = _opt(lr=1.0, steps=10, warmup_ratio=0.2)
     assert [opt.lr_at(s) for s in (0, 1, 2, 6, 10)] == [0.0, 0.5, 1.0, 0.5, 0.0]
+
+
+def test_adamw_runs_fused_where_pytorch_has_the_kernel() -> None:
+    from hrlm.training.loop import fused_adamw
+
+    layer = nn.Linear(3, 2)
+    assert fused_adamw(list(layer.parameters())) is True
+    assert fused_adamw([nn.Parameter(torch.zeros(2, dtype=torch.float64))]) is None  # no fused float64 path
+    assert fused_adamw([]) is None

@@ -171,3 +171,24 @@ def test_frozen_layer_cache_trains_exactly_like_the_uncached_loop(
     for a, b in zip(cached.history, uncached.history, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+
+
+def test_attention_dropout_is_off_on_a_cpu_unless_asked_for(tiny_bert: Path, tmp_path: Path) -> None:
+    from transformers import AutoConfig
+
+    from hrlm.modeling import attention_dropout_for, build_model
+
+    assert attention_dropout_for(None, torch.device("cpu")) == 0.0
+    assert attention_dropout_for(None, torch.device("cuda")) is None  # the encoder's own
+    assert attention_dropout_for(0.2, torch.device("cpu")) == 0.2
+    own = AutoConfig.from_pretrained(str(tiny_bert))
+    model = build_model(tiny_bert, [], pooling="cls", dropout=0.3, attention_dropout=0.0)
+    assert model.config.hidden_dropout_prob == 0.3 and model.config.attention_probs_dropout_prob == 0.0
+    kept = build_model(tiny_bert, [], pooling="cls")
+    assert kept.config.attention_probs_dropout_prob == own.attention_probs_dropout_prob
+    result = fit(_cfg(tiny_bert, epochs=1, precision="fp32"), _splits(), out=tmp_path / "m", progress=False)
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert result.model_dir is not None and saved["attention_probs_dropout_prob"] == 0.0
+    asked = fit(_cfg(tiny_bert, epochs=1, attention_dropout=0.25), _splits(), out=tmp_path / "a", progress=False)
+    assert asked.model_dir is not None
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["attention_probs_dropout_prob"] == 0.25

@@ -8,6 +8,7 @@ document.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -188,6 +189,8 @@ class Predictor:
             off gives plain length-sorted padded batches; default: whichever the calibration found faster.
         calibrate: measure the budget, packing, attention path and threads on this machine on first use
             and cache them (see :mod:`hrlm.inference.calibrate`); default: on unless ``HRLM_CALIBRATE=off``.
+            ``"cached"`` uses what an earlier calibration cached but never measures during a call (a
+            service, whose requests must not wait for it, calibrates when it loads the model instead).
             An explicit ``max_tokens``, ``packing`` or ``threads`` is never overridden.
 
     Example:
@@ -213,7 +216,7 @@ class Predictor:
         max_length: int | None = None,
         folder: str | os.PathLike[str] | None = None,
         packing: bool | None = None,
-        calibrate: bool | None = None,
+        calibrate: bool | str | None = None,
     ) -> None:
         if truncate is not None:
             check_choice("truncate", truncate, TRUNCATE_MODES)
@@ -245,7 +248,10 @@ class Predictor:
         self.pad_id = int(tokenizer.pad_token_id or 0)
         self.truncate = truncate or meta.truncate
         self.max_length = max_length or meta.max_length
-        wanted = calibration_mode() == "auto" if calibrate is None else calibrate
+        if calibrate not in (None, True, False, "cached"):
+            raise ConfigError(f"calibrate = {calibrate!r}: use True, False or 'cached'.")
+        wanted = calibration_mode() == "auto" if calibrate is None else bool(calibrate)
+        self.measure_on_call = calibrate != "cached"
         self.calibrator = Calibrator(self.backend, self.max_length) if wanted else None
         if self.calibrator is not None and isinstance(self.backend, TorchBackend):
             self.backend.plain_up_to = self.calibrator.attention()
@@ -323,7 +329,7 @@ class Predictor:
             return max_tokens, packing
         found = calibrator.budget([len(w) for w in windows])
         enough = GPU_SAMPLE_TOKENS if self.device.type == "cuda" else CPU_SAMPLE_TOKENS
-        if found is None and sum(len(w) for w in windows) >= enough:
+        if found is None and self.measure_on_call and sum(len(w) for w in windows) >= enough:
             found = self.calibrate(windows)
         if found is None:
             return max_tokens, packing
@@ -335,10 +341,14 @@ class Predictor:
     def calibrate(self, windows: Sequence[Sequence[int]]) -> Any:
         """Measure (again) the fastest batching of windows like ``windows`` on this machine and cache it.
 
-        Returns the :class:`~hrlm.inference.calibrate.Budget`; ``None`` when calibration is off.
+        Fewer windows than a calibration times are repeated until there are enough. Returns the
+        :class:`~hrlm.inference.calibrate.Budget`; ``None`` when calibration is off.
         """
-        if self.calibrator is None:
+        if self.calibrator is None or not windows:
             return None
+        enough = GPU_SAMPLE_TOKENS if self.device.type == "cuda" else CPU_SAMPLE_TOKENS
+        if sum(len(w) for w in windows) < enough:  # a few texts: their windows again, until there is enough to time
+            windows = list(itertools.islice(itertools.cycle(windows), enough // max(1, min(len(w) for w in windows))))
 
         def run(sample: Sequence[Sequence[int]], max_tokens: int, packing: bool) -> None:
             window_logits(
@@ -352,6 +362,13 @@ class Predictor:
 
         cpu = self.device.type == "cpu" and not self._threads_given
         return self.calibrator.measure_budget(windows, run, threads=thread_choices(self.threads) if cpu else ())
+
+    def calibrate_once(self, texts: Sequence[str]) -> Any:
+        """Calibrate on ``texts`` unless this machine's cache already has their window length; the budget used."""
+        if self.calibrator is None or not texts:
+            return None
+        windows = self.encode(texts).windows
+        return self.calibrator.budget([len(w) for w in windows]) or self.calibrate(windows)
 
     def predict_proba(self, texts: Sequence[str], *, progress: bool = False) -> dict[str, np.ndarray]:
         """Class probabilities for every task."""

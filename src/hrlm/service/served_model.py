@@ -157,14 +157,30 @@ class LoadedModel:
     ) -> LoadedModel:
         """Load ``ref`` and run one text through it, so that the first request is not the slow one.
 
-        ``max_tokens`` is the Predictor's token budget per forward pass (``None``: the Predictor's
-        default, :data:`hrlm.inference.predictor.CPU_MAX_TOKENS` on a CPU).
+        ``max_tokens`` is the Predictor's token budget per forward pass (``None``: as calibrated on this
+        machine). A request never waits for a calibration: the Predictor only reads the cached one, and
+        the first load of a model shape on a machine calibrates on the packaged sample tickets, texts
+        like those an HR service scores (about ten seconds for MiniLM on 2 cores, once; see
+        :mod:`hrlm.inference.calibrate`).
         """
         from hrlm.inference import Predictor
 
-        predictor = Predictor.from_dir(ref.path, backend=backend, threads=threads, max_tokens=max_tokens)
+        predictor = Predictor.from_dir(
+            ref.path, backend=backend, threads=threads, max_tokens=max_tokens, calibrate="cached"
+        )
+        if max_tokens is None:
+            predictor.calibrate_once(sample_texts())
         predictor.predict(["warm up"])
         return cls(ref, predictor)
+
+
+def sample_texts() -> list[str]:
+    """The packaged sample tickets' texts: what the service calibrates its batching on."""
+    import csv
+    from importlib import resources
+
+    with resources.files("hrlm").joinpath("samples", "helpdesk_tickets.csv").open(encoding="utf-8") as fh:
+        return [row["text"] for row in csv.DictReader(fh) if row.get("text")]
 
 
 def describe(ref: ModelRef, *, serving: str | None = None) -> dict[str, Any]:

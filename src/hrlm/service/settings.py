@@ -54,7 +54,7 @@ class ServiceSettings(BaseSettings):
     max_tokens: int | None = Field(
         default=None,
         ge=64,
-        description="Token budget of one forward pass (default: the Predictor's, 1,024 on a CPU and 16,384 on a GPU).",
+        description="Token budget of one forward pass. (default: measured on this machine, hrlm.inference.calibrate)",
     )
     # explanations ("explain": true, the review page's evidence)
     explain_steps: int = Field(
