@@ -160,3 +160,22 @@ def test_plain_attention_matches_sdpa(tiny_bert: Path) -> None:
     lowp = unpadded.attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask, 8**-0.5, plain_up_to=64)
     assert lowp.dtype == torch.bfloat16
     torch.testing.assert_close(lowp.float(), sdpa, atol=0.05, rtol=0.05)
+
+
+def test_packed_batches_must_beat_padded_ones_by_more_than_noise(
+    tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [0.0]
+    monkeypatch.setattr(calibrate.time, "perf_counter", lambda: clock[0])
+    cost = {True: 1.00, False: 1.01}  # packed 1% faster: within the margin, padded wins
+
+    def run(sample: Sequence[Sequence[int]], max_tokens: int, packing: bool) -> None:
+        clock[0] += cost[packing] * (1.0 if max_tokens == 4096 else 1.5)
+
+    cal = Calibrator(_backend(tiny_bert), 64, folder=tmp_path)
+    windows = _windows(200, 60)
+    chosen = cal.measure_budget(windows, run)
+    assert (chosen.max_tokens, chosen.packing) == (4096, False)
+    cost[True] = 0.9  # 10% faster: packed
+    chosen = cal.measure_budget(windows, run)
+    assert (chosen.max_tokens, chosen.packing) == (4096, True)
