@@ -108,7 +108,8 @@ def test_a_large_call_calibrates_once_and_predictions_do_not_change(
     assert p.calibrator is not None and p.calibrator.budget([10]) is None
     np.testing.assert_allclose(p.logits(texts)["label"], expected, atol=1e-5)
     found = p.calibrator.budget([len(w) for w in p.encode(texts).windows])
-    assert found is not None and found.max_tokens in calibrate.CPU_BUDGETS
+    # the sample holds fewer tokens than the smallest CPU budget: its own size is the one budget timed
+    assert found is not None and found.max_tokens <= calibrate.CPU_BUDGETS[0] and len(found.seconds) == 2
     assert list((tmp_path / "calibration").glob("*.json")) == [p.calibrator.path]
     # another process (a new Predictor) reuses it without measuring again
     q = Predictor.from_dir(trained_model, backend="torch-fp32")

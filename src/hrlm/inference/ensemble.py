@@ -127,6 +127,10 @@ class EnsemblePredictor(Predictor):
         names = list(dict.fromkeys(m.backend_name for m in self.members))
         return "+".join(names)
 
+    def calibrate_once(self, texts: Sequence[str]) -> Any:
+        """Calibrate every member on ``texts`` where its machine cache lacks their length (see :class:`Predictor`)."""
+        return [member.calibrate_once(texts) for member in self.members]
+
     def encode(self, texts: Sequence[str]) -> Any:
         """Not defined for an ensemble: each member reads texts its own way (see :attr:`members`)."""
         raise ConfigError("an ensemble has no single tokenisation; call encode on one of its .members.")
