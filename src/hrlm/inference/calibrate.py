@@ -48,7 +48,7 @@ from hrlm.inference.backends import Backend, TorchBackend, cache_dir
 log = logging.getLogger("hrlm")
 
 # Bump when what is measured or how changes: older cache files are then ignored.
-VERSION = 1
+VERSION = 2  # 2: packed must beat padded by PACKED_MARGIN
 # Real tokens of text the budget calibration runs on, and the budgets it tries.
 CPU_SAMPLE_TOKENS = 8192
 CPU_BUDGETS = (1024, 2048, 4096, 8192)
