@@ -86,7 +86,7 @@ def test_audit_log_page_filters_exports_and_lists_flags(server: dict[str, Any], 
     page.goto(f"{base}/ui/admin")
     page.get_by_label("API token").fill(server["tokens"].admin)
     page.get_by_role("button", name="Sign in").click()
-    page.get_by_role("link", name="Audit log").click()
+    page.get_by_role("link", name="Audit log", exact=True).click()
     page.wait_for_url("**/ui/audit-log")
     rows = page.locator("#entries tbody tr")
     rows.first.wait_for(timeout=30_000)  # signed in already: the token is in the tab's session

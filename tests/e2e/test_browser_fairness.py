@@ -5,6 +5,7 @@ Uses the server and browser of tests/e2e/test_browser.py (uvicorn serving the ti
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,9 @@ def test_admin_runs_a_bias_audit_from_the_page_and_sign_out_removes_it(
     assert flagged.count() == 1 and flagged.first.locator("th").inner_text() == "b"
     summary = page.locator("#fa-summary").inner_text()
     assert "18 texts" in summary and "the audit failed" in summary
-    assert "team: impact ratio 0.000 of 'b'" in page.locator("#fa-results").inner_text()
+    # team b gets few payroll predictions (the tiny model may call one of its 12 texts payroll): flagged
+    found = re.search(r"team: impact ratio (\d\.\d{3}) of 'b'", page.locator("#fa-results").inner_text())
+    assert found is not None and float(found.group(1)) < 0.8
     if AXE.exists():  # the section with its results has no serious or critical accessibility violation
         assert axe_violations(page) == []
 
