@@ -37,7 +37,7 @@ def calibrate(
 ) -> None:
     """Measure how a model batches fastest on this machine (token budget, packing, attention, threads); cache it."""
     from hrlm.data import read_table
-    from hrlm.errors import DataError
+    from hrlm.errors import ConfigError, DataError
     from hrlm.inference import Predictor
     from hrlm.inference.calibrate import bucket
 
@@ -53,7 +53,7 @@ def calibrate(
         raise DataError(f"{source}: no text in column {text_col!r}.")
     predictor = Predictor.from_dir(model, threads=threads, truncate=option_value(truncate), backend=backend)
     if predictor.calibrator is None:
-        raise DataError("calibration is off (HRLM_CALIBRATE=off); unset it to calibrate.")
+        raise ConfigError("calibration is off (HRLM_CALIBRATE=off); unset it to calibrate.")
     windows = predictor.encode(texts).windows
     err_console.print(f"backend: {predictor.backend_name}; timing on {len(windows)} windows...", highlight=False)
     chosen = predictor.calibrate(windows)
@@ -62,8 +62,11 @@ def calibrate(
     for name in ("choice", "seconds", ""):
         table.add_column(name, justify="left" if name != "seconds" else "right")
     best = min(chosen.seconds.values())
+    picked = f"{'packed' if chosen.packing else 'padded'}@{chosen.max_tokens}/t{chosen.threads}"
     for choice, seconds in sorted(chosen.seconds.items(), key=lambda kv: kv[1]):
-        table.add_row(choice, f"{seconds:.3f}", "chosen" if seconds == best else f"+{seconds / best - 1:.0%}")
+        # the fastest unless packed batches won by less than the margin (then padded ones are chosen)
+        note = "fastest" if seconds == best else f"+{seconds / best - 1:.0%}"
+        table.add_row(choice, f"{seconds:.3f}", f"{note}, chosen" if choice == picked else note)
     out_console.print(table)
     if cal.attention_ms:
         widths = ", ".join(
