@@ -328,7 +328,7 @@ class Predictor:
         if calibrator is None or (self._max_tokens_given and self._packing_given is not None):
             return max_tokens, packing
         found = calibrator.budget([len(w) for w in windows])
-        enough = GPU_SAMPLE_TOKENS if self.device.type == "cuda" else CPU_SAMPLE_TOKENS
+        enough = self._sample_tokens()
         if found is None and self.measure_on_call and sum(len(w) for w in windows) >= enough:
             found = self.calibrate(windows)
         if found is None:
@@ -338,6 +338,10 @@ class Predictor:
             self.threads = found.threads
         return self._max_tokens_given or found.max_tokens, found.packing if self._packing_given is None else packing
 
+    def _sample_tokens(self) -> int:
+        """Tokens of text a calibration times on this device: calls with fewer are not calibrated on."""
+        return GPU_SAMPLE_TOKENS if self.device.type == "cuda" else CPU_SAMPLE_TOKENS
+
     def calibrate(self, windows: Sequence[Sequence[int]]) -> Any:
         """Measure (again) the fastest batching of windows like ``windows`` on this machine and cache it.
 
@@ -346,7 +350,7 @@ class Predictor:
         """
         if self.calibrator is None or not windows:
             return None
-        enough = GPU_SAMPLE_TOKENS if self.device.type == "cuda" else CPU_SAMPLE_TOKENS
+        enough = self._sample_tokens()
         if sum(len(w) for w in windows) < enough:  # a few texts: their windows again, until there is enough to time
             windows = list(itertools.islice(itertools.cycle(windows), enough // max(1, min(len(w) for w in windows))))
 

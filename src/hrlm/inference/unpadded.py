@@ -167,15 +167,7 @@ def cast_encoder(model: HrlmModel, dtype: torch.dtype) -> HrlmModel:
     on 300 reviews. The heads read the pooled vector in their own dtype
     (:meth:`hrlm.modeling.HrlmModel.head_logits`). A model that cannot be copied is returned as it is.
     """
-    memo: dict[int, Any] = {}
-    for param in model.encoder.parameters():
-        memo[id(param)] = nn.Parameter(param.detach().to(dtype), requires_grad=False)
-    for param in model.parameters():
-        memo.setdefault(id(param), param)
-    try:
-        return copy.deepcopy(model, memo)
-    except RuntimeError:  # "only graph leaves support deepcopy": a computed weight attribute
-        return model
+    return _copy_casting(model, list(model.encoder.parameters()), dtype)
 
 
 def cast_linears(model: M, dtype: torch.dtype) -> M:
@@ -187,11 +179,16 @@ def cast_linears(model: M, dtype: torch.dtype) -> M:
     copy would mix dtypes and fail. A model that cannot be copied (weights under a pruning
     reparametrisation, mid-``hrlm compress``) is returned as it is; autocast then casts as usual.
     """
-    memo: dict[int, Any] = {}
-    for module in model.modules():
-        if type(module) is nn.Linear:
-            for param in module.parameters(recurse=False):
-                memo[id(param)] = nn.Parameter(param.detach().to(dtype), requires_grad=False)
+    cast = [p for m in model.modules() if type(m) is nn.Linear for p in m.parameters(recurse=False)]
+    return _copy_casting(model, cast, dtype)
+
+
+def _copy_casting(model: M, params: list[nn.Parameter], dtype: torch.dtype) -> M:
+    """A deep copy of ``model`` in which ``params`` are cast to ``dtype``; every other parameter is shared.
+
+    A model that cannot be copied (weights under a pruning reparametrisation) is returned as it is.
+    """
+    memo: dict[int, Any] = {id(p): nn.Parameter(p.detach().to(dtype), requires_grad=False) for p in params}
     for param in model.parameters():
         memo.setdefault(id(param), param)
     try:

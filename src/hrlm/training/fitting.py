@@ -136,14 +136,7 @@ def fit(
     tasks = _tasks(cfg, train_ds, val_ds, test_ds, method)
     # SetFit reads mean-pooled vectors, as sentence encoders are trained to produce them.
     pooling = "mean" if method == "setfit" and cfg.pooling == "auto" else cfg.pooling
-    model = build_model(
-        base_dir,
-        tasks,
-        pooling=pooling,
-        dropout=cfg.dropout,
-        attention_dropout=attention_dropout_for(cfg.attention_dropout, device),
-        freeze_encoder=cfg.freeze_encoder,
-    )
+    model = _build(cfg, base_dir, tasks, pooling, device)
     limit = int(getattr(model.config, "max_position_embeddings", 512))
     if cfg.max_length > limit:
         raise ConfigError(f"max_length = {cfg.max_length} exceeds the encoder's limit of {limit} positions.")
@@ -401,14 +394,7 @@ def _train_replica(
     base_dir = resolve_base(cfg.base)
     tokenizer = load_tokenizer(base_dir)
     tasks, pooling = spec
-    model = build_model(
-        base_dir,
-        tasks,
-        pooling=pooling,
-        dropout=cfg.dropout,
-        attention_dropout=attention_dropout_for(cfg.attention_dropout, device),
-        freeze_encoder=cfg.freeze_encoder,
-    )
+    model = _build(cfg, base_dir, tasks, pooling, device)
     model.load_state_dict(initial)
     model.freeze(cfg.freeze_layers, encoder=cfg.freeze_encoder)
     model.to(device)
@@ -473,6 +459,18 @@ def load_training_data(data: str | Path, cfg: TrainConfig) -> Dataset:
         split_col=cfg.split_col,
         group_col=cfg.group_col,
         strict=cfg.strict,
+    )
+
+
+def _build(cfg: TrainConfig, base_dir: Path, tasks: list[TaskSpec], pooling: str, device: torch.device) -> HrlmModel:
+    """The fresh model of a run: ``cfg``'s dropouts (attention dropout as chosen for ``device``) and freezing."""
+    return build_model(
+        base_dir,
+        tasks,
+        pooling=pooling,
+        dropout=cfg.dropout,
+        attention_dropout=attention_dropout_for(cfg.attention_dropout, device),
+        freeze_encoder=cfg.freeze_encoder,
     )
 
 
