@@ -9,9 +9,11 @@ in the shape of ``benchmarks/results.schema.json`` (``schema_version`` 2):
 - ``notes``: the script's own notes, then every ``--note`` given on the command line;
 - ``git_commit`` and ``git_dirty`` (tracked files differ from that commit), read when the run started;
 - ``versions`` of python, torch, transformers and hrlm;
-- ``machine``: CPU, usable cores, native bf16, GPU, and ``matmul_gflops``, the matrix-product rates
-  measured in this run (:func:`matmul_gflops`), so that a reader can tell a slow machine from a slow
-  system.
+- ``machine``: CPU, its instruction sets that matter here (``flags``: AVX2, AVX-512, AVX-512 BF16, VNNI,
+  AMX: CPUs of one model name differ in them), usable cores, native bf16, GPU, and ``matmul_gflops``,
+  the matrix-product rates measured in this run (:func:`matmul_gflops`), so that a reader can tell a
+  slow machine from a slow system. :func:`ceiling` is the fastest of them, the rate the speed
+  benchmarks compare with.
 
 Example:
     parser = argparse.ArgumentParser()
@@ -280,13 +282,20 @@ def matmul_gflops(
 def _machine_rates(threads: int) -> dict[str, Any]:
     import torch
 
+    from hrlm.inference.backends import cpu_has_fast_bf16
+
     size, repeats = MATMUL_SIZE, MATMUL_REPEATS
+    # Without AVX-512 BF16 or AMX, torch emulates bf16 products at a few GFLOP/s (a 2,048-square one
+    # takes a minute on a 2-core AVX2 EPYC): not a rate anyone computes at, so not measured (null).
+    precisions = ("fp32", "bf16") if cpu_has_fast_bf16() else ("fp32",)
+    rates = matmul_gflops(size, size, size, threads=threads, repeats=repeats, precisions=precisions)
     return {
         "size": size,
         "repeats": repeats,
         "statistic": "median",
         "threads": threads,
-        **matmul_gflops(size, size, size, threads=threads, repeats=repeats),
+        "fp32": rates["fp32"],
+        "bf16": rates.get("bf16"),
         "gpu": matmul_gflops(size, size, size, repeats=repeats, device="cuda") if torch.cuda.is_available() else None,
     }
 
@@ -303,23 +312,42 @@ def _cpu_model() -> str:
 
 
 def machine(threads: int | None = None) -> dict[str, Any]:
-    """CPU model, usable cores, native bf16, GPU, and matrix-product rates at ``threads`` threads.
+    """CPU model and instruction sets, usable cores, native bf16, GPU, and matrix-product rates at ``threads`` threads.
 
-    The rates (:func:`matmul_gflops`, ``MATMUL_SIZE`` squared, fp32 and bf16, median of
-    ``MATMUL_REPEATS``) are measured once per process and thread count, at the first call; ``threads``
-    defaults to torch's current count, the run's own where the script set it.
+    The rates (:func:`matmul_gflops`, ``MATMUL_SIZE`` squared, fp32 and, where the CPU has native
+    bf16, bf16, median of ``MATMUL_REPEATS``) are measured once per process and thread count, at the
+    first call; ``threads`` defaults to torch's current count, the run's own where the script set it.
     """
     import torch
 
+    from hrlm.inference.calibrate import machine as calibration_machine
     from hrlm.inference.predictor import cpu_has_fast_bf16, default_threads
 
     return {
         "cpu": _cpu_model(),
+        "flags": calibration_machine()["flags"],
         "cores": default_threads(),
         "cpu_bf16": cpu_has_fast_bf16(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "matmul_gflops": _machine_rates(threads or torch.get_num_threads()),
     }
+
+
+def ceiling(rates: dict[str, Any]) -> tuple[str, float | None]:
+    """The machine's matrix-product ceiling in ``rates`` (a ``matmul_gflops`` record): the faster of fp32 and bf16.
+
+    bf16 where the CPU (or GPU) multiplies it natively, fp32 on a CPU without AVX-512 BF16 or AMX,
+    where ``rates`` holds no bf16 rate.
+
+    Example:
+        >>> ceiling({"fp32": 200.0, "bf16": 850.0}), ceiling({"fp32": 110.0, "bf16": None})
+        (('bf16', 850.0), ('fp32', 110.0))
+    """
+    measured = {p: float(rates[p]) for p in ("fp32", "bf16") if rates.get(p)}
+    if not measured:
+        return "fp32", None
+    best = max(measured, key=lambda p: measured[p])
+    return best, measured[best]
 
 
 def run_record(notes: Iterable[str] = (), threads: int | None = None) -> dict[str, Any]:

@@ -20,9 +20,11 @@ process holds every system, so its own peak says nothing per system), accuracy, 
 with the Predictor's padded torch-fp32, the fraction of this machine's limit (the encoder's FLOPs
 on the real, unpadded tokens per second over the matrix-product rate torch reaches here at the
 encoder's shapes on the same threads in the same precision; int8: torch's dynamic int8 linear),
-and ``bf16_ceiling_fraction``: the same FLOPs over the 2,048-square bf16 product rate in
-``machine.matmul_gflops``, the ceiling the speed issue sets. Writes
-``benchmarks/results/inference-<dataset>-<N>.json``.
+and ``ceiling_fraction``: the same FLOPs over the machine's ceiling, the faster 2,048-square
+product rate in ``machine.matmul_gflops`` (bf16 where the CPU has AVX-512 BF16 or AMX, fp32 where it
+has not: ``settings.ceiling`` says which). On a CPU without native bf16 the bf16 backends are left
+out of the default list: torch emulates bf16 there, dozens of times slower than fp32. Writes
+``benchmarks/results/inference-<dataset>-<N>[-<variant>].json``.
 """
 
 from __future__ import annotations
@@ -35,12 +37,13 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import add_run_options, machine, matmul_gflops, print_table, write_result
+from _common import add_run_options, ceiling, machine, matmul_gflops, print_table, write_result
 
 # ":padded" is the backend with packing off: the plain length-sorted padded batches every default must beat.
 BACKENDS = [
@@ -130,14 +133,14 @@ def flops_per_sequence(model_dir: Path) -> Any:
     return lambda n: n * per_token + n * n * attention
 
 
-def matmul_rates(threads: int, hidden: int, intermediate: int) -> dict[str, float]:
+def matmul_rates(threads: int, hidden: int, intermediate: int, precisions: Sequence[str]) -> dict[str, float]:
     """GFLOP/s of this machine's matrix products at an encoder's shapes, per precision: the best of 5.
 
     A batch of 32 windows of 256 tokens through the encoder's widest linear layer (int8: torch's dynamic
     int8 linear); the results file's ``machine.matmul_gflops`` is the shared 2048-square measurement.
     """
     rates = matmul_gflops(
-        32 * 256, hidden, intermediate, threads=threads, precisions=("fp32", "bf16", "int8"), statistic="best"
+        32 * 256, hidden, intermediate, threads=threads, precisions=tuple(precisions), statistic="best"
     )
     missing = [name for name, rate in rates.items() if rate is None]
     if missing:
@@ -173,11 +176,14 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32, help="the pipeline's batch size")
-    parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument(
+        "--backends", default=None, help="comma-separated (default: all, less bf16 on a CPU without native bf16)"
+    )
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds, at least 3 (docs/s: the median)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-memory", action="store_true", help="skip the per-system memory probes")
     parser.add_argument("--rss-probe", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default=None, help="suffix of the results file name (e.g. the CPU kind)")
     add_run_options(parser)
     args = parser.parse_args()
     if args.rounds < 3:
@@ -196,9 +202,20 @@ def main() -> None:
     texts, truth, desc = load_docs(args.data, args.limit, args.seed)
     stem = args.data.name.split(".")[0]
     dataset = args.data.parent.name if stem in ("train", "validation", "test") else stem  # imdb/test.csv.gz: imdb
-    names = [PIPELINE, *[b for b in args.backends.split(",") if b]]
-    systems: dict[str, System] = {}
+    from hrlm.inference.backends import cpu_has_fast_bf16
+
     notes: list[str] = []
+    backends = BACKENDS
+    if args.backends is not None:
+        backends = [b for b in args.backends.split(",") if b]
+    elif not cpu_has_fast_bf16():
+        backends = [b for b in BACKENDS if not b.startswith("torch-bf16")]
+        notes.append(
+            "torch-bf16 not measured: this CPU has neither AVX-512 BF16 nor AMX, so torch emulates bf16 "
+            "products, dozens of times slower than fp32 (the Predictor's auto never picks it here)."
+        )
+    names = [PIPELINE, *backends]
+    systems: dict[str, System] = {}
     for name in names:
         t0 = time.perf_counter()
         try:
@@ -214,7 +231,8 @@ def main() -> None:
 
     load_before = os.getloadavg()  # a busy shared machine distorts every number: record how busy it was
     hidden, intermediate = int(config["hidden_size"]), int(config["intermediate_size"])
-    rates = matmul_rates(args.threads, hidden, intermediate)
+    precisions = sorted({"fp32", *(system.precision for system in systems.values())})
+    rates = matmul_rates(args.threads, hidden, intermediate, precisions)
     order = list(range(len(texts)))
     random.Random(args.seed + 1).shuffle(order)
     rounds = [order[r :: args.rounds] for r in range(args.rounds)]
@@ -236,11 +254,12 @@ def main() -> None:
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {seconds[n]:.0f}s" for n in running), file=sys.stderr)
 
     # The limit is this machine's best: measured before and after the systems, the higher rate is kept.
-    after = matmul_rates(args.threads, hidden, intermediate)
+    after = matmul_rates(args.threads, hidden, intermediate, precisions)
     rates = {k: max(v, after[k]) for k, v in rates.items()}
     flops_of = flops_per_sequence(args.model)
     reference = predicted.get("torch-fp32:padded") or predicted.get("torch-fp32")
-    ceiling = machine(args.threads)["matmul_gflops"]["bf16"]  # the issue's ceiling: 2,048-square bf16 products
+    # the machine's ceiling: 2,048-square products in its fastest native precision
+    ceiling_precision, ceiling_gflops = ceiling(machine(args.threads)["matmul_gflops"])
     rows = []
     for name, system in systems.items():
         lengths = system.token_counts(texts)
@@ -263,7 +282,7 @@ def main() -> None:
             else round(sum(a == b for a, b in zip(predicted[name], reference, strict=True)) / len(texts), 4),
             "gflops": round(gflops, 1),
             "limit_fraction": round(gflops / rates[system.precision], 3),
-            "bf16_ceiling_fraction": round(gflops / ceiling, 3) if ceiling else None,
+            "ceiling_fraction": round(gflops / ceiling_gflops, 3) if ceiling_gflops else None,
             "mean_tokens": round(sum(lengths) / len(lengths), 1),
         }
         rows.append(row)
@@ -285,7 +304,7 @@ def main() -> None:
     for note in notes:
         print("note:", note)
     path = write_result(
-        f"inference-{dataset}-{len(texts)}",
+        f"inference-{dataset}-{len(texts)}" + (f"-{args.variant}" if args.variant else ""),
         {
             "benchmark": "inference",
             "dataset": dataset,
@@ -300,6 +319,7 @@ def main() -> None:
                 "predictor_truncate": "head",
                 "rounds": args.rounds,
                 "seed": args.seed,
+                "ceiling": {"precision": ceiling_precision, "gflops": ceiling_gflops},
             },
             "notes": notes,
             "load_average_1min": {"start": round(load_before[0], 2), "end": round(os.getloadavg()[0], 2)},

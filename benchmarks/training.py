@@ -15,9 +15,11 @@ spell of a shared host falls on both; figures are the median round's.
 Reported per system: training samples/s (the optimizer steps only: the Trainer's own
 ``train_runtime``, hrlm's ``train_seconds``), wall seconds of the whole run, peak resident memory
 of the process, test accuracy on ``--test`` test reviews (the mean over the rounds, which use
-different seeds), and the share of the machine's bf16 ceiling: three forward passes' FLOPs (forward,
-and backward at twice the forward) on the real tokens per second, over the 2,048-square bf16
-matrix-product rate in ``machine.matmul_gflops``. Writes ``benchmarks/results/training-imdb.json``.
+different seeds), and the share of the machine's ceiling: three forward passes' FLOPs (forward,
+and backward at twice the forward) on the real tokens per second, over the faster 2,048-square
+matrix-product rate in ``machine.matmul_gflops`` (bf16 on a CPU with AVX-512 BF16 or AMX, fp32 on
+one without: ``settings.ceiling`` says which). Writes
+``benchmarks/results/training-imdb[-<variant>].json``.
 """
 
 from __future__ import annotations
@@ -35,10 +37,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import SHARED, add_run_options, machine, print_table, write_result
+from _common import SHARED, add_run_options, ceiling, machine, matmul_gflops, print_table, write_result
 
 SYSTEMS = ("hf-trainer", "hrlm")
-LABELS = {"hf-trainer": "Hugging Face Trainer, bf16=True", "hrlm": "hrlm train (defaults)"}
+LABELS = {"hf-trainer": "Hugging Face Trainer, bf16={bf16}", "hrlm": "hrlm train (defaults)"}
 
 
 def sample(folder: Path, n_train: int, n_val: int, n_test: int, seed: int) -> dict[str, list[dict[str, Any]]]:
@@ -209,6 +211,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="runs per system, interleaved (at least 3)")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variant", default=None, help="suffix of the results file name (e.g. the CPU kind)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--work", default=None, help=argparse.SUPPRESS)
@@ -227,7 +230,7 @@ def main() -> None:
         data = sample(args.data, args.train, args.validation, args.test, args.seed)
         (work / "data.json").write_text(json.dumps(data))
         load_before = os.getloadavg()
-        ceiling_before = machine(args.threads)["matmul_gflops"]["bf16"]
+        rates_before = machine(args.threads)["matmul_gflops"]
         runs: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
         for r in range(args.rounds):
             order = systems[r % len(systems) :] + systems[: r % len(systems)]
@@ -242,10 +245,10 @@ def main() -> None:
                 print(
                     f"round {r + 1}/{args.rounds} {name}: {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True
                 )
-    # the ceiling: 2,048-square bf16 products, measured before and after the runs, the higher kept
-    from _common import matmul_gflops
-
-    ceiling = max(ceiling_before or 0.0, matmul_gflops(threads=args.threads, precisions=("bf16",))["bf16"] or 0.0)
+    # the ceiling: 2,048-square products in the machine's fastest native precision, measured before
+    # and after the runs, the higher kept
+    precision, before = ceiling(rates_before)
+    ceiling_gflops = max(before or 0.0, matmul_gflops(threads=args.threads, precisions=(precision,))[precision] or 0.0)
     linear, attention = flops_per_token()
     rows = []
     for name in systems:
@@ -259,7 +262,7 @@ def main() -> None:
         gflops = median * flops_per_sample / 1e9
         rows.append(
             {
-                "system": LABELS.get(name, name),
+                "system": LABELS.get(name, name).format(bf16=mid.get("precision") == "bf16"),
                 "train_samples_s": round(median, 2),
                 "train_samples_s_runs": [round(x, 2) for x in rates],
                 "speedup": None,
@@ -270,7 +273,7 @@ def main() -> None:
                 "precision": mid.get("precision"),
                 "mean_tokens": round(tokens_per_sample, 1),
                 "gflops": round(gflops, 1),
-                "bf16_ceiling_fraction": round(gflops / ceiling, 3) if ceiling else None,
+                "ceiling_fraction": round(gflops / ceiling_gflops, 3) if ceiling_gflops else None,
             }
         )
     base = rows[0]["train_samples_s"]
@@ -282,7 +285,7 @@ def main() -> None:
     )
     print_table(rows, f"training on imdb: {args.train} reviews, {args.max_length} tokens, {args.threads} threads")
     path = write_result(
-        "training-imdb",
+        "training-imdb" + (f"-{args.variant}" if args.variant else ""),
         {
             "benchmark": "training",
             "dataset": "imdb",
@@ -296,7 +299,7 @@ def main() -> None:
                 "lr": 1e-4,
                 "rounds": args.rounds,
                 "seed": args.seed,
-                "bf16_ceiling_gflops": ceiling,
+                "ceiling": {"precision": precision, "gflops": ceiling_gflops},
                 "flops_per_token_linear": linear,
                 "load_average_1min": {"start": round(load_before[0], 2), "end": round(os.getloadavg()[0], 2)},
             },

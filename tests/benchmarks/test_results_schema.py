@@ -296,6 +296,27 @@ def test_write_result_records_the_run_with_project_paths_relative(
     rates = doc["machine"]["matmul_gflops"]
     assert (rates["size"], rates["repeats"], rates["threads"]) == (128, 2, 1)
     assert rates["fp32"] > 0
+    # bf16 is measured only where the CPU multiplies it natively: elsewhere torch emulates it (null)
+    from hrlm.inference import cpu_has_fast_bf16
+
+    assert (rates["bf16"] is not None) == cpu_has_fast_bf16()
+    assert set(doc["machine"]["flags"]) <= {
+        "avx2",
+        "avx512f",
+        "avx512_bf16",
+        "avx512_vnni",
+        "amx_bf16",
+        "amx_int8",
+        "amx_tile",
+        "fma",
+    }
+
+
+def test_the_ceiling_is_the_fastest_native_precision(common: ModuleType) -> None:
+    assert common.ceiling({"fp32": 200.0, "bf16": 850.0}) == ("bf16", 850.0)
+    assert common.ceiling({"fp32": 110.0, "bf16": None}) == ("fp32", 110.0)  # an AVX2 CPU: bf16 not measured
+    assert common.ceiling({"fp32": 300.0, "bf16": 250.0}) == ("fp32", 300.0)
+    assert common.ceiling({"fp32": None, "bf16": None}) == ("fp32", None)
 
 
 def test_write_result_refuses_a_payload_that_would_replace_the_record(common: ModuleType, tmp_path: Path) -> None:

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -179,6 +181,30 @@ def test_auto_skips_onnx_when_onnxruntime_is_missing(monkeypatch: pytest.MonkeyP
     assert choose_backend("auto", meta, torch.device("cpu")).name == "torch-fp32"
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_skips_bf16_checked_elsewhere_on_a_cpu_that_emulates_it(
+    native: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a folder checked on a CPU with AVX-512 BF16, where bf16 was fastest, then moved to an AVX2 one
+    meta = _meta_with({**PASSING, "docs_per_s": 40.0}, backend="torch-bf16")
+    monkeypatch.setattr("hrlm.inference.backends.cpu_has_fast_bf16", lambda: native)
+    assert choose_backend("auto", meta, torch.device("cpu")).name == ("torch-bf16" if native else "torch-fp32")
+
+
+def test_bf16_asked_for_on_a_cpu_that_emulates_it_warns(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("hrlm.inference.backends.cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr("hrlm.inference.predictor.cpu_has_fast_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="hrlm"):
+        assert choose_backend("torch-bf16", _meta_with(None), torch.device("cpu")).name == "torch-bf16"
+        assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+        assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and all("neither AVX-512 BF16 nor AMX" in w for w in warnings)
+    assert warnings[0].startswith("backend torch-bf16") and warnings[1].startswith("precision bf16")
+
+
 def test_compressed_model_records_checks_and_auto_follows_them(compressed_model: Path) -> None:
     meta = json.loads((compressed_model / "hrlm.json").read_text())
     checks = meta["backend_checks"]
@@ -202,6 +228,30 @@ def test_onnx_is_exported_once_to_the_cache(
     assert files[0].stat().st_mtime_ns == stamp  # reused, not exported again
     texts = ["vpn login locked", "my salary is late"]
     np.testing.assert_allclose(first.logits(texts)["label"], second.logits(texts)["label"])
+
+
+@pytest.mark.parametrize("vnni", [True, False])
+def test_onnx_int8_weights_are_7_bit_on_a_cpu_without_vnni(
+    vnni: bool, trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # without VNNI, ONNX Runtime's u8 x s8 products saturate (AVX2's vpmaddubsw): 7-bit weights avoid it
+    pytest.importorskip("onnxruntime")
+    import onnxruntime.quantization as ortq
+
+    seen: list[bool] = []
+    real = ortq.quantize_dynamic
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs["reduce_range"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ortq, "quantize_dynamic", spy)
+    monkeypatch.setattr("hrlm.inference.backends.cpu_has_vnni", lambda: vnni)
+    monkeypatch.setenv("HRLM_CACHE_DIR", str(tmp_path))
+    Predictor.from_dir(trained_model, backend="onnx-int8")
+    assert seen == [not vnni]
+    cached = [p.name for p in tmp_path.glob("onnx/*/*.onnx")]
+    assert sorted(cached) == sorted(["model.onnx", "model.int8.onnx" if vnni else "model.int8.7bit.onnx"])
 
 
 def test_threads_and_max_length_can_be_set(trained_model: Path) -> None:

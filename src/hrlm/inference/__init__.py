@@ -19,7 +19,9 @@ from hrlm.inference.backends import (
     check_passes,
     cpu_has_fast_bf16,
     export_onnx,
+    int8_linears,
     quantize_onnx_int8,
+    quantize_torch_int8,
 )
 from hrlm.inference.batch import BatchSummary, flatten_prediction, iter_chunks, run_batch
 from hrlm.inference.ensemble import EnsemblePredictor, build_ensemble, check_members, is_ensemble
@@ -61,12 +63,14 @@ __all__ = [
     "evaluate_dataset",
     "export_onnx",
     "flatten_prediction",
+    "int8_linears",
     "is_ensemble",
     "iter_chunks",
     "length_batches",
     "load",
     "probabilities",
     "quantize_onnx_int8",
+    "quantize_torch_int8",
     "resolve_device",
     "resolve_precision",
     "run_batch",

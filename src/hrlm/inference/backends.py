@@ -29,6 +29,7 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,17 +54,26 @@ MAX_ACCURACY_DROP = 0.003
 MIN_CHECK_DOCS = 100
 
 
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively (AVX-512 BF16 or AMX)."""
+def cpu_flags() -> frozenset[str]:
+    """The instruction-set flags of this CPU (``/proc/cpuinfo``; empty where it cannot be read)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
             for line in fh:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return False
+    return frozenset()
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX-512 BF16 or AMX)."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_has_vnni() -> bool:
+    """Whether this CPU has int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX int8)."""
+    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def autocast(device: torch.device, precision: str) -> Any:
@@ -150,21 +160,50 @@ def _numpy(logits: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return {name: value.float().cpu().numpy() for name, value in logits.items()}
 
 
-def quantize_torch_int8(model: HrlmModel) -> HrlmModel:
+def int8_linears(model: HrlmModel) -> list[str]:
+    """The linear layers ``torch-int8`` quantizes, named ``<block>.<path>``: every one of the transformer blocks.
+
+    Example:
+        >>> int8_linears(model)[:2]  # doctest: +SKIP
+        ['0.attention.self.query', '0.attention.self.key']
+    """
+    return [
+        f"{i}.{name}"
+        for i, block in enumerate(encoder_layers(model.encoder))
+        for name, module in block.named_modules()
+        if isinstance(module, nn.Linear)
+    ]
+
+
+def int8_fp32_layers(meta: ModelMeta) -> list[str]:
+    """The layers that ``torch-int8`` keeps in float32 for this model: those its agreement check passed with."""
+    return list(meta.backend_checks.get("torch-int8", {}).get("fp32_layers") or [])
+
+
+def quantize_torch_int8(model: HrlmModel, keep_fp32: Collection[str] = ()) -> HrlmModel:
     """A copy whose transformer blocks compute their linear layers in int8 (dynamic quantization).
 
     Embeddings, pooler and heads stay in float32: they cost little and the heads decide the label.
+    ``keep_fp32`` names linear layers of the blocks (as :func:`int8_linears` does) that stay float32
+    too: the ones whose int8 outputs drift furthest (see :mod:`hrlm.training.quantization`).
     """
     quantized = copy.deepcopy(model).to("cpu").eval()
+    keep = set(keep_fp32)
     with warnings.catch_warnings():
         # torch.ao.quantization is deprecated in favour of torchao, which needs torch.compile to be fast on
         # CPU; the eager API still works in the torch version hrlm pins.
         warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor.*deprecated", category=UserWarning)
         # One scale per output channel: measurably closer to fp32 than one per matrix, at the same speed.
-        spec = {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}
-        for block in encoder_layers(quantized.encoder):
-            torch.ao.quantization.quantize_dynamic(block, spec, dtype=torch.qint8, inplace=True)
+        qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+        for i, block in enumerate(encoder_layers(quantized.encoder)):
+            spec = {
+                name: qconfig
+                for name, module in block.named_modules()
+                if isinstance(module, nn.Linear) and f"{i}.{name}" not in keep
+            }
+            if spec:
+                torch.ao.quantization.quantize_dynamic(block, spec, dtype=torch.qint8, inplace=True)
     return quantized
 
 
@@ -250,9 +289,21 @@ def export_onnx(model: HrlmModel, path: str | os.PathLike[str]) -> Path:
     return target
 
 
-def quantize_onnx_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
-    """Write an ONNX model whose matrix products use int8 weights, activations quantized on the fly."""
+def quantize_onnx_int8(
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], *, reduce_range: bool | None = None
+) -> Path:
+    """Write an ONNX model whose matrix products use int8 weights, activations quantized on the fly.
+
+    ``reduce_range`` (default: where this CPU has no VNNI) quantizes weights to 7 bits. Without VNNI,
+    ONNX Runtime multiplies unsigned 8-bit activations by signed 8-bit weights with AVX2's
+    ``vpmaddubsw``, whose 16-bit sums saturate: on a 2-core AVX2 EPYC the tiny test model's logits
+    moved by up to 0.42 with full-range weights. ONNX Runtime's documentation gives the same advice.
+    A file quantized on a CPU with VNNI and run on one without may lose accuracy that way: quantize
+    again, or run ``hrlm compress`` on the kind of machine that serves the model.
+    """
     onnxruntime()
+    if reduce_range is None:
+        reduce_range = not cpu_has_vnni()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root = logging.getLogger()  # the quantizer logs every skipped tensor to the root logger
@@ -262,7 +313,9 @@ def quantize_onnx_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str])
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             # Per-channel weight scales: slower than one scale per matrix, but fewer labels change.
-            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+            quantize_dynamic(
+                str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range
+            )
     finally:
         root.setLevel(level)
     return Path(dst)
@@ -297,6 +350,8 @@ def onnx_file(name: str, model: HrlmModel, meta: ModelMeta, folder: Path | None,
         tmp = tempfile.TemporaryDirectory(prefix="hrlm-onnx-")
         scratch.append(tmp)
         where = Path(tmp.name)
+    if name == "onnx-int8" and not cpu_has_vnni():
+        filename = "model.int8.7bit.onnx"  # see quantize_onnx_int8: a cache may be shared by other CPUs
     target = where / filename
     if target.is_file():
         return target
@@ -381,6 +436,10 @@ def choose_backend(requested: str, meta: ModelMeta, device: torch.device, *, dev
         }
         if not _onnx_available():
             passing = {k: v for k, v in passing.items() if not k.startswith("onnx-")}
+        if not cpu_has_fast_bf16():
+            # a check's speed was measured where the check ran: a model folder checked on a CPU with
+            # native bf16 and moved to one without would otherwise pick bf16, emulated here
+            passing.pop("torch-bf16", None)
         reference = "torch-bf16" if cpu_has_fast_bf16() else "torch-fp32"
         if not passing:
             return Choice(reference, cpu, "no backend has passed an agreement check for this model")
@@ -400,7 +459,21 @@ def choose_backend(requested: str, meta: ModelMeta, device: torch.device, *, dev
         return Choice(requested, cpu, "requested")
     if requested == "torch-fp16" and device.type != "cuda":
         raise ConfigError("backend torch-fp16 needs a CUDA GPU; on a CPU use torch-fp32, torch-bf16 or an int8 one.")
+    if requested == "torch-bf16" and device.type == "cpu":
+        warn_emulated_bf16("backend torch-bf16")
     return Choice(requested, device, "requested")
+
+
+def warn_emulated_bf16(what: str) -> bool:
+    """Log a warning that ``what`` runs bf16 on a CPU that emulates it; whether it did."""
+    if cpu_has_fast_bf16():
+        return False
+    log.warning(
+        "%s on this CPU: it has neither AVX-512 BF16 nor AMX, so torch emulates bf16 matrix products, "
+        "dozens of times slower than fp32; use fp32 (or auto, which picks fp32 here).",
+        what,
+    )
+    return True
 
 
 def build_backend(
@@ -414,7 +487,8 @@ def build_backend(
 ) -> Backend:
     """The backend ``choice`` names, over ``model`` (which it does not modify)."""
     if choice.name == "torch-int8":
-        return TorchBackend(quantize_torch_int8(model), choice.device, "fp32", name="torch-int8")
+        int8 = quantize_torch_int8(model, int8_fp32_layers(meta))
+        return TorchBackend(int8, choice.device, "fp32", name="torch-int8")
     if choice.name.startswith("onnx-"):
         path = onnx_file(choice.name, model, meta, folder, scratch)
         return OnnxBackend(path, [t.name for t in meta.tasks], threads=threads, name=choice.name)

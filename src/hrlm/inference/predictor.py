@@ -22,7 +22,7 @@ from hrlm._alloc import keep_freed_memory
 from hrlm._progress import ProgressBar
 from hrlm.config import AGGREGATIONS, DEVICES, PRECISIONS, TRUNCATE_MODES, check_choice
 from hrlm.errors import ConfigError
-from hrlm.inference.backends import Backend, TorchBackend, build_backend, choose_backend
+from hrlm.inference.backends import Backend, TorchBackend, build_backend, choose_backend, warn_emulated_bf16
 from hrlm.inference.backends import autocast as autocast  # re-exported: training and pretraining use it
 from hrlm.inference.backends import cpu_has_fast_bf16 as cpu_has_fast_bf16
 from hrlm.inference.calibrate import CPU_SAMPLE_TOKENS, GPU_SAMPLE_TOKENS, Calibrator, thread_choices
@@ -60,6 +60,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
         return "bf16" if cpu_has_fast_bf16() else "fp32"
     check_choice("precision", precision, PRECISIONS)
+    if precision == "bf16" and device.type == "cpu":
+        warn_emulated_bf16("precision bf16")
     return precision
 
 
