@@ -114,3 +114,26 @@ def test_compress_searches_layers_when_full_int8_fails(
     predictor = Predictor.from_dir(out, backend="torch-int8", threads=1)
     types = _linear_types(predictor.backend.model)  # type: ignore[attr-defined]
     assert sorted(n for n, is_float in types.items() if is_float) == sorted(kept)
+
+
+def test_compressing_a_compressed_folder_checks_int8_in_every_layer_first(
+    trained_model: Path, tickets_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = tmp_path / "first"
+    compress(trained_model, first, quantize="int8", data=tickets_csv)
+    meta_file = first / "hrlm.json"
+    data = json.loads(meta_file.read_text())
+    data["backend_checks"]["torch-int8"]["fp32_layers"] = ["0.output.dense"]  # as a searched folder has
+    meta_file.write_text(json.dumps(data))
+    import hrlm.inference.backends as backends
+
+    kept: list[list[str]] = []
+    real = backends.quantize_torch_int8
+
+    def spy(model: Any, keep_fp32: Any = ()) -> Any:
+        kept.append(list(keep_fp32))
+        return real(model, keep_fp32)
+
+    monkeypatch.setattr(backends, "quantize_torch_int8", spy)
+    compress(first, tmp_path / "second", quantize="int8", data=tickets_csv)
+    assert kept and kept[0] == []  # the source's float32 layers do not carry over into the new check

@@ -202,6 +202,9 @@ def compress(
 
     new_meta = copy.deepcopy(meta)
     new_meta.hrlm_version = __version__
+    # the source's checks describe its own run (and name the layers its torch-int8 kept in float32):
+    # every backend of the new folder is checked afresh, starting from int8 in every layer
+    new_meta.backend_checks = {}
     backends = ["torch-fp32"]
     if cpu_has_fast_bf16():
         backends.append("torch-bf16")
