@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import io
 import logging
@@ -54,8 +55,9 @@ MAX_ACCURACY_DROP = 0.003
 MIN_CHECK_DOCS = 100
 
 
+@functools.cache
 def cpu_flags() -> frozenset[str]:
-    """The instruction-set flags of this CPU (``/proc/cpuinfo``; empty where it cannot be read)."""
+    """The instruction-set flags of this CPU (``/proc/cpuinfo``, read once; empty where it cannot be read)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
             for line in fh:
