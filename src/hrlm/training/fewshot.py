@@ -28,6 +28,7 @@ from hrlm.data import Dataset
 from hrlm.errors import ConfigError
 from hrlm.inference import autocast, collate
 from hrlm.modeling import HrlmModel, encoder_layers
+from hrlm.training.attention import choose as choose_attention
 from hrlm.training.loop import Optimization, run_steps
 from hrlm.training.selection import HEAD, choose_by_cv
 
@@ -207,6 +208,7 @@ def train_contrastive(
     opt = Optimization.from_config(cfg, steps=len(batches), lr=cfg.setfit_lr)
     bar = ProgressBar(opt.steps, "contrastive pairs", unit="steps", fields={"loss": "-"}, enabled=show)
     # Ctrl-C stops this pass cleanly: the head is then fitted on what the encoder has learned so far.
-    done = run_steps(model, params, iter(batches), loss_of_batch, opt, bar=bar)
+    attention = choose_attention(model, device, precision, max((len(w) for w in windows), default=16))
+    done = run_steps(model, params, iter(batches), loss_of_batch, opt, bar=bar, attention=attention)
     model.eval()
     return {"pairs": len(pairs), "steps": done.steps, "seconds": done.seconds, "loss": done.train_loss}

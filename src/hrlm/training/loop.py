@@ -8,6 +8,7 @@ the validation metric and stop early; :mod:`hrlm.training.fitting` calls them an
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -31,6 +32,8 @@ from hrlm.inference import (
 )
 from hrlm.modeling import HrlmModel
 from hrlm.text import Encoded
+from hrlm.training.attention import choose as choose_attention
+from hrlm.training.attention import using as using_attention
 from hrlm.training.distributed import Replicas, shard
 from hrlm.training.evaluator import Evaluator
 from hrlm.training.frozen import FrozenCache
@@ -149,6 +152,7 @@ def run_steps(
     evaluate: Callable[[int, float], bool] | None = None,
     eval_every: int = 0,
     replicas: Replicas | None = None,
+    attention: str | None = None,
 ) -> StepsDone:
     """Train ``params`` with AdamW for ``opt.steps`` steps: the one training loop of hrlm.
 
@@ -165,6 +169,9 @@ def run_steps(
             ``replicas`` it runs on every worker and must return the same answer on all of them.
         replicas: data-parallel workers (:mod:`hrlm.training.distributed`): ``batches`` are this
             worker's shares and the gradients are averaged over the workers every step.
+        attention: the encoder's attention implementation for the run (``"eager"`` or ``"sdpa"``, as
+            :func:`hrlm.training.attention.choose` measured it on this machine), restored afterwards;
+            None keeps the encoder's own.
 
     Returns:
         Steps, seconds and samples, and ``interrupted``: Ctrl-C, in a step or in ``evaluate``, ends the
@@ -182,6 +189,8 @@ def run_steps(
     optimizer = torch.optim.AdamW(param_groups(params, opt.weight_decay), lr=opt.lr, fused=fused_adamw(params))
     done = StepsDone()
     model.train()
+    restore = contextlib.ExitStack()
+    restore.enter_context(using_attention(model, attention))
     try:
         while done.steps < opt.steps:
             t0 = time.perf_counter()
@@ -217,6 +226,7 @@ def run_steps(
         log.warning("%s interrupted at step %d of %d", bar.label, done.steps, opt.steps)
     finally:
         bar.close()
+        restore.close()
     return done
 
 
@@ -383,6 +393,7 @@ def train_full(run: TrainingRun, replicas: Replicas | None = None) -> RunState:
     trainable = [p for p in model.parameters() if p.requires_grad]
     batches = batches_forever(enc.lengths, cfg.batch_size, cfg.seed)
     eval_every = cfg.eval_steps or steps_per_epoch
+    longest = max((len(w) for w in enc.windows), default=cfg.max_length)
     done = run_steps(
         model,
         trainable,
@@ -393,6 +404,7 @@ def train_full(run: TrainingRun, replicas: Replicas | None = None) -> RunState:
         evaluate=evaluate,
         eval_every=eval_every,
         replicas=replicas,
+        attention=choose_attention(model, device, precision, longest),
     )
     state.train_seconds += done.seconds
     state.samples += done.samples

@@ -37,6 +37,7 @@ from hrlm.errors import ConfigError, DataError
 from hrlm.inference import autocast, default_threads, resolve_device, resolve_precision
 from hrlm.modeling import attention_dropout_for, quiet_transformers, set_dropout
 from hrlm.text import normalize
+from hrlm.training.attention import choose as choose_attention
 from hrlm.training.distributed import Replicas, check_distributable, run_on_workers, shard
 from hrlm.training.loop import Optimization, batches_forever, run_steps, seed_everything
 from hrlm.training.mlm_data import (
@@ -374,6 +375,7 @@ def _adapt(
         loss = mlm + nsp if nsp is not None else mlm
         return (loss * weight if weight != 1.0 else loss), len(batch.ids) if weight else 0
 
+    attention = choose_attention(model, device, precision, cfg.max_length)
     warm_steps = cfg.head_steps if head_new else 0
     if warm_steps:
         # The encoder (and the tied output matrix) stays fixed: only the new head's transform,
@@ -383,7 +385,9 @@ def _adapt(
         head_params = [p for p in model.parameters() if p.requires_grad]
         opt = Optimization.from_config(cfg, steps=warm_steps, lr=cfg.head_lr)
         bar = ProgressBar(warm_steps, "warming up the MLM head", unit="steps", fields={"loss": "-"}, enabled=progress)
-        warm = run_steps(model, head_params, stream, loss_of_batch, opt, bar=bar, replicas=replicas)
+        warm = run_steps(
+            model, head_params, stream, loss_of_batch, opt, bar=bar, replicas=replicas, attention=attention
+        )
         seconds, samples = seconds + warm.seconds, samples + warm.samples
         for p in model.parameters():
             p.requires_grad_(True)
@@ -412,7 +416,16 @@ def _adapt(
     bar = ProgressBar(total, "pretraining", unit="steps", fields={"loss": "-"}, enabled=progress)
     eval_every = cfg.eval_steps or steps_per_epoch
     done = run_steps(
-        model, params, stream, loss_of_batch, opt, bar=bar, evaluate=evaluate, eval_every=eval_every, replicas=replicas
+        model,
+        params,
+        stream,
+        loss_of_batch,
+        opt,
+        bar=bar,
+        evaluate=evaluate,
+        eval_every=eval_every,
+        replicas=replicas,
+        attention=attention,
     )
     seconds, samples, interrupted = seconds + done.seconds, samples + done.samples, done.interrupted
     after = heldout_loss(model, val_batches, device, precision) if measures else {}

@@ -1,0 +1,154 @@
+"""The attention path of training on a CPU, measured on the machine rather than assumed.
+
+A Hugging Face encoder computes self-attention through PyTorch's SDPA kernel by default
+(``attn_implementation="sdpa"``); its other form, ``"eager"``, is two matrix products and a softmax.
+On a CPU the fused kernel is not always the faster one in training: measured on a 2-core AMD EPYC
+with AVX-512 BF16 (MiniLM: 12 heads of 32, AdamW, bf16 autocast), a whole training step of 32 x 256
+tokens took 1.38-1.45 s eager against 1.58-1.72 s with SDPA, and eager also won at 32 x 128 and
+16 x 512 tokens; in fp32, SDPA won by 5% at 16 x 256. So :func:`choose` times the attention itself,
+forward and backward, both ways, on random inputs of the model's heads in the training's precision,
+once per machine and shape, and keeps the faster; the result is cached as JSON beside the
+Predictor's calibration (:mod:`hrlm.inference.calibrate`), and ``HRLM_CALIBRATE=off`` keeps the
+encoder's own choice. :func:`using` applies it for the length of a training run and restores the
+encoder's setting afterwards, so the saved model is unchanged. CUDA keeps SDPA (its fused kernels
+are the fast path there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hrlm._alloc import keep_freed_memory
+from hrlm._fs import write_json
+from hrlm.inference import autocast
+from hrlm.inference.backends import cache_dir
+from hrlm.inference.calibrate import machine, mode
+
+log = logging.getLogger("hrlm")
+
+IMPLEMENTATIONS = ("eager", "sdpa")
+VERSION = 1
+# Rows of the timed attention (a batch of this many sequences), and passes per path after a warm-up.
+ROWS = 8
+ROUNDS = 3
+
+
+def encoder_of(model: nn.Module) -> Any | None:
+    """The Hugging Face model inside ``model`` whose attention implementation can be set, or None."""
+    for candidate in (model, getattr(model, "encoder", None)):
+        if candidate is not None and callable(getattr(candidate, "set_attn_implementation", None)):
+            return candidate
+    return None
+
+
+def _width(max_length: int) -> int:
+    return max(16, 2 ** math.ceil(math.log2(max(max_length, 1))))
+
+
+def _time(fn: Any) -> float:
+    fn()
+    best = math.inf
+    for _ in range(ROUNDS):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def measure(heads: int, head_dim: int, width: int, precision: str) -> dict[str, float]:
+    """Seconds of one attention forward and backward pass, eager and SDPA, on ``ROWS`` random sequences.
+
+    With freed memory kept in the process, as training runs (:func:`hrlm._alloc.keep_freed_memory`):
+    without it eager's large score tensors pay the pages' first touch in every pass.
+    """
+    keep_freed_memory()
+    gen = torch.Generator().manual_seed(width)
+    shape = (ROWS, heads, width, head_dim)
+    # in the dtype the projections hand to attention under autocast: bf16 for bf16 training
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    q, k, v = (torch.randn(shape, generator=gen).to(dtype).requires_grad_() for _ in range(3))
+    mask = torch.zeros(ROWS, 1, 1, width, dtype=dtype)  # additive, as the encoder passes one for padded batches
+    mask[: ROWS // 4, ..., width * 3 // 4 :] = float("-inf")
+    scale = head_dim**-0.5
+    device = torch.device("cpu")
+
+    def eager() -> None:
+        with autocast(device, precision):
+            scores = torch.matmul(q, k.transpose(-1, -2)) * scale + mask
+            out = torch.matmul(torch.softmax(scores, dim=-1), v)
+        out.float().sum().backward()
+
+    def sdpa() -> None:
+        with autocast(device, precision):
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        out.float().sum().backward()
+
+    return {"eager": _time(eager), "sdpa": _time(sdpa)}
+
+
+def choose(model: nn.Module, device: torch.device, precision: str, max_length: int) -> str | None:
+    """The attention implementation to train ``model`` with on this machine, or None to keep the encoder's.
+
+    None on CUDA, with ``HRLM_CALIBRATE=off``, and for encoders without a choice of implementation.
+    """
+    encoder = encoder_of(model)
+    if encoder is None or device.type != "cpu" or mode() == "off":
+        return None
+    config = encoder.config
+    heads = getattr(config, "num_attention_heads", None)
+    hidden = getattr(config, "hidden_size", None)
+    if not heads or not hidden:
+        return None
+    head_dim, width = int(hidden) // int(heads), _width(max_length)
+    shape = {"heads": int(heads), "head_dim": head_dim, "width": width, "precision": precision}
+    blob = json.dumps({"machine": machine(), "shape": shape, "version": VERSION}, sort_keys=True)
+    path = cache_dir() / "calibration" / f"train-attention-{hashlib.sha256(blob.encode()).hexdigest()[:20]}.json"
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        if cached.get("choice") in IMPLEMENTATIONS:
+            return str(cached["choice"])
+    except (OSError, ValueError, AttributeError):
+        pass
+    seconds = measure(int(heads), head_dim, width, precision)
+    choice = min(IMPLEMENTATIONS, key=lambda name: seconds[name])
+    log.info(
+        "training attention on this machine: %s (forward and backward of %d x %d tokens: eager %.1f ms, SDPA %.1f ms)",
+        choice,
+        ROWS,
+        width,
+        seconds["eager"] * 1e3,
+        seconds["sdpa"] * 1e3,
+    )
+    record = {"choice": choice, "shape": shape, "machine": machine(), "seconds": seconds, "version": VERSION}
+    try:
+        write_json(Path(path), record)
+    except OSError as exc:  # a read-only cache folder costs a measurement per run, nothing more
+        log.warning("could not keep the attention choice in %s (%s)", path, exc)
+    return choice
+
+
+@contextlib.contextmanager
+def using(model: nn.Module, implementation: str | None) -> Iterator[None]:
+    """Run the block with ``model``'s encoder on ``implementation`` (None: as it is), restored afterwards."""
+    encoder = encoder_of(model)
+    previous = getattr(getattr(encoder, "config", None), "_attn_implementation", None)
+    if encoder is None or implementation is None or implementation == previous:
+        yield
+        return
+    encoder.set_attn_implementation(implementation)
+    try:
+        yield
+    finally:
+        encoder.set_attn_implementation(previous or "sdpa")
