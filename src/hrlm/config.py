@@ -25,7 +25,16 @@ AGGREGATIONS = ("mean", "max")
 POOLINGS = ("auto", "pooler", "cls", "mean")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
-BACKENDS = ("auto", "torch-fp32", "torch-bf16", "torch-fp16", "torch-int8", "onnx-fp32", "onnx-int8")
+BACKENDS = (
+    "auto",
+    "torch-fp32",
+    "torch-bf16",
+    "torch-fp16",
+    "torch-int8",
+    "torch-bf16-int8",
+    "onnx-fp32",
+    "onnx-int8",
+)
 CLASS_WEIGHTS = ("none", "balanced")
 METHODS = ("auto", "finetune", "setfit")
 AUGMENT_MODES = ("none", "noise", "contextual", "both")
@@ -33,7 +42,8 @@ METRICS = ("macro_f1", "weighted_f1", "micro_f1", "accuracy", "loss")
 QUANTIZE_MODES = ("int8",)
 
 BACKEND_HELP = (
-    "Inference backend: auto, torch-fp32, torch-bf16, torch-fp16 (CUDA), torch-int8, onnx-fp32, onnx-int8. "
+    "Inference backend: auto, torch-fp32, torch-bf16, torch-fp16 (CUDA), torch-int8, torch-bf16-int8, onnx-fp32, "
+    "onnx-int8. "
     "auto uses a quantized one only where `hrlm compress` recorded a passing accuracy check."
 )
 

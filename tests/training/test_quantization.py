@@ -109,7 +109,7 @@ def test_compress_searches_layers_when_full_int8_fails(
     tried = summary["int8_search"]
     assert tried and tried[0]["fp32_layers"] == 1 and not any(t["passed"] for t in tried)
     kept = result.checks["torch-int8"]["fp32_layers"]
-    assert len(kept) == tried[-1]["fp32_layers"] and "still failed" in result.notes[-1]
+    assert len(kept) == tried[-1]["fp32_layers"] and any("still failed" in note for note in result.notes)
     # the folder's torch-int8 backend keeps exactly those layers in float32
     predictor = Predictor.from_dir(out, backend="torch-int8", threads=1)
     types = _linear_types(predictor.backend.model)  # type: ignore[attr-defined]

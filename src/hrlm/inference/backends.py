@@ -6,6 +6,8 @@ A backend turns a padded batch of token ids into the logits of every task::
     torch-bf16   PyTorch with bf16 autocast: CUDA, or a CPU with AVX-512 BF16 / AMX
     torch-fp16   PyTorch with fp16 autocast (CUDA only)
     torch-int8   PyTorch dynamic int8 quantization of the transformer blocks' linear layers (CPU)
+    torch-bf16-int8  bf16, with smoothed int8 query-key-value and feed-forward input products (CPU with
+                 AVX-512 BF16 or AMX and VNNI; :mod:`hrlm.inference.mixed`)
     onnx-fp32    ONNX Runtime with its graph optimizations (CPU; ``pip install 'hrlm[onnx]'``)
     onnx-int8    ONNX Runtime with dynamically quantized int8 weights (CPU)
 
@@ -30,7 +32,7 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +49,7 @@ from hrlm.modeling import HrlmModel, ModelMeta, encoder_layers
 
 log = logging.getLogger("hrlm")
 
-QUANTIZED = ("torch-int8", "onnx-int8")
+QUANTIZED = ("torch-int8", "torch-bf16-int8", "onnx-int8")
 ONNX_FILES = {"onnx-fp32": "model.onnx", "onnx-int8": "model.int8.onnx"}
 # The agreement check a non-reference backend must pass before `auto` uses it.
 MIN_LABEL_AGREEMENT = 0.99
@@ -128,7 +130,8 @@ class TorchBackend(Backend):
         self.device = device
         self.precision = precision
         self.name = name or f"torch-{precision}"
-        self.qkv = unpadded.fuse_qkv(self.model.encoder) if unpadded.supports(self.model.encoder) else None
+        fused = unpadded.fuse_qkv(self.model.encoder) if unpadded.supports(self.model.encoder) else None
+        self.qkv: list[nn.Module] | None = None if fused is None else list(fused)
         # widest attention group run as plain matrix products on a CPU; the calibration may change it
         self.plain_up_to = unpadded.SMALL_WIDTH
 
@@ -182,6 +185,18 @@ def int8_fp32_layers(meta: ModelMeta) -> list[str]:
     return list(meta.backend_checks.get("torch-int8", {}).get("fp32_layers") or [])
 
 
+@contextlib.contextmanager
+def quiet_ao_quantization() -> Iterator[None]:
+    """Silence the deprecation warnings of ``torch.ao.quantization``'s eager API, which works in the pinned torch.
+
+    It is deprecated in favour of torchao, whose int8 needs ``torch.compile`` to be fast on a CPU.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor.*deprecated", category=UserWarning)
+        yield
+
+
 def quantize_torch_int8(model: HrlmModel, keep_fp32: Collection[str] = ()) -> HrlmModel:
     """A copy whose transformer blocks compute their linear layers in int8 (dynamic quantization).
 
@@ -191,11 +206,7 @@ def quantize_torch_int8(model: HrlmModel, keep_fp32: Collection[str] = ()) -> Hr
     """
     quantized = copy.deepcopy(model).to("cpu").eval()
     keep = set(keep_fp32)
-    with warnings.catch_warnings():
-        # torch.ao.quantization is deprecated in favour of torchao, which needs torch.compile to be fast on
-        # CPU; the eager API still works in the torch version hrlm pins.
-        warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor.*deprecated", category=UserWarning)
+    with quiet_ao_quantization():
         # One scale per output channel: measurably closer to fp32 than one per matrix, at the same speed.
         qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
         for i, block in enumerate(encoder_layers(quantized.encoder)):
@@ -442,6 +453,9 @@ def choose_backend(requested: str, meta: ModelMeta, device: torch.device, *, dev
             # a check's speed was measured where the check ran: a model folder checked on a CPU with
             # native bf16 and moved to one without would otherwise pick bf16, emulated here
             passing.pop("torch-bf16", None)
+            passing.pop("torch-bf16-int8", None)
+        if not cpu_has_vnni():  # int8 products without VNNI: slower, and their 16-bit sums saturate
+            passing.pop("torch-bf16-int8", None)
         reference = "torch-bf16" if cpu_has_fast_bf16() else "torch-fp32"
         if not passing:
             return Choice(reference, cpu, "no backend has passed an agreement check for this model")
@@ -453,7 +467,9 @@ def choose_backend(requested: str, meta: ModelMeta, device: torch.device, *, dev
             f"passed the agreement check on {check['n']} documents "
             f"({check['label_agreement']:.2%} of labels agree with fp32)",
         )
-    if requested.startswith("onnx-") or requested == "torch-int8":
+    if requested == "torch-bf16-int8":
+        warn_emulated_bf16(f"backend {requested}")
+    if requested.startswith("onnx-") or requested in ("torch-int8", "torch-bf16-int8"):
         if device.type == "cuda" and device_given:
             raise ConfigError(f"backend {requested} runs on the CPU only; use --device cpu or a torch-* backend.")
         if requested.startswith("onnx-"):
@@ -491,6 +507,11 @@ def build_backend(
     if choice.name == "torch-int8":
         int8 = quantize_torch_int8(model, int8_fp32_layers(meta))
         return TorchBackend(int8, choice.device, "fp32", name="torch-int8")
+    if choice.name == "torch-bf16-int8":
+        from hrlm.inference.mixed import MixedBackend, int8_layers, layer_names, load_maxima
+
+        layers = int8_layers(meta)
+        return MixedBackend(model, load_maxima(folder), layer_names(model) if layers is None else layers)
     if choice.name.startswith("onnx-"):
         path = onnx_file(choice.name, model, meta, folder, scratch)
         return OnnxBackend(path, [t.name for t in meta.tasks], threads=threads, name=choice.name)

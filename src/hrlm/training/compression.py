@@ -46,15 +46,18 @@ from hrlm.inference import (
     Predictor,
     check_passes,
     cpu_has_fast_bf16,
+    cpu_has_vnni,
     decide,
     default_threads,
     export_onnx,
     quantize_onnx_int8,
 )
+from hrlm.inference.mixed import ALPHA, KINDS, activation_maxima, layer_names, save_maxima
+from hrlm.inference.mixed import NAME as MIXED
 from hrlm.model_card import write_model_card
 from hrlm.modeling import META_FILE, HrlmModel, ModelMeta, attention_heads, encoder_layers, load_model, save_model
 from hrlm.modeling import prune_heads as remove_heads
-from hrlm.training.quantization import search
+from hrlm.training.quantization import SENSITIVITY_TEXTS, search
 
 log = logging.getLogger("hrlm")
 
@@ -210,6 +213,8 @@ def compress(
         backends.append("torch-bf16")
     if quantize == "int8":
         backends.append("torch-int8")
+    # bf16 with smoothed int8 products: only where both are native (see hrlm.inference.mixed)
+    mixed = quantize == "int8" and held_out is not None and cpu_has_fast_bf16() and cpu_has_vnni()
     if onnx:
         backends += ["onnx-fp32", *(["onnx-int8"] if quantize == "int8" else [])]
 
@@ -250,6 +255,10 @@ def compress(
                         f"{'passed' if check_passes(checks[name]) else 'still failed'} "
                         f"({checks[name]['label_agreement']:.2%} of labels agree with fp32)."
                     )
+            if mixed:
+                found = _mixed_search(model, tokenizer, new_meta, held_out, data, measured, threads, tmp, rows, notes)
+                if found is not None:
+                    checks[MIXED] = found
             fp32 = measured["torch-fp32"]
             new_meta.metrics = {"split": f"hrlm compress --data {Path(str(data)).name}", **fp32.metrics}
         elif prune > 0:
@@ -290,6 +299,50 @@ def _int8_search(
         model, meta, held_out.texts, tokenizer, check, threads=threads, fp32_docs_per_s=reference.docs_per_s
     )
     return found, results[tuple(found["fp32_layers"])], tried
+
+
+def _mixed_search(
+    model: HrlmModel,
+    tokenizer: Any,
+    meta: ModelMeta,
+    held_out: Dataset,
+    data: Any,
+    measured: dict[str, _Measured],
+    threads: int,
+    folder: Path,
+    rows: list[dict[str, Any]],
+    notes: list[str],
+) -> dict[str, Any] | None:
+    """``torch-bf16-int8``'s check: activation ranges from held-out text, then int8 in both kinds of layer, else
+    in the feed-forward inputs only, until one keeps the labels. Appends a row per candidate; None if unavailable."""
+    texts = held_out.texts[:SENSITIVITY_TEXTS]
+    try:
+        save_maxima(activation_maxima(model, tokenizer, meta, texts, threads=threads), folder)
+    except ConfigError as exc:
+        notes.append(f"{MIXED} not checked: {exc}")
+        return None
+    check: dict[str, Any] = {}
+    for kinds in (KINDS, ("intermediate",)):
+        layers = layer_names(model, kinds)
+        trial = copy.deepcopy(meta)
+        trial.backend_checks = {MIXED: {"int8_layers": layers}}
+        predictor = Predictor(model, tokenizer, trial, backend=MIXED, device="cpu", threads=threads, folder=folder)
+        measured[MIXED] = _measure(predictor, held_out)
+        check = {
+            **_check(measured[MIXED], measured["torch-fp32"], held_out, data, threads),
+            "int8_layers": layers,
+            "smoothing": {"alpha": ALPHA, "calibration_texts": len(texts)},
+        }
+        rows.append(_compressed_row(MIXED, _size(folder / "model.safetensors"), measured[MIXED], measured, check))
+        rows[-1]["system"] += f", int8 in {' and '.join(kinds)}"
+        if check_passes(check):
+            break
+    notes.append(
+        f"{MIXED} (bf16, int8 in {len(check['int8_layers'])} smoothed layers) "
+        f"{'passed' if check_passes(check) else 'failed'} the agreement check "
+        f"({check['label_agreement']:.2%} of labels agree with fp32)."
+    )
+    return check
 
 
 @dataclass
