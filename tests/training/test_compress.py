@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +11,11 @@ from torch import nn
 from typer.testing import CliRunner
 
 from hrlm.cli import app
+from hrlm.data import Dataset
 from hrlm.errors import ConfigError
 from hrlm.inference.predictor import Predictor
-from hrlm.modeling import attention_heads, encoder_layers, load_model
+from hrlm.modeling import TaskSpec, attention_heads, encoder_layers, load_model
+from hrlm.training import compression
 from hrlm.training.compression import compress, head_magnitudes, make_permanent, prune_attention_heads, prune_linear
 from tests.conftest import make_texts
 
@@ -145,3 +148,25 @@ def test_cli_errors_are_one_line(trained_model: Path, tmp_path: Path, tickets_cs
     bad = runner.invoke(app, ["predict", str(trained_model), str(tickets_csv), "--backend", "tensorrt"])
     assert bad.exit_code == 1 and "backend = 'tensorrt' is not valid" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_compress_times_a_backend_after_its_calibration(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the first backend measured on a machine calibrates once (seconds); its docs/s must not include that
+    calls: list[str] = []
+
+    class Slow:
+        def __init__(self) -> None:
+            self.tasks = [TaskSpec(name="label", labels=["a", "b"])]
+
+        def calibrate_once(self, texts: list[str]) -> None:
+            calls.append("calibrate")
+            time.sleep(0.5)
+
+        def predict_proba(self, texts: list[str]) -> dict[str, np.ndarray]:
+            calls.append(f"predict {len(texts)}")
+            return {"label": np.tile([0.9, 0.1], (len(texts), 1))}
+
+    ds = Dataset(texts=["x"] * 50, labels=["a"] * 50)
+    measured = compression._measure(Slow(), ds)  # type: ignore[arg-type]
+    assert calls == ["calibrate", "predict 8", "predict 50"]
+    assert measured.docs_per_s > 1000 and measured.metrics["accuracy"] == 1.0

@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
+import sys
 from collections.abc import Callable, Iterable
 from enum import Enum, StrEnum
 from pathlib import PurePath
@@ -33,7 +35,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out_console = Console()
+# Piped into a file or a log, Rich assumes 80 columns and cuts the wide comparison tables
+# (``hrlm compress``, ``hrlm evaluate``) down to ellipses; a terminal, or COLUMNS, keeps its own width.
+out_console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160)
 err_console = Console(stderr=True)
 _state = {"debug": False}
 
