@@ -6,11 +6,15 @@ trained on the same split (``--baseline``) and, with ``--ensemble K``, the K bes
 Records every trial (settings, validation score, seconds, state) and the pruned share.
 
 ``--kill-after S`` shows resuming: the study first runs as ``hrlm tune`` in a child process that is
-killed (SIGKILL) S seconds in, mid-trial; the study is then run again to its ``--trials`` and the
-file records that the trials finished before the kill were kept, not redone.
+killed (SIGKILL) S seconds in (or S seconds after ``--kill-when-finished N`` trials have finished),
+mid-trial; the study is then run again to its ``--trials`` and the file records that the trials
+finished before the kill were kept, not redone. ``--bound KEY=TOML`` narrows one key of the search
+space as a ``--space`` file would; the space is recorded in the results file.
 
 Examples:
     python benchmarks/tune.py --trials 20 --max-length 64 --ensemble 3 --kill-after 900
+    python benchmarks/tune.py --trials 10 --ensemble 3 --kill-when-finished 1 --kill-after 120 \
+        --bound 'class_weights="balanced"'
     python benchmarks/tune.py --trials 2 --limit-train 200 --limit-eval 100 --max-length 32 --epochs 1 --variant smoke
 
 Prints a table and writes ``benchmarks/results/tune-onet_tasks[-<variant>].json``.
@@ -89,6 +93,13 @@ def write_inputs(folder: Path, args: argparse.Namespace) -> tuple[Path, Path]:
     config.write_text("\n".join(lines) + "\n")
     space = folder / "space.toml"
     fixed = [f"max_length = {args.max_length}"] + ([f"epochs = {args.epochs}"] if args.epochs is not None else [])
+    for bound in args.bound:
+        key, sep, value = bound.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise SystemExit(f"--bound {bound!r}: write KEY=VALUE, e.g. 'lr={{low = 5e-5, high = 3e-4, log = true}}'")
+        if key.strip() in ("max_length", "epochs") and any(line.startswith(key.strip() + " ") for line in fixed):
+            raise SystemExit(f"--bound {key.strip()}: set by --max-length/--epochs already; drop one of them")
+        fixed.append(f"{key.strip()} = {value.strip()}")
     space.write_text("[space]\n" + "\n".join(fixed) + "\n")
     return config, space
 
@@ -100,6 +111,12 @@ def killed_run(args: argparse.Namespace, data: Path, out: Path, config: Path, sp
     cmd += ["--validation", "holdout"]
     child = subprocess.Popen(cmd, cwd=PROJECT, start_new_session=True)
     try:
+        if args.kill_when_finished:
+            # the clock starts once that many trials are finished, so the kill lands in the next one
+            while len(finished(out)) < args.kill_when_finished:
+                if child.poll() is not None:
+                    raise SystemExit(f"the study ended before {args.kill_when_finished} trials finished")
+                time.sleep(5)
         child.wait(timeout=args.kill_after)
         raise SystemExit(f"the study ended before --kill-after {args.kill_after}s; give a shorter one")
     except subprocess.TimeoutExpired:
@@ -108,9 +125,20 @@ def killed_run(args: argparse.Namespace, data: Path, out: Path, config: Path, sp
     rows = json_trials(out)
     return {
         "killed_after_s": args.kill_after,
+        "kill_when_finished": args.kill_when_finished,
         "finished_before": [r for r in rows if r["state"] in ("COMPLETE", "PRUNED")],
         "running_at_kill": [r["number"] for r in rows if r["state"] == "RUNNING"],
     }
+
+
+def finished(out: Path) -> list[dict[str, Any]]:
+    """The finished (complete or pruned) trials of the study in ``out``; none while it has no database yet."""
+    if not (out / "study.db").is_file():
+        return []
+    try:
+        return [r for r in json_trials(out) if r["state"] in ("COMPLETE", "PRUNED")]
+    except KeyError:  # the database exists, the study is not created yet
+        return []
 
 
 def json_trials(out: Path) -> list[dict[str, Any]]:
@@ -144,8 +172,22 @@ def main() -> None:
     parser.add_argument("--limit-eval", type=int, default=None, help="sample this many validation and test texts")
     parser.add_argument("--max-length", type=int, default=64, help="tokens per window, fixed in the space")
     parser.add_argument("--epochs", type=int, default=None, help="fix the epochs (default: searched, 2-6)")
+    parser.add_argument(
+        "--bound",
+        action="append",
+        default=[],
+        metavar="KEY=TOML",
+        help="narrow one key of the search space, as in a --space file: lr={low = 5e-5, high = 3e-4, log = true}",
+    )
     parser.add_argument("--ensemble", type=int, default=0, help="combine the K best trials")
     parser.add_argument("--kill-after", type=float, default=None, help="kill a first run this many seconds in")
+    parser.add_argument(
+        "--kill-when-finished",
+        type=int,
+        default=None,
+        metavar="N",
+        help="start --kill-after's clock once N trials have finished (so that the kill is mid-trial, after some)",
+    )
     parser.add_argument("--heartbeat", type=int, default=10, help="seconds between a trial's heartbeats")
     parser.add_argument("--base", type=Path, default=None, help="encoder folder (default: the packaged MiniLM)")
     parser.add_argument("--out", type=Path, default=None, help="the study folder (default: a temporary one)")
@@ -217,6 +259,7 @@ def main() -> None:
         )
         summary["resume"] = {
             "killed_after_s": resume["killed_after_s"],
+            "clock_started_after_finished_trials": resume["kill_when_finished"],
             "finished_before_kill": [t["number"] for t in resume["finished_before"]],
             "running_at_kill": resume["running_at_kill"],
             "their_state_now": {n: now[n]["state"] for n in resume["running_at_kill"]},

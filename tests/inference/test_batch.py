@@ -288,6 +288,41 @@ def test_ray_refuses_more_actors_than_cores(
         run_batch(trained_model, source, tmp_path / "o", BatchConfig(engine="ray", actors=3, threads=2), progress=False)
 
 
+@pytest.mark.ray
+def test_ray_streams_a_shard_larger_than_its_object_store_budget(
+    ray_local: Any, trained_model: Path, rows: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray.data
+
+    from hrlm.inference import ray_batch
+
+    # blocks of 512 bytes and one in flight per actor: the 50 rows are more than twice the budget
+    monkeypatch.setattr(ray_batch, "MAX_BLOCK_BYTES", 512)
+    monkeypatch.setattr(ray_batch, "BLOCKS_IN_FLIGHT_PER_ACTOR", 1)
+    source = write_formats(rows, tmp_path / "in")["csv"]
+    assert source.stat().st_size > 2 * ray_batch.object_store_budget(2)
+    options = ray.data.DataContext.get_current().execution_options
+    before = options.resource_limits
+    local = run_batch(trained_model, source, tmp_path / "local", BatchConfig(), progress=False)
+    summary = run_batch(trained_model, source, tmp_path / "ray", BatchConfig(engine="ray", actors=2), progress=False)
+    assert summary.rows == local.rows == 50 and summary.parts > 1
+    pd.testing.assert_frame_equal(read_output(tmp_path / "ray"), read_output(tmp_path / "local"), check_dtype=False)
+    assert ray.data.DataContext.get_current().execution_options.resource_limits == before  # restored
+
+
+def test_blocks_and_the_object_store_budget_do_not_grow_with_the_input(tmp_path: Path) -> None:
+    from hrlm.inference.ray_batch import MAX_BLOCK_BYTES, block_bytes, object_store_budget
+
+    small, large = tmp_path / "small.csv", tmp_path / "large.csv"
+    for path, size in ((small, 40 * 2**20), (large, 400 * 2**20)):
+        with path.open("wb") as fh:
+            fh.truncate(size)  # a sparse file: only its size is read
+    assert block_bytes(small, 2, None) == block_bytes(large, 2, None) == MAX_BLOCK_BYTES
+    assert block_bytes(large, 2, 2**20) == 2**20  # the context's own, lower limit wins
+    assert block_bytes(tmp_path / "none.csv", 2, None) == 2**20
+    assert object_store_budget(4) == 2 * object_store_budget(2)
+
+
 def test_plan_actors_divides_the_cores() -> None:
     from hrlm.inference.ray_batch import plan_actors
 

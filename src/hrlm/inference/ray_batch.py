@@ -14,6 +14,11 @@ no CPU of their own, or a pool that fills every core would leave them none. With
 Ray starts on this machine's cores and stops at the end; with it, the run joins that cluster, and
 OUTPUT must then be a folder that every node sees (a shared file system): each node writes the
 files of the blocks it scored.
+
+Memory stays flat whatever the input's size: blocks are at most :data:`MAX_BLOCK_BYTES` (Ray's default
+grows them with the file, up to 128 MiB), and the pipeline may hold at most
+:data:`BLOCKS_IN_FLIGHT_PER_ACTOR` blocks per actor in the object store (Ray's default budget is a
+share of the whole store, so reads run ahead of slow scoring until the input is buffered).
 """
 
 from __future__ import annotations
@@ -45,6 +50,10 @@ from hrlm.inference.predictor import Predictor, default_threads
 
 # seconds the actor pool may take to start: loading a model on a busy node can take a minute
 ACTOR_START_TIMEOUT_S = 600
+# the largest block read from a shard: a few thousand documents, seconds to minutes of scoring
+MAX_BLOCK_BYTES = 4 * 2**20
+# blocks each actor may have in the object store (read, scored, being written): enough to keep it fed
+BLOCKS_IN_FLIGHT_PER_ACTOR = 16
 
 
 def plan_actors(cpus: int, gpus: int, actors: int | None, threads: int | None) -> tuple[int, int]:
@@ -160,15 +169,28 @@ def read_shard(shard: Path) -> Any:
 
 
 def block_bytes(shard: Path, actors: int, largest: int | None) -> int:
-    """The block size that splits ``shard`` into about four blocks per actor: 1 MiB to ``largest`` (Ray's default).
+    """The block size that splits ``shard`` into about four blocks per actor: 1 MiB to :data:`MAX_BLOCK_BYTES`.
+
+    ``largest`` (the context's own limit) lowers the cap further. A fixed cap, not a share of the file,
+    keeps the memory of a run the same for a file ten times larger.
 
     Example:
         >>> block_bytes(Path("/nonexistent.csv"), 2, 128 * 2**20)
         1048576
     """
     size = shard.stat().st_size if shard.exists() else 0
-    top = largest or 128 * 2**20
+    top = min(largest or MAX_BLOCK_BYTES, MAX_BLOCK_BYTES)
     return int(min(top, max(2**20, size // (4 * actors))))
+
+
+def object_store_budget(actors: int) -> int:
+    """Bytes of the object store one shard's pipeline may hold: a fixed number of largest blocks per actor.
+
+    Example:
+        >>> object_store_budget(2) // 2**20
+        128
+    """
+    return BLOCKS_IN_FLIGHT_PER_ACTOR * MAX_BLOCK_BYTES * max(1, actors)
 
 
 def _write_shard(scored: Any, key: str, out: Path, fmt: str, manifest: Manifest, summary: BatchSummary) -> None:
@@ -236,6 +258,10 @@ def run_ray(
         gpus = int(resources.get("GPU", 0))
         actors, threads = plan_actors(int(resources.get("CPU", 1)), gpus, cfg.actors, cfg.threads)
         saved_block_size = context.target_max_block_size
+        saved_limits = context.execution_options.resource_limits
+        context.execution_options.resource_limits = saved_limits.min(
+            ray.data.ExecutionResources.for_limits(object_store_memory=object_store_budget(actors))
+        )
         tally: Any = ray.remote(num_cpus=0)(Tally).remote()
         scorer_args = {
             "model": str(model.resolve()),
@@ -261,6 +287,7 @@ def run_ray(
                 _write_shard(scored, shard_key(shard, input), out, cfg.format, manifest, summary)
         finally:
             context.target_max_block_size = saved_block_size
+            context.execution_options.resource_limits = saved_limits
         summary.actors = ray.get(tally.report.remote())
     finally:
         if started_here:
