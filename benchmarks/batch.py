@@ -67,16 +67,36 @@ def write_input(data: Path, folder: Path, limit: int | None, repeat: int) -> tup
     return path, len(frame) * repeat
 
 
-def tree_memory(pid: int) -> tuple[float, float]:
-    """PSS and RSS, in MiB, of a process and every process under it (0 for those gone meanwhile)."""
+def process_group(proc: Any, root: int) -> str:
+    """What a process of the tree is: ``driver`` (the run itself), a Ray worker by its title
+    (``ray::MapWorker(MapBatches(Scorer))``, ``ray::IDLE``), or a program by its name (``raylet``,
+    ``gcs_server``, ``log_monitor.py``)."""
+    if proc.pid == root:
+        return "driver"
+    try:
+        cmdline = proc.cmdline()
+        name = proc.name()
+    except Exception:  # gone or unreadable meanwhile
+        return "other"
+    first = cmdline[0] if cmdline else name
+    if first.startswith("ray::"):
+        return first.split()[0]
+    scripts = [Path(a).name for a in cmdline[1:3] if a.endswith(".py")]
+    return scripts[0] if scripts else Path(first).name or name
+
+
+def tree_memory(pid: int) -> tuple[float, float, dict[str, dict[str, float]]]:
+    """PSS and RSS, in MiB, of a process and every process under it (0 for those gone meanwhile), and the
+    PSS and count of processes of each :func:`process_group`."""
     import psutil
 
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0.0, 0.0
+        return 0.0, 0.0, {}
     pss = rss = 0
+    groups: dict[str, dict[str, float]] = {}
     for proc in procs:
         try:
             info = proc.memory_full_info()
@@ -84,22 +104,33 @@ def tree_memory(pid: int) -> tuple[float, float]:
             continue
         pss += getattr(info, "pss", info.rss)
         rss += info.rss
-    return pss / 2**20, rss / 2**20
+        group = groups.setdefault(process_group(proc, pid), {"pss_mib": 0.0, "processes": 0})
+        group["pss_mib"] += getattr(info, "pss", info.rss) / 2**20
+        group["processes"] += 1
+    return pss / 2**20, rss / 2**20, groups
 
 
 def run_engine(model: Path, source: Path, out: Path, settings: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
-    """Score ``source`` in a subprocess; its summary, wall time and the peak memory of its process tree."""
+    """Score ``source`` in a subprocess; its summary, wall time and the peak memory of its process tree.
+
+    ``peak_pss_by_group`` is what each kind of process held at the moment the tree's PSS peaked, and
+    ``group_peaks_mib`` each kind's own peak (at whatever moment): which of them grows with the input.
+    """
     summary_path = out.parent / f"{out.name}.summary.json"
     cmd = [sys.executable, "-c", RUN, str(model), str(source), str(out), json.dumps(settings), str(summary_path)]
-    peak = {"pss": 0.0, "rss": 0.0}
+    peak: dict[str, Any] = {"pss": 0.0, "rss": 0.0, "groups": {}, "group_peaks": {}}
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env)
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            pss, rss = tree_memory(proc.pid)
-            peak["pss"], peak["rss"] = max(peak["pss"], pss), max(peak["rss"], rss)
+            pss, rss, groups = tree_memory(proc.pid)
+            if pss > peak["pss"]:
+                peak["pss"], peak["groups"] = pss, groups
+            peak["rss"] = max(peak["rss"], rss)
+            for name, group in groups.items():
+                peak["group_peaks"][name] = max(peak["group_peaks"].get(name, 0.0), group["pss_mib"])
             done.wait(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -116,6 +147,13 @@ def run_engine(model: Path, source: Path, out: Path, settings: dict[str, Any], e
         "rows_per_s": round(summary["rows"] / seconds, 1),
         "peak_pss_mib": round(peak["pss"], 1),
         "peak_rss_mib": round(peak["rss"], 1),
+        "peak_pss_by_group": {
+            name: {"pss_mib": round(g["pss_mib"], 1), "processes": int(g["processes"])}
+            for name, g in sorted(peak["groups"].items(), key=lambda kv: -kv[1]["pss_mib"])
+        },
+        "group_peaks_mib": {
+            name: round(v, 1) for name, v in sorted(peak["group_peaks"].items(), key=lambda kv: -kv[1])
+        },
         "scored_rows": summary["rows"],
         "parts": summary["parts"],
         "actors": summary["actors"],
@@ -259,7 +297,15 @@ def main() -> None:
             summary["two_nodes"] = {k: results["ray, two nodes"][k] for k in ("nodes", "both_nodes_scored")}
 
     rows = [{"system": name, "rows_in": n_rows, **r} for name, r in results.items()]
-    print_table([{k: v for k, v in r.items() if k not in ("actors", "nodes")} for r in rows], "hrlm batch")
+    nested = ("actors", "nodes", "peak_pss_by_group", "group_peaks_mib")
+    print_table([{k: v for k, v in r.items() if k not in nested} for r in rows], "hrlm batch")
+    groups = [
+        {"system": r["system"], "process": name, "processes_at_peak": g["processes"], "pss_at_peak_mib": g["pss_mib"]}
+        | {"own_peak_mib": r["group_peaks_mib"].get(name)}
+        for r in rows
+        for name, g in r["peak_pss_by_group"].items()
+    ]
+    print_table(groups, "memory by kind of process")
     variant = args.variant or (
         "-".join(
             p for p in (f"limit{args.limit}" if args.limit else "", f"x{args.repeat}" if args.repeat > 1 else "") if p

@@ -109,6 +109,8 @@ def killed_run(args: argparse.Namespace, data: Path, out: Path, config: Path, sp
     cmd = [sys.executable, "-m", "hrlm.cli", "tune", str(data), "--trials", str(args.trials), "--out", str(out)]
     cmd += ["--config", str(config), "--space", str(space), "--heartbeat", str(args.heartbeat), "--quiet"]
     cmd += ["--validation", "holdout"]
+    if args.ensemble:  # the trials finished before the kill keep their models for the ensemble
+        cmd += ["--ensemble", str(args.ensemble)]
     child = subprocess.Popen(cmd, cwd=PROJECT, start_new_session=True)
     try:
         if args.kill_when_finished:

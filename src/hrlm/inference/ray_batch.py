@@ -259,9 +259,6 @@ def run_ray(
         actors, threads = plan_actors(int(resources.get("CPU", 1)), gpus, cfg.actors, cfg.threads)
         saved_block_size = context.target_max_block_size
         saved_limits = context.execution_options.resource_limits
-        context.execution_options.resource_limits = saved_limits.min(
-            ray.data.ExecutionResources.for_limits(object_store_memory=object_store_budget(actors))
-        )
         tally: Any = ray.remote(num_cpus=0)(Tally).remote()
         scorer_args = {
             "model": str(model.resolve()),
@@ -271,9 +268,13 @@ def run_ray(
             "tally": tally,
         }
         try:
+            context.execution_options.resource_limits = saved_limits.min(
+                ray.data.ExecutionResources.for_limits(object_store_memory=object_store_budget(actors))
+            )
             for shard in todo:
                 # A shard is read as one block unless it is split, and one actor would then score all of it.
-                # Blocks of a quarter of each actor's share of the file spread it over the pool, streaming.
+                # Blocks of a quarter of each actor's share of the file (at most MAX_BLOCK_BYTES) spread it
+                # over the pool, streaming.
                 context.target_max_block_size = block_bytes(shard, actors, saved_block_size)
                 scored = read_shard(shard).map_batches(
                     Scorer,
