@@ -15,10 +15,10 @@ Ray starts on this machine's cores and stops at the end; with it, the run joins 
 OUTPUT must then be a folder that every node sees (a shared file system): each node writes the
 files of the blocks it scored.
 
-Memory stays flat whatever the input's size: blocks are at most :data:`MAX_BLOCK_BYTES` (Ray's default
-grows them with the file, up to 128 MiB), and the pipeline may hold at most
-:data:`BLOCKS_IN_FLIGHT_PER_ACTOR` blocks per actor in the object store (Ray's default budget is a
-share of the whole store, so reads run ahead of slow scoring until the input is buffered).
+What a shard's pipeline holds in the object store does not grow with the input: blocks are at most
+:data:`MAX_BLOCK_BYTES` (Ray's default grows them with the file, up to 128 MiB), and the pipeline may
+hold at most :data:`BLOCKS_IN_FLIGHT_PER_ACTOR` blocks per actor there (Ray's default budget is a share
+of the whole store, so reads run ahead of slow scoring until the input is buffered).
 """
 
 from __future__ import annotations
