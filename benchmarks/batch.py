@@ -102,10 +102,11 @@ def tree_memory(pid: int) -> tuple[float, float, dict[str, dict[str, float]]]:
             info = proc.memory_full_info()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        pss += getattr(info, "pss", info.rss)
+        own = getattr(info, "pss", info.rss)
+        pss += own
         rss += info.rss
         group = groups.setdefault(process_group(proc, pid), {"pss_mib": 0.0, "processes": 0})
-        group["pss_mib"] += getattr(info, "pss", info.rss) / 2**20
+        group["pss_mib"] += own / 2**20
         group["processes"] += 1
     return pss / 2**20, rss / 2**20, groups
 
