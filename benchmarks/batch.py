@@ -13,7 +13,9 @@ larger input is one longer stream. Each engine runs ``hrlm.inference.run_batch``
 subprocess (the same work as ``hrlm batch``); a sampler adds up the memory of that process and of
 every process under it, Ray's GCS, raylet and workers included, every 0.2 s: the peak of the sum of
 the proportional set sizes (PSS: a page shared by n processes counts 1/n in each, so the sum is the
-memory the tree holds) and of the resident set sizes (RSS, which counts shared pages once per process).
+memory the tree holds) and of the resident set sizes (RSS, which counts shared pages once per process),
+read from ``/proc/PID/smaps_rollup``; per kind of process, also the heap and the shared memory (Ray's object
+store, mapped into the workers that read it) within its PSS, and the tree's PSS every 15 s (a timeline).
 
 Reported per engine: seconds (Ray's start and the actors' model loading included), rows/s, peak
 PSS and RSS; Ray's overhead, ``ray seconds / local seconds - 1``; whether the two engines' outputs
@@ -30,6 +32,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -68,9 +71,9 @@ def write_input(data: Path, folder: Path, limit: int | None, repeat: int) -> tup
 
 
 def process_group(proc: Any, root: int) -> str:
-    """What a process of the tree is: ``driver`` (the run itself), a Ray worker by its title
-    (``ray::MapWorker(MapBatches(Scorer))``, ``ray::IDLE``), or a program by its name (``raylet``,
-    ``gcs_server``, ``log_monitor.py``)."""
+    """What a process of the tree is: ``driver`` (the run itself), a Ray worker by its title without the
+    method it runs now (``ray::MapWorker(MapBatches(Scorer))`` for ``...(Scorer)).submit``, ``ray::IDLE``),
+    or a program by its name (``raylet``, ``gcs_server``, ``log_monitor.py``)."""
     if proc.pid == root:
         return "driver"
     try:
@@ -80,14 +83,46 @@ def process_group(proc: Any, root: int) -> str:
         return "other"
     first = cmdline[0] if cmdline else name
     if first.startswith("ray::"):
-        return first.split()[0]
+        return worker_title(first.split()[0])
     scripts = [Path(a).name for a in cmdline[1:3] if a.endswith(".py")]
     return scripts[0] if scripts else Path(first).name or name
 
 
+def worker_title(title: str) -> str:
+    """A Ray worker's title without the method it runs and the count of a fused read.
+
+    Example:
+        >>> worker_title("ray::MapWorker(MapBatches(Scorer)).submit"), worker_title("ray::Tally.add")
+        ('ray::MapWorker(MapBatches(Scorer))', 'ray::Tally')
+        >>> worker_title("ray::ReadCSV->SplitBlocks(3)")
+        'ray::ReadCSV->SplitBlocks'
+    """
+    title = title[: title.rindex(")") + 1] if ")" in title else title.split(".")[0]
+    return re.sub(r"\(\d+\)$", "", title)
+
+
+# what /proc/PID/smaps_rollup says of a process, in kB: the PSS, and its anonymous (heap), shared-memory
+# (Ray's object store, mapped into every worker that reads it) and file-backed (libraries) parts
+ROLLUP_FIELDS = {"Rss": "rss", "Pss": "pss", "Pss_Anon": "anon", "Pss_Shmem": "shmem", "Pss_File": "file"}
+
+
+def rollup(pid: int) -> dict[str, float] | None:
+    """A process's memory in MiB from ``/proc/PID/smaps_rollup``; ``None`` when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ROLLUP_FIELDS:
+            out[ROLLUP_FIELDS[key]] = int(rest.split()[0]) / 1024
+    return out if "pss" in out else None
+
+
 def tree_memory(pid: int) -> tuple[float, float, dict[str, dict[str, float]]]:
-    """PSS and RSS, in MiB, of a process and every process under it (0 for those gone meanwhile), and the
-    PSS and count of processes of each :func:`process_group`."""
+    """PSS and RSS, in MiB, of a process and every process under it (0 for those gone meanwhile), and for
+    each :func:`process_group` its PSS, the anonymous and shared-memory parts of it, and its process count."""
     import psutil
 
     try:
@@ -95,20 +130,26 @@ def tree_memory(pid: int) -> tuple[float, float, dict[str, dict[str, float]]]:
         procs = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         return 0.0, 0.0, {}
-    pss = rss = 0
+    pss = rss = 0.0
     groups: dict[str, dict[str, float]] = {}
     for proc in procs:
-        try:
-            info = proc.memory_full_info()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+        mem = rollup(proc.pid)
+        if mem is None:
             continue
-        own = getattr(info, "pss", info.rss)
-        pss += own
-        rss += info.rss
-        group = groups.setdefault(process_group(proc, pid), {"pss_mib": 0.0, "processes": 0})
-        group["pss_mib"] += own / 2**20
+        pss += mem["pss"]
+        rss += mem.get("rss", 0.0)
+        group = groups.setdefault(
+            process_group(proc, pid), {"pss_mib": 0.0, "anon_mib": 0.0, "shmem_mib": 0.0, "processes": 0}
+        )
+        group["pss_mib"] += mem["pss"]
+        group["anon_mib"] += mem.get("anon", 0.0)
+        group["shmem_mib"] += mem.get("shmem", 0.0)
         group["processes"] += 1
-    return pss / 2**20, rss / 2**20, groups
+    return pss, rss, groups
+
+
+# seconds between two points of a run's memory timeline ([seconds, PSS MiB] pairs in the results)
+TIMELINE_EVERY_S = 15.0
 
 
 def run_engine(model: Path, source: Path, out: Path, settings: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
@@ -119,7 +160,7 @@ def run_engine(model: Path, source: Path, out: Path, settings: dict[str, Any], e
     """
     summary_path = out.parent / f"{out.name}.summary.json"
     cmd = [sys.executable, "-c", RUN, str(model), str(source), str(out), json.dumps(settings), str(summary_path)]
-    peak: dict[str, Any] = {"pss": 0.0, "rss": 0.0, "groups": {}, "group_peaks": {}}
+    peak: dict[str, Any] = {"pss": 0.0, "rss": 0.0, "groups": {}, "group_peaks": {}, "timeline": []}
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env)
     done = threading.Event()
@@ -127,6 +168,9 @@ def run_engine(model: Path, source: Path, out: Path, settings: dict[str, Any], e
     def sample() -> None:
         while not done.is_set():
             pss, rss, groups = tree_memory(proc.pid)
+            elapsed = time.perf_counter() - start
+            if not peak["timeline"] or elapsed - peak["timeline"][-1][0] >= TIMELINE_EVERY_S:
+                peak["timeline"].append([round(elapsed, 1), round(pss, 1)])
             if pss > peak["pss"]:
                 peak["pss"], peak["groups"] = pss, groups
             peak["rss"] = max(peak["rss"], rss)
@@ -149,12 +193,13 @@ def run_engine(model: Path, source: Path, out: Path, settings: dict[str, Any], e
         "peak_pss_mib": round(peak["pss"], 1),
         "peak_rss_mib": round(peak["rss"], 1),
         "peak_pss_by_group": {
-            name: {"pss_mib": round(g["pss_mib"], 1), "processes": int(g["processes"])}
+            name: {k: round(v, 1) for k, v in g.items() if k != "processes"} | {"processes": int(g["processes"])}
             for name, g in sorted(peak["groups"].items(), key=lambda kv: -kv[1]["pss_mib"])
         },
         "group_peaks_mib": {
             name: round(v, 1) for name, v in sorted(peak["group_peaks"].items(), key=lambda kv: -kv[1])
         },
+        "pss_timeline_mib": peak["timeline"],
         "scored_rows": summary["rows"],
         "parts": summary["parts"],
         "actors": summary["actors"],
@@ -298,10 +343,11 @@ def main() -> None:
             summary["two_nodes"] = {k: results["ray, two nodes"][k] for k in ("nodes", "both_nodes_scored")}
 
     rows = [{"system": name, "rows_in": n_rows, **r} for name, r in results.items()]
-    nested = ("actors", "nodes", "peak_pss_by_group", "group_peaks_mib")
+    nested = ("actors", "nodes", "peak_pss_by_group", "group_peaks_mib", "pss_timeline_mib")
     print_table([{k: v for k, v in r.items() if k not in nested} for r in rows], "hrlm batch")
     groups = [
         {"system": r["system"], "process": name, "processes_at_peak": g["processes"], "pss_at_peak_mib": g["pss_mib"]}
+        | {"of_it_heap_mib": g["anon_mib"], "of_it_shared_mib": g["shmem_mib"]}
         | {"own_peak_mib": r["group_peaks_mib"].get(name)}
         for r in rows
         for name, g in r["peak_pss_by_group"].items()
@@ -333,6 +379,9 @@ def main() -> None:
             "seconds include starting Ray and loading the model in every actor; peak memory is that of the "
             "whole process tree (Ray's GCS, raylet and workers included), PSS summed",
             "ray, two nodes: the nodes are started apart from the scoring process, so its memory is the driver's only",
+            "peak_pss_by_group: what each kind of process held when the tree peaked; anon_mib (heap) and shmem_mib "
+            "(shared memory: Ray's object store mapped into the process) are parts of its pss_mib; "
+            f"pss_timeline_mib: [seconds, the tree's PSS in MiB] every {TIMELINE_EVERY_S:.0f} s",
         ],
     }
     path = write_result(name, payload, args=args)

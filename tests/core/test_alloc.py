@@ -49,3 +49,39 @@ def test_on_glibc_large_blocks_still_allocate_in_every_thread(fresh: None) -> No
     thread.start()
     thread.join()
     assert sums == [1e8] * 3
+
+
+TRIM = """
+import ctypes, sys
+from hrlm import _alloc
+
+def anon_mib():
+    with open("/proc/self/smaps_rollup") as fh:
+        return next(int(l.split()[1]) for l in fh if l.startswith("Anonymous:")) / 1024
+
+assert _alloc.keep_freed_memory() == "tuned"
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+before = anon_mib()
+blocks = [libc.malloc(2**20) for _ in range(300)]  # 300 MiB on the heap: no mmap once tuned
+for b in blocks:
+    ctypes.memset(b, 1, 2**20)
+for b in reversed(blocks):
+    libc.free(b)
+kept = anon_mib() - before
+assert _alloc.release_freed_memory() is True
+print(round(kept), round(anon_mib() - before))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps_rollup"), reason="reads Linux's /proc/self/smaps_rollup")
+def test_freed_memory_is_kept_until_released() -> None:
+    import subprocess
+
+    own = ("LD_PRELOAD", "HRLM_ALLOCATOR")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in own}
+    out = subprocess.run([sys.executable, "-c", TRIM], env=env, capture_output=True, text=True, check=True).stdout
+    kept, after = map(int, out.split())
+    assert kept >= 250, f"the tuned heap gave back freed blocks by itself ({kept} MiB kept of 300)"
+    assert after <= 50, f"release_freed_memory left {after} MiB of the 300 freed"

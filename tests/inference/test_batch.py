@@ -332,3 +332,19 @@ def test_plan_actors_divides_the_cores() -> None:
     assert plan_actors(16, 2, None, None) == (2, 8)
     with pytest.raises(ConfigError, match="a GPU each"):
         plan_actors(16, 2, 3, None)
+
+
+def test_the_row_counter_of_ray_runs_imports_nothing_heavy() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, hrlm._tally; print(sorted({'torch', 'pandas', 'numpy', 'transformers'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"a worker that only counts rows would import {out.strip()}"
+
+
+def test_reads_and_writes_at_once_do_not_grow_with_the_input() -> None:
+    from hrlm.inference.ray_batch import io_tasks
+
+    assert io_tasks(1) == io_tasks(2) == 2
+    assert io_tasks(16) == 16

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from hrlm._fs import write_json
 from hrlm.errors import ConfigError
 from hrlm.inference import unpadded
-from hrlm.inference.backends import Backend, TorchBackend, cache_dir
+from hrlm.inference.backends import Backend, TorchBackend, cache_dir, cpu_flags
 
 log = logging.getLogger("hrlm")
 
@@ -102,18 +102,13 @@ def physical_cores(cpus: Sequence[int] | None = None) -> int:
 
 def machine() -> dict[str, Any]:
     """What the measurements depend on: CPU model and instruction sets, cores, torch, GPU."""
-    model = platform.processor() or "unknown"
-    flags: set[str] = set()
-    for line in _cpuinfo():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-        elif line.startswith("flags") and not flags:
-            flags = set(line.split(":", 1)[1].split())
+    names = [line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")]
+    model = names[0] if names else platform.processor() or "unknown"
     cpus = sorted(os.sched_getaffinity(0))
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "cpu": model,
-        "flags": sorted(flags & set(FLAGS)),
+        "flags": sorted(cpu_flags() & set(FLAGS)),
         "cores": len(cpus),
         "physical_cores": physical_cores(cpus),
         "torch": torch.__version__.split("+")[0],

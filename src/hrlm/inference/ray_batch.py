@@ -18,7 +18,10 @@ files of the blocks it scored.
 What a shard's pipeline holds in the object store does not grow with the input: blocks are at most
 :data:`MAX_BLOCK_BYTES` (Ray's default grows them with the file, up to 128 MiB), and the pipeline may
 hold at most :data:`BLOCKS_IN_FLIGHT_PER_ACTOR` blocks per actor there (Ray's default budget is a share
-of the whole store, so reads run ahead of slow scoring until the input is buffered).
+of the whole store, so reads run ahead of slow scoring until the input is buffered). Neither does the
+rest: writes run at most :func:`io_tasks` at once (each in a worker process that stays),
+every actor hands back the memory a batch freed (:func:`release_batch_memory`), and the row counter
+(:class:`hrlm._tally.Tally`) lives in a module that imports nothing, so its worker stays small.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from typing import Any
 
 import pandas as pd
 
+from hrlm._alloc import release_freed_memory
 from hrlm._extras import needs_extras
+from hrlm._tally import Tally
 from hrlm.config import BatchConfig
 from hrlm.errors import ConfigError
 from hrlm.inference.batch import (
@@ -103,21 +108,21 @@ class Scorer:
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         scored = score_frame(self.predictor, batch, self.text_col)
         self.tally.add.remote(*self.where, len(batch))
+        release_batch_memory()
         return scored
 
 
-class Tally:
-    """A Ray actor that counts the rows each scoring actor did, and on which node."""
+def release_batch_memory() -> None:
+    """Hand back what a scored batch freed: the heap's free pages and Arrow's pool's unused memory.
 
-    def __init__(self) -> None:
-        self.actors: dict[str, dict[str, Any]] = {}
+    The Predictor keeps freed blocks for speed (:mod:`hrlm._alloc`); an actor that scores block after
+    block of varying lengths then keeps every fragment it ever freed, and its memory grows with the
+    length of the run. A batch takes seconds; giving its memory back takes milliseconds.
+    """
+    import pyarrow as pa
 
-    def add(self, actor_id: str, node_id: str, ip: str, rows: int) -> None:
-        entry = self.actors.setdefault(actor_id, {"actor_id": actor_id, "node_id": node_id, "ip": ip, "rows": 0})
-        entry["rows"] += rows
-
-    def report(self) -> list[dict[str, Any]]:
-        return sorted(self.actors.values(), key=lambda a: (a["node_id"], a["actor_id"]))
+    release_freed_memory()
+    pa.default_memory_pool().release_unused()
 
 
 def connect(address: str | None) -> bool:
@@ -142,7 +147,7 @@ def connect(address: str | None) -> bool:
 
 
 def read_shard(shard: Path) -> Any:
-    """A Ray Dataset of one shard; CSV columns are read as strings, as the local engine reads them."""
+    """A Ray Dataset of one shard (one read task); CSV columns are read as strings, as the local engine reads them."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import ray.data
@@ -183,6 +188,20 @@ def block_bytes(shard: Path, actors: int, largest: int | None) -> int:
     return int(min(top, max(2**20, size // (4 * actors))))
 
 
+def io_tasks(actors: int) -> int:
+    """Write tasks of one shard that may run at once: as many as actors, at least two.
+
+    Writes take no CPU (``num_cpus=0``), so Ray would start as many at once as there are scored blocks
+    ready, each in a worker process that stays as an idle worker afterwards: their number, and the
+    memory of those workers, would grow with the input. (A shard is read by one task.)
+
+    Example:
+        >>> io_tasks(1), io_tasks(8)
+        (2, 8)
+    """
+    return max(2, actors)
+
+
 def object_store_budget(actors: int) -> int:
     """Bytes of the object store one shard's pipeline may hold: a fixed number of largest blocks per actor.
 
@@ -193,16 +212,22 @@ def object_store_budget(actors: int) -> int:
     return BLOCKS_IN_FLIGHT_PER_ACTOR * MAX_BLOCK_BYTES * max(1, actors)
 
 
-def _write_shard(scored: Any, key: str, out: Path, fmt: str, manifest: Manifest, summary: BatchSummary) -> None:
-    """Write one shard's scored dataset into a temporary folder, rename its files into place, record it."""
+def _write_shard(
+    scored: Any, key: str, out: Path, fmt: str, manifest: Manifest, summary: BatchSummary, tasks: int | None = None
+) -> None:
+    """Write one shard's scored dataset into a temporary folder, rename its files into place, record it.
+
+    ``tasks`` bounds the write tasks that run at once (each holds a worker process of its own).
+    """
     remove_parts(out, key)  # parts of a killed run that the manifest does not vouch for
     # a name that hrlm.batch.remove_dead_temporaries removes once this process is gone
     tmp = out / f".{key}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
     try:
-        if fmt == "csv":
-            scored.write_csv(str(tmp.resolve()), ray_remote_args={"num_cpus": 0})
-        else:
-            scored.write_parquet(str(tmp.resolve()), ray_remote_args={"num_cpus": 0})
+        with warnings.catch_warnings():
+            # a shard of fewer blocks than ``tasks`` makes Ray Data say that the limit is not reached
+            warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks", category=UserWarning)
+            write = scored.write_csv if fmt == "csv" else scored.write_parquet
+            write(str(tmp.resolve()), ray_remote_args={"num_cpus": 0}, concurrency=tasks)
         files = sorted(p for p in tmp.iterdir() if p.suffix == OUTPUT_SUFFIX[fmt] and not p.name.startswith("."))
         rows = _rows_of(files, fmt)
         for index, path in enumerate(files):
@@ -285,7 +310,8 @@ def run_ray(
                     num_cpus=threads,
                     num_gpus=1 if gpus else None,
                 )
-                _write_shard(scored, shard_key(shard, input), out, cfg.format, manifest, summary)
+                key = shard_key(shard, input)
+                _write_shard(scored, key, out, cfg.format, manifest, summary, io_tasks(actors))
         finally:
             context.target_max_block_size = saved_block_size
             context.execution_options.resource_limits = saved_limits
