@@ -343,7 +343,7 @@ def test_the_row_counter_of_ray_runs_imports_nothing_heavy() -> None:
     assert out.strip() == "[]", f"a worker that only counts rows would import {out.strip()}"
 
 
-def test_reads_and_writes_at_once_do_not_grow_with_the_input() -> None:
+def test_writes_at_once_follow_the_actors_not_the_input() -> None:
     from hrlm.inference.ray_batch import io_tasks
 
     assert io_tasks(1) == io_tasks(2) == 2
