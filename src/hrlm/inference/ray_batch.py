@@ -116,8 +116,8 @@ def release_batch_memory() -> None:
     """Hand back what a scored batch freed: the heap's free pages and Arrow's pool's unused memory.
 
     The Predictor keeps freed blocks for speed (:mod:`hrlm._alloc`); an actor that scores block after
-    block of varying lengths then keeps every fragment it ever freed, and its memory grows with the
-    length of the run. A batch takes seconds; giving its memory back takes milliseconds.
+    block of varying lengths would keep what it freed, and fragments of many shapes can add up over a
+    long run. A batch takes seconds; giving its memory back takes milliseconds.
     """
     import pyarrow as pa
 
