@@ -101,9 +101,9 @@ def worker_title(title: str) -> str:
     return re.sub(r"\(\d+\)$", "", title)
 
 
-# what /proc/PID/smaps_rollup says of a process, in kB: the PSS, and its anonymous (heap), shared-memory
-# (Ray's object store, mapped into every worker that reads it) and file-backed (libraries) parts
-ROLLUP_FIELDS = {"Rss": "rss", "Pss": "pss", "Pss_Anon": "anon", "Pss_Shmem": "shmem", "Pss_File": "file"}
+# what /proc/PID/smaps_rollup says of a process, in kB: RSS, PSS, and the anonymous (heap) and shared-memory
+# (Ray's object store, mapped into every worker that reads it) parts of the PSS
+ROLLUP_FIELDS = {"Rss": "rss", "Pss": "pss", "Pss_Anon": "anon", "Pss_Shmem": "shmem"}
 
 
 def rollup(pid: int) -> dict[str, float] | None:

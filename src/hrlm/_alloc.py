@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import threading
@@ -35,7 +36,6 @@ M_MMAP_MAX = -4
 
 _lock = threading.Lock()
 _state: dict[str, str] = {}
-_handles: dict[str, ctypes.CDLL | None] = {}
 
 
 def keep_freed_memory() -> str:
@@ -57,17 +57,11 @@ def _tune() -> str:
     preload = os.environ.get("LD_PRELOAD", "")
     if "jemalloc" in preload or "tcmalloc" in preload or any(k.startswith("MALLOC_") for k in os.environ):
         return "left alone"
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
-        libc.gnu_get_libc_version  # noqa: B018 - only glibc has it; musl's mallopt does nothing
-    except (OSError, AttributeError):
+    libc = _libc()
+    if libc is None:
         return "unavailable"
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
     # mallopt returns 1 on success; trim threshold at INT_MAX: the heap is never given back.
-    ok = mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    ok = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
     return "tuned" if ok else "unavailable"
 
 
@@ -84,15 +78,17 @@ def release_freed_memory() -> bool:
     return True
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
-    with _lock:
-        if "libc" not in _handles:
-            try:
-                lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-                lib.gnu_get_libc_version  # noqa: B018 - glibc only
-                lib.malloc_trim.argtypes = [ctypes.c_size_t]
-                lib.malloc_trim.restype = ctypes.c_int
-            except (OSError, AttributeError):
-                lib = None
-            _handles["libc"] = lib
-        return _handles["libc"]
+    """glibc, its ``mallopt`` and ``malloc_trim`` typed; ``None`` where the C library is not glibc (musl's
+    ``mallopt`` does nothing)."""
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        lib.gnu_get_libc_version  # noqa: B018 - only glibc has it
+        lib.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        lib.mallopt.restype = ctypes.c_int
+        lib.malloc_trim.argtypes = [ctypes.c_size_t]
+        lib.malloc_trim.restype = ctypes.c_int
+    except (OSError, AttributeError):
+        return None
+    return lib
