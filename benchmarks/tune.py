@@ -1,8 +1,8 @@
 """``hrlm tune`` on O*NET tasks (suggested split) against the default settings on the same split.
 
 Runs a study (TPE + Hyperband, stored in SQLite) on the training split, chooses on the validation
-split, trains the best settings once more and measures them on test, beside the default settings
-trained on the same split (``--baseline``) and, with ``--ensemble K``, the K best trials combined.
+split and measures the best trial's model once on test, beside the default settings trained on the
+same split (``--baseline``) and, with ``--ensemble K``, the K best trials combined.
 Records every trial (settings, validation score, seconds, state) and the pruned share.
 
 ``--kill-after S`` shows resuming: the study first runs as ``hrlm tune`` in a child process that is
@@ -252,6 +252,7 @@ def main() -> None:
         "run_seconds": round(seconds, 1),
         "best_trial": result.best_number,
         "best_settings": result.best_settings,
+        "study_notes": result.notes,  # how the best trial's model was measured, and what the study noticed
     }
     if resume is not None:
         now = {t["number"]: t for t in result.trials}

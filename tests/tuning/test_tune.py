@@ -268,8 +268,14 @@ def test_trials_never_see_the_test_split(
         seen.append(("trial", set(train.texts)))
         return real_cv(cfg, train, **kw)
 
+    def spy_remeasure(source: Path, splits: dict[str, Any], out: Path, **kw: Any) -> Any:
+        seen.append(("final", {t for part in splits.values() for t in part.texts}))
+        return real_remeasure(source, splits, out, **kw)
+
+    real_remeasure = search.remeasure
     monkeypatch.setattr(search, "fit", spy_fit)
     monkeypatch.setattr(search, "cross_validate", spy_cv)
+    monkeypatch.setattr(search, "remeasure", spy_remeasure)
     cfg = _cfg(tiny_bert, cv_folds=2)
     result = tune(tickets_csv, tmp_path / "t", cfg, space=space_toml, trials=2, validation=validation, progress=False)
     test_texts = set(
@@ -279,6 +285,44 @@ def test_trials_never_see_the_test_split(
     assert len(trials) == 2 and result.validation == validation
     assert all(not texts & test_texts for texts in trials)
     assert [who for who, _ in seen].count("final") == 1 and test_texts <= seen[-1][1]  # the final model, once
+    # on holdout the best trial's own model is measured; cross-validated trials leave none to measure
+    assert ("not trained again" in " ".join(result.notes)) == (validation == "holdout")
+
+
+def test_the_best_trials_own_model_is_measured_on_test_not_trained_again(
+    tickets_csv: Path, tiny_bert: Path, space_toml: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hrlm.tuning.search as search
+
+    calls: list[str] = []
+    real_fit = search.fit
+
+    def spy_fit(cfg: TrainConfig, splits: dict[str, Any], out: Any = None, **kw: Any) -> Any:
+        calls.append("trial" if kw.get("on_eval") is not None else "again")
+        return real_fit(cfg, splits, out, **kw)
+
+    monkeypatch.setattr(search, "fit", spy_fit)
+    out = tmp_path / "t"
+    result = _tune(tickets_csv, tiny_bert, out, space_toml, trials=2)
+    assert calls == ["trial", "trial"]  # two trials; the final model is not a third training
+    kept = out / "trials" / str(result.best_number)
+    assert [p.name for p in (out / "trials").iterdir()] == [kept.name]  # without --ensemble, the best only
+    model = out / "model"
+    assert (model / "model.safetensors").read_bytes() == (kept / "model.safetensors").read_bytes()
+    meta = json.loads((model / "hrlm.json").read_text())
+    assert meta["metrics"]["split"] == "test" and meta["metrics"]["macro_f1"] == result.test_metrics["macro_f1"]
+    assert meta["extra"]["splits"]["test"] == result.test_metrics["n"]
+    trial_report = json.loads((kept / "report" / "metrics.json").read_text())
+    final_report = json.loads((model / "report" / "metrics.json").read_text())
+    assert final_report["history"] == trial_report["history"] and len(final_report["history"]) >= 1
+    assert final_report["macro_f1"] == result.test_metrics["macro_f1"]
+    assert "Measured on the test split" in (model / "README.md").read_text()
+
+    # a kept folder of other settings (the study resumed with another --config) is not taken for the best
+    changed = _cfg(tiny_bert, max_grad_norm=0.5)  # not a searched setting
+    calls.clear()
+    tune(tickets_csv, out, changed, space=space_toml, trials=2, validation="holdout", progress=False)
+    assert calls == ["again"]
 
 
 def test_small_data_is_cross_validated(tickets_csv: Path, tiny_bert: Path, space_toml: Path, tmp_path: Path) -> None:

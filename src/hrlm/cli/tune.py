@@ -89,7 +89,8 @@ def tune(
 ) -> None:
     """Search training settings with Optuna (TPE, Hyperband pruning), then train and test the best.
 
-    Trials are chosen on validation (on small data, by cross-validation of train); only OUT/model sees test.
+    Trials are chosen on validation (on small data, by cross-validation of train); only OUT/model, the best
+    trial's model (trained again where this process did not keep it), sees test.
 
     OUT/best.toml is a \\[train] table for `hrlm train --config`; OUT/report/report.html shows the search.
 

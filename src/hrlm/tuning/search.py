@@ -43,7 +43,8 @@ from hrlm.config import TrainConfig
 from hrlm.data import Dataset, check_label_counts, split_dataset
 from hrlm.encoders import resolve_base
 from hrlm.errors import ConfigError, HrlmError
-from hrlm.training import cross_validate, fit, load_training_data
+from hrlm.training import TrainResult, cross_validate, fit, load_training_data
+from hrlm.training.remeasure import remeasure, same_settings
 from hrlm.tuning.report import param_importances, write_tuning_report
 from hrlm.tuning.space import Param, load_space, max_epochs, suggest
 from hrlm.tuning.storage import open_study, quiet_optuna, shown_url, storage_url
@@ -156,8 +157,9 @@ def tune_splits(
         cfg: the settings every trial starts from; the space's draws replace the searched ones.
             ``method = "auto"`` becomes ``finetune`` (give ``setfit`` to tune SetFit instead).
         splits: ``train``, ``validation`` and ``test`` (from :func:`hrlm.data.split_dataset`).
-        out: folder of ``study.db`` (by default), ``best.toml``, ``trials.csv``/``.json``, ``model/``,
-            ``report/``, and with ``ensemble`` ``trials/<number>/`` and ``ensemble/``.
+        out: folder of ``study.db`` (by default), ``best.toml``, ``trials.csv``/``.json``, ``model/``
+            (the best trial's model, measured on test), ``report/``, ``trials/<number>/`` (on holdout
+            validation, the best trial's model: the K best with ``ensemble``) and ``ensemble/``.
         space: the search space, or a ``--space`` TOML file of it (default
             :func:`hrlm.tuning.space.default_space`, ``freeze_layers`` bounded by the encoder's layers).
         trials: finished (complete or pruned) trials the study should hold; only the missing ones run.
@@ -201,14 +203,15 @@ def tune_splits(
         before = {t.number for t in the_study.get_trials(deepcopy=False)}
         seed = sampler_seed if sampler_seed is not None else cfg.seed + len(before)
         the_study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(3, trials // 3)))
-        keep = out / "trials" if ensemble else None
+        # the best trial's model (with ensemble the K best) is kept: it is the one measured on test
+        keep = out / "trials" if mode == "holdout" else None
         objective = _Objective(cfg, space, train, val, mode, keep)
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         missing = trials - len(the_study.get_trials(deepcopy=False, states=finished))
         show = on_trial or (_print_trial if progress else None)
         callbacks: list[Any] = [optuna.study.MaxTrialsCallback(trials, states=finished)]
         if keep is not None:
-            callbacks.append(_KeepBest(keep, ensemble))
+            callbacks.append(_KeepBest(keep, max(ensemble, 1)))
         if show is not None:
             callbacks.append(lambda s, t: show(trial_rows([t], cfg.metric)[0]))
         if missing > 0:
@@ -236,8 +239,7 @@ def tune_splits(
     write_best_toml(
         out / "best.toml", best_cfg, note=f"study {study!r}, trial {best.number}, {cfg.metric} {best.value}"
     )
-    with _log_warnings_only():
-        final = fit(best_cfg, dict(splits), out / "model", overwrite=True, progress=progress)
+    final = _final_model(best, best_cfg, splits, out, notes, progress)
     test_metrics = {k: final.metrics.get(k) for k in ("n", *SUMMARY)} | {"split": final.evaluated_on}
     result = TuneResult(
         out=out,
@@ -264,6 +266,30 @@ def tune_splits(
             result.notes.append(f"--ensemble {ensemble}: only {len(complete)} trials completed; all of them were used.")
     write_tuning_report(out / "report", all_trials, importances, result)
     return result
+
+
+def _final_model(
+    best: Any, cfg: TrainConfig, splits: Mapping[str, Dataset], out: Path, notes: list[str], progress: bool
+) -> TrainResult:
+    """The best trial's model measured on test, in ``out/model``: the trial's own folder where this process
+    kept it (same settings), else trained again (its folder is on another worker, or trials were cross-validated)."""
+    kept = out / "trials" / str(best.number)
+    test = splits.get("test")
+    with _log_warnings_only():
+        if test is not None and len(test) > 0 and same_settings(kept, cfg.to_dict()):
+            notes.append(f"the model of trial {best.number} was measured on test, not trained again.")
+            return remeasure(kept, dict(splits), out / "model", overwrite=True, threads=cfg.threads, progress=progress)
+        why = (
+            "no test split"
+            if test is None or len(test) == 0
+            else (
+                f"{kept} holds a model of other settings"
+                if kept.exists()
+                else "its model is not kept here: trials were cross-validated, or another worker ran it"
+            )
+        )
+        notes.append(f"trial {best.number}'s settings were trained again ({why}).")
+        return fit(cfg, dict(splits), out / "model", overwrite=True, progress=progress)
 
 
 def _encoder_layers(cfg: TrainConfig) -> int:
