@@ -54,7 +54,8 @@ def remeasure(
     it was trained and measured in, so that its scores are the ones :func:`fit` would have reported.
 
     Raises:
-        ConfigError: ``splits`` has no test texts, or ``out`` exists and ``overwrite`` is false.
+        ConfigError: ``splits`` has no test texts.
+        HrlmError: ``out`` exists and ``overwrite`` is false (it is left as it was).
     """
     test = splits.get("test")
     if test is None or len(test) == 0:
