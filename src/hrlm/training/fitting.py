@@ -175,10 +175,7 @@ def fit(
     report_ds = {"test": test_ds, "validation": val_ds, "train": train_ds}[report_on]
     assert report_ds is not None
     metrics = evaluate_dataset(predictor, report_ds)
-    summary = ("n", "accuracy", "macro_f1", "weighted_f1", "micro_f1")
-    meta.metrics = {"split": report_on, **{k: metrics[k] for k in summary if k in metrics}}
-    if "tasks" in metrics:
-        meta.metrics["tasks"] = {t: {k: m[k] for k in summary if k in m} for t, m in metrics["tasks"].items()}
+    meta.metrics = metrics_summary(metrics, report_on)
     meta.extra = {
         "train_seconds": round(state.train_seconds, 2),
         "train_samples_per_s": round(state.samples / max(state.train_seconds, 1e-9), 3),
@@ -188,9 +185,7 @@ def fit(
         "method_reason": why,
         "device": device.type,
         "precision": precision,
-        "splits": {k: len(v) for k, v in splits.items() if v is not None},
-        # the model card's training data table: texts per label of the first task, per split
-        "label_counts": {k: dict(sorted(v.label_counts().items())) for k, v in splits.items() if v is not None},
+        **split_counts(splits),
     }
     if placements:
         meta.extra["workers"] = placements
@@ -439,6 +434,24 @@ def finetune(
         "train_seconds": round(state.train_seconds, 2),
         "history": state.history,
         "interrupted": state.interrupted,
+    }
+
+
+def metrics_summary(metrics: dict[str, Any], split: str) -> dict[str, Any]:
+    """What ``hrlm.json`` records of a report's metrics: the split and the headline figures (per task too)."""
+    keys = ("n", "accuracy", "macro_f1", "weighted_f1", "micro_f1")
+    summary: dict[str, Any] = {"split": split, **{k: metrics[k] for k in keys if k in metrics}}
+    if "tasks" in metrics:
+        summary["tasks"] = {t: {k: m[k] for k in keys if k in m} for t, m in metrics["tasks"].items()}
+    return summary
+
+
+def split_counts(splits: dict[str, Dataset]) -> dict[str, Any]:
+    """``hrlm.json``'s texts per split and, for the model card's training data table, per label and split."""
+    parts = {k: v for k, v in splits.items() if v is not None}
+    return {
+        "splits": {k: len(v) for k, v in parts.items()},
+        "label_counts": {k: dict(sorted(v.label_counts().items())) for k, v in parts.items()},
     }
 
 

@@ -21,9 +21,8 @@ from hrlm.inference import Predictor, evaluate_dataset
 from hrlm.model_card import CARD_FILE, write_model_card
 from hrlm.modeling import META_FILE, read_meta
 from hrlm.report import write_report
-from hrlm.training.fitting import TrainResult, _fingerprint
+from hrlm.training.fitting import TrainResult, _fingerprint, metrics_summary, split_counts
 
-_SUMMARY = ("n", "accuracy", "macro_f1", "weighted_f1", "micro_f1")
 # Settings that change how a run computes, not the model it makes.
 RUNTIME_SETTINGS = frozenset({"threads", "device"})
 
@@ -68,12 +67,9 @@ def remeasure(
     old_report = source / "report" / "metrics.json"
     earlier = json.loads(old_report.read_text(encoding="utf-8")) if old_report.is_file() else {}
     history = list(earlier.get("history") or [])
-    meta.metrics = {"split": "test", **{k: metrics[k] for k in _SUMMARY if k in metrics}}
-    if "tasks" in metrics:
-        meta.metrics["tasks"] = {t: {k: m[k] for k in _SUMMARY if k in m} for t, m in metrics["tasks"].items()}
+    meta.metrics = metrics_summary(metrics, "test")
     meta.data_fingerprint = _fingerprint(splits)
-    meta.extra["splits"] = {k: len(v) for k, v in splits.items() if v is not None}
-    meta.extra["label_counts"] = {k: dict(sorted(v.label_counts().items())) for k, v in splits.items() if v is not None}
+    meta.extra.update(split_counts(splits))
     meta.extra["measured_from"] = str(source)
     with atomic_dir(target, overwrite=overwrite) as tmp:
         shutil.copytree(source, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("report", CARD_FILE))
