@@ -48,12 +48,22 @@ def test_a_model_trained_without_test_measures_as_fit_with_test_would(tiny_bert:
     assert json.loads((tmp_path / "trial" / "hrlm.json").read_text())["metrics"]["split"] == "validation"
 
 
-def test_remeasure_needs_a_test_split_and_keeps_an_existing_folder(tiny_bert: Path, tmp_path: Path) -> None:
+def test_without_a_test_split_it_measures_on_validation_as_fit_reports(tiny_bert: Path, tmp_path: Path) -> None:
+    no_test = {k: v for k, v in _splits().items() if k != "test"}
+    trained = fit(_cfg(tiny_bert, epochs=1), no_test, tmp_path / "trial", progress=False)
+    result = remeasure(tmp_path / "trial", no_test, tmp_path / "final")
+    assert result.evaluated_on == trained.evaluated_on == "validation"
+    assert result.metrics["confusion_matrix"] == trained.metrics["confusion_matrix"]
+    made = json.loads((tmp_path / "final" / "hrlm.json").read_text())
+    assert made["metrics"] == json.loads((tmp_path / "trial" / "hrlm.json").read_text())["metrics"]
+    assert "validation split" in (tmp_path / "final" / "report" / "report.html").read_text()
+
+
+def test_remeasure_needs_a_split_to_measure_on_and_keeps_an_existing_folder(tiny_bert: Path, tmp_path: Path) -> None:
     splits = _splits()
-    no_test = {k: v for k, v in splits.items() if k != "test"}
-    fit(_cfg(tiny_bert, epochs=1), no_test, tmp_path / "trial", progress=False)
-    with pytest.raises(ConfigError, match="test split"):
-        remeasure(tmp_path / "trial", no_test, tmp_path / "final")
+    fit(_cfg(tiny_bert, epochs=1), {k: v for k, v in splits.items() if k != "test"}, tmp_path / "trial", progress=False)
+    with pytest.raises(ConfigError, match="test or validation split"):
+        remeasure(tmp_path / "trial", {"train": splits["train"]}, tmp_path / "final")
     (tmp_path / "final").mkdir()
     with pytest.raises(Exception, match="already exists"):
         remeasure(tmp_path / "trial", splits, tmp_path / "final")

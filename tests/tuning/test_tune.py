@@ -324,6 +324,14 @@ def test_the_best_trials_own_model_is_measured_on_test_not_trained_again(
     tune(tickets_csv, out, changed, space=space_toml, trials=2, validation="holdout", progress=False)
     assert calls == ["again"]
 
+    # without a test split the best trial's model is kept as it was measured, on validation: no retraining either
+    calls.clear()
+    no_test = tune(
+        tickets_csv, tmp_path / "n", _cfg(tiny_bert, test_size=0.0), space=space_toml, trials=1, progress=False
+    )
+    assert calls == ["trial"] and no_test.test_metrics["split"] == "validation"
+    assert "measured on validation, not trained again" in " ".join(no_test.notes)
+
 
 def test_small_data_is_cross_validated(tickets_csv: Path, tiny_bert: Path, space_toml: Path, tmp_path: Path) -> None:
     cfg = _cfg(tiny_bert, val_size=0.1, cv_folds=2)  # 12 validation texts over 3 classes: fewer than 10 a class

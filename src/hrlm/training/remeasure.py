@@ -51,23 +51,24 @@ def remeasure(
     ``splits`` are the ones the model was trained on, with the test split added: ``out`` records
     their fingerprint and sizes as a :func:`fit` on them would. The model is read with the precision
     it was trained and measured in, so that its scores are the ones :func:`fit` would have reported.
+    Without a test split it is measured on the validation split, as :func:`fit` reports then.
 
     Raises:
-        ConfigError: ``splits`` has no test texts.
+        ConfigError: ``splits`` has neither test nor validation texts.
         HrlmError: ``out`` exists and ``overwrite`` is false (it is left as it was).
     """
-    test = splits.get("test")
-    if test is None or len(test) == 0:
-        raise ConfigError("remeasure needs a test split with texts; fit reports on validation without one.")
+    split = next((name for name in ("test", "validation") if len(splits.get(name) or ()) > 0), None)
+    if split is None:
+        raise ConfigError("remeasure needs a test or validation split with texts to measure the model on.")
     source, target = Path(source), Path(out)
     meta = read_meta(source)
     precision = str(meta.extra.get("precision", "fp32"))
     predictor = Predictor.from_dir(source, backend=f"torch-{precision}", threads=threads)
-    metrics = evaluate_dataset(predictor, test, progress=progress)
+    metrics = evaluate_dataset(predictor, splits[split], progress=progress)
     old_report = source / "report" / "metrics.json"
     earlier = json.loads(old_report.read_text(encoding="utf-8")) if old_report.is_file() else {}
     history = list(earlier.get("history") or [])
-    meta.metrics = metrics_summary(metrics, "test")
+    meta.metrics = metrics_summary(metrics, split)
     meta.data_fingerprint = _fingerprint(splits)
     meta.extra.update(split_counts(splits))
     meta.extra["measured_from"] = str(source)
@@ -78,7 +79,7 @@ def remeasure(
             tmp / "report",
             metrics,
             history=history,
-            title=f"hrlm model {target.name}: test split",
+            title=f"hrlm model {target.name}: {split} split",
             settings=earlier.get("settings") or {**meta.train_config, "precision": precision},
         )
         write_model_card(tmp, name=target.name)
@@ -87,7 +88,7 @@ def remeasure(
         model_dir=target,
         metrics=metrics,
         history=history,
-        evaluated_on="test",
+        evaluated_on=split,
         best_step=int(extra.get("best_step", 0)),
         train_seconds=float(extra.get("train_seconds", 0.0)),
         train_samples_per_s=float(extra.get("train_samples_per_s", 0.0)),

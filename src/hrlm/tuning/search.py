@@ -271,22 +271,19 @@ def tune_splits(
 def _final_model(
     best: Any, cfg: TrainConfig, splits: Mapping[str, Dataset], out: Path, notes: list[str], progress: bool
 ) -> TrainResult:
-    """The best trial's model measured on test, in ``out/model``: the trial's own folder where this process
-    kept it (same settings), else trained again (its folder is on another worker, or trials were cross-validated)."""
+    """The best trial's model measured on test (validation without one), in ``out/model``: the trial's own
+    folder where this process kept it (same settings), else trained again (its folder is on another worker,
+    or trials were cross-validated)."""
     kept = out / "trials" / str(best.number)
-    test = splits.get("test")
+    on = "test" if len(splits.get("test") or ()) > 0 else "validation"
     with _log_warnings_only():
-        if test is not None and len(test) > 0 and same_settings(kept, cfg.to_dict()):
-            notes.append(f"the model of trial {best.number} was measured on test, not trained again.")
+        if same_settings(kept, cfg.to_dict()):
+            notes.append(f"the model of trial {best.number} was measured on {on}, not trained again.")
             return remeasure(kept, dict(splits), out / "model", overwrite=True, threads=cfg.threads, progress=progress)
         why = (
-            "no test split"
-            if test is None or len(test) == 0
-            else (
-                f"{kept} holds a model of other settings"
-                if kept.exists()
-                else "its model is not kept here: trials were cross-validated, or another worker ran it"
-            )
+            f"{kept} holds a model of other settings"
+            if kept.exists()
+            else "its model is not kept here: trials were cross-validated, or another worker ran it"
         )
         notes.append(f"trial {best.number}'s settings were trained again ({why}).")
         return fit(cfg, dict(splits), out / "model", overwrite=True, progress=progress)
