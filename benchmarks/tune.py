@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import PROJECT, SHARED, add_run_options, print_table, write_result
 
 ONET = SHARED / "data" / "onet_tasks" / "onet_task_statements.csv"
+FINISHED = ("COMPLETE", "PRUNED")  # trial states that a resumed study keeps
 
 
 def slice_file(
@@ -128,7 +129,7 @@ def killed_run(args: argparse.Namespace, data: Path, out: Path, config: Path, sp
     return {
         "killed_after_s": args.kill_after,
         "kill_when_finished": args.kill_when_finished,
-        "finished_before": [r for r in rows if r["state"] in ("COMPLETE", "PRUNED")],
+        "finished_before": [r for r in rows if r["state"] in FINISHED],
         "running_at_kill": [r["number"] for r in rows if r["state"] == "RUNNING"],
     }
 
@@ -138,7 +139,7 @@ def finished(out: Path) -> list[dict[str, Any]]:
     if not (out / "study.db").is_file():
         return []
     try:
-        return [r for r in json_trials(out) if r["state"] in ("COMPLETE", "PRUNED")]
+        return [r for r in json_trials(out) if r["state"] in FINISHED]
     except KeyError:  # the database exists, the study is not created yet
         return []
 
@@ -227,7 +228,7 @@ def main() -> None:
     )
     seconds = time.perf_counter() - t0
     states = [t["state"] for t in result.trials]
-    finished = [s for s in states if s in ("COMPLETE", "PRUNED")]
+    finished = [s for s in states if s in FINISHED]
     rows = [
         test_row(
             f"tuned: best of {len(finished)} trials (trial {result.best_number})",
