@@ -3,7 +3,8 @@
 Runs a study (TPE + Hyperband, stored in SQLite) on the training split, chooses on the validation
 split and measures the best trial's model once on test, beside the default settings trained on the
 same split (``--baseline``) and, with ``--ensemble K``, the K best trials combined.
-Records every trial (settings, validation score, seconds, state) and the pruned share.
+Records every trial (settings, validation score, seconds, state), the pruned share and, with
+``--ensemble``, each member alone on test (``summary.ensemble_members``).
 
 ``--kill-after S`` shows resuming: the study first runs as ``hrlm tune`` in a child process that is
 killed (SIGKILL) S seconds in (or S seconds after ``--kill-when-finished N`` trials have finished),
@@ -156,6 +157,15 @@ def json_trials(out: Path) -> list[dict[str, Any]]:
     return trial_rows(study.get_trials(), "macro_f1")
 
 
+def member_rows(ensemble: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each member of ``TuneResult.ensemble`` alone on the ensemble's test split: trial number and scores."""
+    scored = ensemble["summary"].get("members") or []
+    return [
+        {"trial": number, **{k: m.get(k) for k in ("accuracy", "macro_f1", "weighted_f1")}}
+        for number, m in zip(ensemble["members"], scored, strict=True)
+    ]
+
+
 def test_row(system: str, value: float | None, metrics: dict[str, Any], seconds: float | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {"system": system, "val_macro_f1": None if value is None else round(value, 4)}
     for key in ("accuracy", "macro_f1", "weighted_f1"):
@@ -255,6 +265,8 @@ def main() -> None:
         "best_settings": result.best_settings,
         "study_notes": result.notes,  # how the best trial's model was measured, and what the study noticed
     }
+    if result.ensemble is not None:
+        summary["ensemble_members"] = member_rows(result.ensemble)
     if resume is not None:
         now = {t["number"]: t for t in result.trials}
         kept = all(

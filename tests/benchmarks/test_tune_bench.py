@@ -47,3 +47,15 @@ def test_a_malformed_or_clashing_bound_stops_with_one_line(
 ) -> None:
     with pytest.raises(SystemExit, match=message):
         tune.write_inputs(tmp_path, args(bound=[bound]))
+
+
+def test_the_ensembles_members_are_recorded_with_their_trial_numbers(tune: ModuleType) -> None:
+    scored = [
+        {"name": "0-9", "source": "t/9", "accuracy": 0.59, "macro_f1": 0.54, "weighted_f1": 0.60},
+        {"name": "1-4", "source": "t/4", "accuracy": 0.60, "macro_f1": 0.55, "weighted_f1": 0.61},
+    ]
+    rows = tune.member_rows({"members": [9, 4], "summary": {"members": scored, "metrics": {}}})
+    assert rows == [
+        {"trial": 9, "accuracy": 0.59, "macro_f1": 0.54, "weighted_f1": 0.60},
+        {"trial": 4, "accuracy": 0.60, "macro_f1": 0.55, "weighted_f1": 0.61},
+    ]
