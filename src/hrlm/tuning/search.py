@@ -151,7 +151,7 @@ def tune_splits(
     progress: bool = True,
     on_trial: Callable[[dict[str, Any]], None] | None = None,
 ) -> TuneResult:
-    """Search settings on ``splits["train"]``/``["validation"]``, then train the best and measure it on test.
+    """Search settings on ``splits["train"]``/``["validation"]``, then measure the best trial's model on test.
 
     Args:
         cfg: the settings every trial starts from; the space's draws replace the searched ones.
