@@ -275,11 +275,11 @@ def _final_model(
     folder where this process kept it (same settings), else trained again (its folder is on another worker,
     or trials were cross-validated)."""
     kept = out / "trials" / str(best.number)
-    on = "test" if len(splits.get("test") or ()) > 0 else "validation"
     with _log_warnings_only():
         if same_settings(kept, cfg.to_dict()):
-            notes.append(f"the model of trial {best.number} was measured on {on}, not trained again.")
-            return remeasure(kept, dict(splits), out / "model", overwrite=True, threads=cfg.threads, progress=progress)
+            found = remeasure(kept, dict(splits), out / "model", overwrite=True, threads=cfg.threads, progress=progress)
+            notes.append(f"the model of trial {best.number} was measured on {found.evaluated_on}, not trained again.")
+            return found
         why = (
             f"{kept} holds a model of other settings"
             if kept.exists()
