@@ -174,6 +174,11 @@ class TrainConfig(_Settings):
         "attention path, 2.7x the step time; the encoder's on CUDA)",
     )
     class_weights: str = setting("none", "none or balanced (weights classes by inverse frequency).")
+    ema_epochs: float = setting(
+        0.0,
+        "Evaluate and keep a moving average of the weights over about this many epochs instead of the "
+        "last weights (EMA); 0 = off.",
+    )
     seed: int = setting(42, "Random seed.")
     # regularisation and schedule of evaluation
     early_stopping_patience: int = setting(2, "Evaluations without improvement before stopping; 0 = never.")
@@ -262,6 +267,7 @@ class TrainConfig(_Settings):
         if not 0 < self.lr < 1:
             raise ConfigError(f"lr = {self.lr!r} must be between 0 and 1 (try 1e-4).")
         _fraction("warmup_ratio", self.warmup_ratio)
+        _at_least("ema_epochs", self.ema_epochs, 0.0)
         _at_least("weight_decay", self.weight_decay, 0.0)
         if not self.max_grad_norm > 0:
             raise ConfigError(f"max_grad_norm = {self.max_grad_norm!r} must be greater than 0.")

@@ -62,6 +62,7 @@ def train(
     dropout: float | None = option(TrainConfig, "dropout"),
     attention_dropout: float | None = option(TrainConfig, "attention_dropout"),
     class_weights: str = option(TrainConfig, "class_weights"),
+    ema_epochs: float = option(TrainConfig, "ema_epochs"),
     early_stopping_patience: int = option(TrainConfig, "early_stopping_patience", "--patience"),
     metric: str = option(TrainConfig, "metric"),
     eval_steps: int | None = option(TrainConfig, "eval_steps"),

@@ -34,6 +34,7 @@ from hrlm.modeling import HrlmModel
 from hrlm.text import Encoded
 from hrlm.training.attention import choose as choose_attention
 from hrlm.training.attention import using as using_attention
+from hrlm.training.averaging import WeightAverage
 from hrlm.training.distributed import Replicas, shard
 from hrlm.training.evaluator import Evaluator
 from hrlm.training.frozen import FrozenCache
@@ -153,6 +154,7 @@ def run_steps(
     eval_every: int = 0,
     replicas: Replicas | None = None,
     attention: str | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> StepsDone:
     """Train ``params`` with AdamW for ``opt.steps`` steps: the one training loop of hrlm.
 
@@ -172,6 +174,7 @@ def run_steps(
         attention: the encoder's attention implementation for the run (``"eager"`` or ``"sdpa"``, as
             :func:`hrlm.training.attention.choose` measured it on this machine), restored afterwards;
             None keeps the encoder's own.
+        after_step: called after every optimizer step, before ``evaluate`` (a weight average's update).
 
     Returns:
         Steps, seconds and samples, and ``interrupted``: Ctrl-C, in a step or in ``evaluate``, ends the
@@ -212,6 +215,8 @@ def run_steps(
             nn.utils.clip_grad_norm_(params, opt.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if after_step is not None:
+                after_step()
             done.steps += 1
             done.seconds += time.perf_counter() - t0
             bar.update(done.steps, loss=f"{done.train_loss:.4f}")
@@ -336,7 +341,8 @@ def train_full(run: TrainingRun, replicas: Replicas | None = None) -> RunState:
 
     With ``replicas`` (several workers) this worker trains on its share of every global batch of
     ``cfg.batch_size`` (:func:`~hrlm.training.distributed.shard`); validation, early stopping and the
-    best weights are rank 0's, and its stop decision is every worker's.
+    best weights are rank 0's, and its stop decision is every worker's. With ``cfg.ema_epochs`` the
+    moving average of the weights (:mod:`hrlm.training.averaging`) is what is evaluated and kept.
     """
     model, cfg, enc, evaluator = run.model, run.cfg, run.enc, run.evaluator
     targets, loss_fn, pad_id, device, precision = run.targets, run.loss_fn, run.pad_id, run.device, run.precision
@@ -370,9 +376,11 @@ def train_full(run: TrainingRun, replicas: Replicas | None = None) -> RunState:
         return loss_fn(out[task.name].float(), batch_targets), len(batch)
 
     bar = ProgressBar(total, "training", unit="steps", fields={"loss": "-", "val": "-"}, enabled=run.show)
+    average = WeightAverage(model, horizon_steps=cfg.ema_epochs * steps_per_epoch) if cfg.ema_epochs > 0 else None
+    scored = average.model if average is not None else model  # the weights evaluated and kept
 
     def history_entry(step: int, train_loss: float) -> tuple[dict[str, Any], float | None]:
-        logits = evaluator.doc_logits(model) if evaluator.available else None
+        logits = evaluator.doc_logits(scored) if evaluator.available else None
         return _history_entry(step / steps_per_epoch, step, train_loss, cfg, evaluator, logits)
 
     def evaluate(step: int, train_loss: float) -> bool:
@@ -381,7 +389,7 @@ def train_full(run: TrainingRun, replicas: Replicas | None = None) -> RunState:
             if not replicas.leader:
                 return replicas.agree(False)
         entry, metric = history_entry(step, train_loss)
-        stop = state.record(model, entry, metric, cfg.early_stopping_patience)
+        stop = state.record(scored, entry, metric, cfg.early_stopping_patience)
         if entry["val_metric"] is not None:
             bar.update(step, val=f"{cfg.metric} {entry['val_metric']:.4f}")
         if run.on_eval is not None:
@@ -405,6 +413,7 @@ def train_full(run: TrainingRun, replicas: Replicas | None = None) -> RunState:
         eval_every=eval_every,
         replicas=replicas,
         attention=choose_attention(model, device, precision, longest),
+        after_step=(lambda: average.update(model)) if average is not None else None,
     )
     state.train_seconds += done.seconds
     state.samples += done.samples
@@ -412,7 +421,7 @@ def train_full(run: TrainingRun, replicas: Replicas | None = None) -> RunState:
         state.interrupted = True
         log.warning("keeping the best weights so far")
         if not state.history:  # stopped before the first evaluation: record where it stopped
-            state.record(model, *history_entry(done.steps, done.train_loss), 0)
+            state.record(scored, *history_entry(done.steps, done.train_loss), 0)
     return state
 
 

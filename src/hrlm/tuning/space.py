@@ -46,6 +46,7 @@ SEARCHABLE = (
     "stride_ratio",
     "class_weights",
     "pooling",
+    "ema_epochs",
 )
 _INTEGER = {"batch_size", "freeze_layers", "max_length"}
 
@@ -120,6 +121,7 @@ def default_space(layers: int = 6) -> dict[str, Param]:
         "stride_ratio": Param("stride_ratio", value=0.25),
         "class_weights": Param("class_weights", choices=("none", "balanced")),
         "pooling": Param("pooling", choices=("auto", "mean", "cls")),
+        "ema_epochs": Param("ema_epochs", value=0.0),
     }
     return space
 
