@@ -4,7 +4,9 @@ Runs a study (TPE + Hyperband, stored in SQLite) on the training split, chooses 
 split and measures the best trial's model once on test, beside the default settings trained on the
 same split (``--baseline``) and, with ``--ensemble K``, the K best trials combined.
 Records every trial (settings, validation score, seconds, state), the pruned share and, with
-``--ensemble``, each member alone on test (``summary.ensemble_members``).
+``--ensemble``, each member alone on test (``summary.ensemble_members``). With ``--refit`` the final
+model is the best settings trained on train + validation (``hrlm tune --refit``); the best trial's own
+model (train only) is measured on test too, for a row beside it.
 
 ``--kill-after S`` shows resuming: the study first runs as ``hrlm tune`` in a child process that is
 killed (SIGKILL) S seconds in (or S seconds after ``--kill-when-finished N`` trials have finished),
@@ -16,6 +18,7 @@ Examples:
     python benchmarks/tune.py --trials 20 --max-length 64 --ensemble 3 --kill-after 900
     python benchmarks/tune.py --trials 10 --ensemble 3 --kill-when-finished 1 --kill-after 120 \
         --bound 'class_weights="balanced"'
+    python benchmarks/tune.py --trials 14 --ensemble 3 --refit --bound 'ema_epochs={low = 0.5, high = 2.0}'
     python benchmarks/tune.py --trials 2 --limit-train 200 --limit-eval 100 --max-length 32 --epochs 1 --variant smoke
 
 Prints a table and writes ``benchmarks/results/tune-onet_tasks[-<variant>].json``.
@@ -176,6 +179,16 @@ def test_row(system: str, value: float | None, metrics: dict[str, Any], seconds:
     return row
 
 
+def trial_model_test(folder: Path, data: Path, cfg: Any, work: Path) -> dict[str, Any]:
+    """The test scores of a trial's kept model, measured as ``hrlm tune`` measures its final model."""
+    from hrlm.data import split_dataset
+    from hrlm.training import load_training_data
+    from hrlm.training.remeasure import remeasure
+
+    splits = split_dataset(load_training_data(data, cfg), val_size=cfg.val_size, test_size=cfg.test_size, seed=cfg.seed)
+    return remeasure(folder, splits, work / "trial-model", overwrite=True).metrics
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ONET, help="onet_task_statements.csv")
@@ -193,6 +206,7 @@ def main() -> None:
         help="narrow one key of the search space, as in a --space file: lr={low = 5e-5, high = 3e-4, log = true}",
     )
     parser.add_argument("--ensemble", type=int, default=0, help="combine the K best trials")
+    parser.add_argument("--refit", action="store_true", help="the final model: best settings on train + validation")
     parser.add_argument("--kill-after", type=float, default=None, help="kill a first run this many seconds in")
     parser.add_argument(
         "--kill-when-finished",
@@ -234,18 +248,19 @@ def main() -> None:
         ensemble=args.ensemble,
         baseline=True,
         validation="holdout",
+        refit=args.refit,
         heartbeat_s=args.heartbeat,
     )
     seconds = time.perf_counter() - t0
     states = [t["state"] for t in result.trials]
     finished = [s for s in states if s in FINISHED]
-    rows = [
-        test_row(
-            f"tuned: best of {len(finished)} trials (trial {result.best_number})",
-            result.best_value,
-            result.test_metrics,
-        )
-    ]
+    best = f"tuned: best of {len(finished)} trials (trial {result.best_number})"
+    if result.refit_epochs is not None:
+        best += f", refit on train + validation for {result.refit_epochs:g} epochs"
+    rows = [test_row(best, result.best_value, result.test_metrics)]
+    if result.refit_epochs is not None:
+        own = trial_model_test(out / "trials" / str(result.best_number), data, cfg, work)
+        rows.append(test_row(f"trial {result.best_number}'s own model (train only)", result.best_value, own))
     assert result.baseline is not None
     rows.append(
         test_row("default settings", result.baseline["value"], result.baseline["test"], result.baseline["seconds"])
@@ -263,6 +278,7 @@ def main() -> None:
         "run_seconds": round(seconds, 1),
         "best_trial": result.best_number,
         "best_settings": result.best_settings,
+        "refit_epochs": result.refit_epochs,
         "study_notes": result.notes,  # how the best trial's model was measured, and what the study noticed
     }
     if result.ensemble is not None:

@@ -63,6 +63,12 @@ def tune(
     validation: Annotated[
         str, typer.Option(help="holdout (validation split), cv (folds of train), or auto: cv on small data.")
     ] = "auto",
+    refit: Annotated[
+        bool,
+        typer.Option(
+            "--refit", help="Train the final model on train + validation, for the epochs the best trial peaked at."
+        ),
+    ] = False,
     sampler_seed: Annotated[
         int | None,
         typer.Option(help="Seed of the TPE sampler; give each worker its own. (default: seed + trials so far)"),
@@ -90,7 +96,8 @@ def tune(
     """Search training settings with Optuna (TPE, Hyperband pruning), then train and test the best.
 
     Trials are chosen on validation (on small data, by cross-validation of train); only OUT/model, the best
-    trial's model (trained again where this process did not keep it), sees test.
+    trial's model (trained again where this process did not keep it), sees test. With --refit, OUT/model is the best
+    settings trained on train + validation together instead.
 
     OUT/best.toml is a \\[train] table for `hrlm train --config`; OUT/report/report.html shows the search.
 
@@ -114,6 +121,7 @@ def tune(
         ensemble=ensemble,
         baseline=baseline,
         validation=validation,
+        refit=refit,
         heartbeat_s=heartbeat,
         progress=not quiet,
     )

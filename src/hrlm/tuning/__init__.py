@@ -2,10 +2,10 @@
 
 Modules: ``space`` (the searchable settings, fixed, bounded or categorical, and their TOML),
 ``search`` (the Optuna study: TPE, Hyperband on the per-epoch validation score; the final model and
-the ensemble), ``storage`` (the SQLite or PostgreSQL study that survives a kill and that several
-workers share, with heartbeats), ``store``
-(``best.toml``, ``trials.csv``/``.json``) and ``report`` (PNG and HTML). Optuna is the ``tune``
-extra; it is imported only when a study runs.
+the ensemble), ``refit`` (the final model trained on train and validation together), ``storage``
+(the SQLite or PostgreSQL study that survives a kill and that several workers share, with
+heartbeats), ``store`` (``best.toml``, ``trials.csv``/``.json``) and ``report`` (PNG and HTML).
+Optuna is the ``tune`` extra; it is imported only when a study runs.
 """
 
 from __future__ import annotations

@@ -84,6 +84,7 @@ def _payload(result: TuneResult, importances: Mapping[str, float] | None) -> dic
         "best_trial": result.best_number,
         "best_value": result.best_value,
         "best_settings": result.best_settings,
+        "refit_epochs": result.refit_epochs,
         "test": result.test_metrics,
         "baseline": result.baseline,
         "ensemble": result.ensemble,
@@ -203,7 +204,10 @@ def _table(head: Sequence[str] | None, rows: Sequence[Sequence[Any]]) -> str:
 
 def comparison_rows(result: TuneResult) -> list[list[Any]]:
     """Rows of system, validation score, test accuracy, test macro F1: best, defaults, ensemble."""
-    rows = [[f"best trial ({result.best_number})", result.best_value, *_test(result.test_metrics)]]
+    best = f"best trial ({result.best_number})"
+    if result.refit_epochs is not None:
+        best += f", refit on train + validation ({result.refit_epochs:g} epochs)"
+    rows = [[best, result.best_value, *_test(result.test_metrics)]]
     if result.baseline is not None:
         rows.append(["default settings", result.baseline["value"], *_test(result.baseline["test"])])
     if result.ensemble is not None:

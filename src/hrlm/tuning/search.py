@@ -9,8 +9,9 @@ train and validation texts and none sees the test split; on small data (below :d
 validation texts per class) a trial is scored by k-fold cross-validation of the training split instead
 (:func:`hrlm.training.selection.cross_validate`; such a trial reports one score at its end, so it is
 never pruned).
-The best settings are then trained once more on train (validation for early stopping) and measured
-once on test.
+The best trial's model (its settings trained again where this process did not keep it) is then
+measured once on test; with ``refit`` the best settings are instead trained on train and validation
+together (:mod:`hrlm.tuning.refit`) and that model is measured.
 
 **Resuming.** ``--trials N`` asks for N finished (complete or pruned) trials in the study: a run
 started again on the same storage and study runs only the missing ones. A trial that was running
@@ -45,6 +46,7 @@ from hrlm.encoders import resolve_base
 from hrlm.errors import ConfigError, HrlmError
 from hrlm.training import TrainResult, cross_validate, fit, load_training_data
 from hrlm.training.remeasure import remeasure, same_settings
+from hrlm.tuning.refit import check_refit, refit_model
 from hrlm.tuning.report import param_importances, write_tuning_report
 from hrlm.tuning.space import Param, load_space, max_epochs, suggest
 from hrlm.tuning.storage import open_study, quiet_optuna, shown_url, storage_url
@@ -79,6 +81,7 @@ class TuneResult:
     baseline: dict[str, Any] | None = None
     ensemble: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    refit_epochs: float | None = None  # with refit: the epochs the final model trained on train + validation
 
 
 class PruningReporter:
@@ -147,6 +150,7 @@ def tune_splits(
     ensemble: int = 0,
     baseline: bool = False,
     validation: str = "auto",
+    refit: bool = False,
     heartbeat_s: int = 60,
     progress: bool = True,
     on_trial: Callable[[dict[str, Any]], None] | None = None,
@@ -171,6 +175,9 @@ def tune_splits(
         baseline: also train ``cfg`` unchanged on the same splits, for a row beside the best.
         validation: ``holdout`` (the validation split, pruned per epoch), ``cv`` (k-fold on train,
             ``cfg.cv_folds``) or ``auto`` (cv below :data:`CV_BELOW` validation texts per class).
+        refit: train the final model on train and validation together, for the epochs of the best
+            trial's best validation score (:func:`hrlm.tuning.refit.refit_model`); the ensemble keeps
+            the trials' own models.
         heartbeat_s: seconds between a running trial's heartbeats.
         progress: print one line per trial and show the final training's progress bar.
         on_trial: called with each finished trial's row (instead of printing it).
@@ -191,6 +198,8 @@ def tune_splits(
     train, val = splits["train"], splits.get("validation")
     space = dict(space) if isinstance(space, Mapping) else load_space(space, layers=_encoder_layers(cfg))
     mode = _validation_mode(validation, train, val)
+    if refit:
+        check_refit(train)
     out.mkdir(parents=True, exist_ok=True)
     url = storage_url(storage, out)
     notes: list[str] = []
@@ -239,7 +248,12 @@ def tune_splits(
     write_best_toml(
         out / "best.toml", best_cfg, note=f"study {study!r}, trial {best.number}, {cfg.metric} {best.value}"
     )
-    final = _final_model(best, best_cfg, splits, out, notes, progress)
+    epochs = None
+    if refit:
+        with _log_warnings_only():
+            final, epochs = refit_model(best, best_cfg, splits, out, notes, progress)
+    else:
+        final = _final_model(best, best_cfg, splits, out, notes, progress)
     test_metrics = {k: final.metrics.get(k) for k in ("n", *SUMMARY)} | {"split": final.evaluated_on}
     result = TuneResult(
         out=out,
@@ -255,6 +269,7 @@ def tune_splits(
         model_dir=out / "model",
         test_metrics=test_metrics,
         notes=notes,
+        refit_epochs=epochs,
     )
     if baseline:
         result.baseline = _baseline(cfg, splits, mode, progress)
