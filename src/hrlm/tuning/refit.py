@@ -62,8 +62,11 @@ def joined(first: Dataset, second: Dataset) -> Dataset:
     )
 
 
-def check_refit(train: Dataset) -> None:
-    """Refuse ``--refit`` where it would lose what validation gives a model: multi-label decision thresholds."""
+def check_refit(train: Dataset, val: Dataset | None) -> None:
+    """Refuse ``--refit`` before a study starts where it cannot be done: no validation split to join, or
+    multi-label data, whose decision thresholds only validation tunes."""
+    if val is None or len(val) == 0:
+        raise ConfigError("--refit joins the validation split to train, but there is none; drop --refit.")
     if train.multi_label or any(multi for _, multi in train.extra_tasks.values()):
         raise ConfigError(
             "--refit: multi-label models tune their decision thresholds on the validation split, which a "
@@ -84,8 +87,8 @@ def refit_model(
     ``best`` is the Optuna trial; its validation scores, one per evaluation, give the epochs.
     """
     val = splits.get("validation")
-    if val is None or len(val) == 0:
-        raise ConfigError("--refit joins the validation split to train, but there is none; drop --refit.")
+    check_refit(splits["train"], val)
+    assert val is not None
     epochs = refit_epochs(
         dict(best.intermediate_values),
         epochs=cfg.epochs,

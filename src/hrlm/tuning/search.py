@@ -199,7 +199,7 @@ def tune_splits(
     space = dict(space) if isinstance(space, Mapping) else load_space(space, layers=_encoder_layers(cfg))
     mode = _validation_mode(validation, train, val)
     if refit:
-        check_refit(train)
+        check_refit(train, val)
     out.mkdir(parents=True, exist_ok=True)
     url = storage_url(storage, out)
     notes: list[str] = []
