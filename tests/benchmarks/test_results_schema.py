@@ -35,7 +35,6 @@ WRITTEN_WITH_MACHINE_PATHS = {
     "accuracy-imdb.json",
     "accuracy-onet_tasks.json",
     "fewshot-onet_tasks.json",
-    "inference-imdb-25000.json",
     "service_load-helpdesk_tickets.json",
     "service_load-imdb.json",
 }
