@@ -84,18 +84,16 @@ def refit_model(
 ) -> tuple[TrainResult, float]:
     """Train ``cfg`` (the best trial's settings) on train + validation into ``out/model``; the epochs used.
 
-    ``best`` is the Optuna trial; its validation scores, one per evaluation, give the epochs.
+    ``best`` is the Optuna trial; its validation scores, one per evaluation, give the epochs. The splits
+    were checked by :func:`check_refit` before the study started.
     """
-    val = splits.get("validation")
-    check_refit(splits["train"], val)
-    assert val is not None
     epochs = refit_epochs(
         dict(best.intermediate_values),
         epochs=cfg.epochs,
         per_epoch=cfg.eval_steps is None,
         maximize=cfg.metric != "loss",
     )
-    parts = {"train": joined(splits["train"], val)}
+    parts = {"train": joined(splits["train"], splits["validation"])}
     test = splits.get("test")
     if test is not None and len(test) > 0:
         parts["test"] = test
