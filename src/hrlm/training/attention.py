@@ -17,13 +17,7 @@ are the fast path there).
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import logging
-import math
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,18 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from hrlm._alloc import keep_freed_memory
-from hrlm._fs import write_json
 from hrlm.inference import autocast
-from hrlm.inference.backends import cache_dir
-from hrlm.inference.calibrate import machine, mode
-
-log = logging.getLogger("hrlm")
+from hrlm.inference.calibrate import mode
+from hrlm.training.calibration import best_seconds, cached_choice, width_bucket
 
 IMPLEMENTATIONS = ("eager", "sdpa")
 VERSION = 1
-# Rows of the timed attention (a batch of this many sequences), and passes per path after a warm-up.
+# Rows of the timed attention (a batch of this many sequences).
 ROWS = 8
-ROUNDS = 3
 
 
 def encoder_of(model: nn.Module) -> Any | None:
@@ -51,20 +41,6 @@ def encoder_of(model: nn.Module) -> Any | None:
         if candidate is not None and callable(getattr(candidate, "set_attn_implementation", None)):
             return candidate
     return None
-
-
-def _width(max_length: int) -> int:
-    return max(16, 2 ** math.ceil(math.log2(max(max_length, 1))))
-
-
-def _time(fn: Any) -> float:
-    fn()
-    best = math.inf
-    for _ in range(ROUNDS):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def measure(heads: int, head_dim: int, width: int, precision: str) -> dict[str, float]:
@@ -95,7 +71,7 @@ def measure(heads: int, head_dim: int, width: int, precision: str) -> dict[str, 
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
         out.float().sum().backward()
 
-    return {"eager": _time(eager), "sdpa": _time(sdpa)}
+    return {"eager": best_seconds(eager), "sdpa": best_seconds(sdpa)}
 
 
 def choose(model: nn.Module, device: torch.device, precision: str, max_length: int) -> str | None:
@@ -111,32 +87,11 @@ def choose(model: nn.Module, device: torch.device, precision: str, max_length: i
     hidden = getattr(config, "hidden_size", None)
     if not heads or not hidden:
         return None
-    head_dim, width = int(hidden) // int(heads), _width(max_length)
+    head_dim, width = int(hidden) // int(heads), width_bucket(max_length)
     shape = {"heads": int(heads), "head_dim": head_dim, "width": width, "precision": precision}
-    blob = json.dumps({"machine": machine(), "shape": shape, "version": VERSION}, sort_keys=True)
-    path = cache_dir() / "calibration" / f"train-attention-{hashlib.sha256(blob.encode()).hexdigest()[:20]}.json"
-    try:
-        cached = json.loads(path.read_text(encoding="utf-8"))
-        if cached.get("choice") in IMPLEMENTATIONS:
-            return str(cached["choice"])
-    except (OSError, ValueError, AttributeError):
-        pass
-    seconds = measure(int(heads), head_dim, width, precision)
-    choice = min(IMPLEMENTATIONS, key=lambda name: seconds[name])
-    log.info(
-        "training attention on this machine: %s (forward and backward of %d x %d tokens: eager %.1f ms, SDPA %.1f ms)",
-        choice,
-        ROWS,
-        width,
-        seconds["eager"] * 1e3,
-        seconds["sdpa"] * 1e3,
+    return cached_choice(
+        "train-attention", shape, VERSION, IMPLEMENTATIONS, lambda: measure(int(heads), head_dim, width, precision)
     )
-    record = {"choice": choice, "shape": shape, "machine": machine(), "seconds": seconds, "version": VERSION}
-    try:
-        write_json(Path(path), record)
-    except OSError as exc:  # a read-only cache folder costs a measurement per run, nothing more
-        log.warning("could not keep the attention choice in %s (%s)", path, exc)
-    return choice
 
 
 @contextlib.contextmanager

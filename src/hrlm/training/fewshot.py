@@ -29,6 +29,7 @@ from hrlm.errors import ConfigError
 from hrlm.inference import autocast, collate
 from hrlm.modeling import HrlmModel, encoder_layers
 from hrlm.training.attention import choose as choose_attention
+from hrlm.training.dropout import choose as choose_dropout
 from hrlm.training.loop import Optimization, run_steps
 from hrlm.training.selection import HEAD, choose_by_cv
 
@@ -208,7 +209,9 @@ def train_contrastive(
     opt = Optimization.from_config(cfg, steps=len(batches), lr=cfg.setfit_lr)
     bar = ProgressBar(opt.steps, "contrastive pairs", unit="steps", fields={"loss": "-"}, enabled=show)
     # Ctrl-C stops this pass cleanly: the head is then fitted on what the encoder has learned so far.
-    attention = choose_attention(model, device, precision, max((len(w) for w in windows), default=16))
-    done = run_steps(model, params, iter(batches), loss_of_batch, opt, bar=bar, attention=attention)
+    longest = max((len(w) for w in windows), default=16)
+    attention = choose_attention(model, device, precision, longest)
+    dropout = choose_dropout(model, device, precision, longest)
+    done = run_steps(model, params, iter(batches), loss_of_batch, opt, bar=bar, attention=attention, dropout=dropout)
     model.eval()
     return {"pairs": len(pairs), "steps": done.steps, "seconds": done.seconds, "loss": done.train_loss}

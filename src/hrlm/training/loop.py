@@ -36,6 +36,8 @@ from hrlm.training.attention import choose as choose_attention
 from hrlm.training.attention import using as using_attention
 from hrlm.training.averaging import WeightAverage
 from hrlm.training.distributed import Replicas, shard
+from hrlm.training.dropout import choose as choose_dropout
+from hrlm.training.dropout import using as using_dropout
 from hrlm.training.evaluator import Evaluator
 from hrlm.training.frozen import FrozenCache
 from hrlm.training.multitask import MultiTaskLoss
@@ -154,6 +156,7 @@ def run_steps(
     eval_every: int = 0,
     replicas: Replicas | None = None,
     attention: str | None = None,
+    dropout: str | None = None,
     after_step: Callable[[], None] | None = None,
 ) -> StepsDone:
     """Train ``params`` with AdamW for ``opt.steps`` steps: the one training loop of hrlm.
@@ -174,6 +177,9 @@ def run_steps(
         attention: the encoder's attention implementation for the run (``"eager"`` or ``"sdpa"``, as
             :func:`hrlm.training.attention.choose` measured it on this machine), restored afterwards;
             None keeps the encoder's own.
+        dropout: ``"sampled"`` to run the model's dropout modules with the cheaper mask of
+            :mod:`hrlm.training.dropout` (as :func:`hrlm.training.dropout.choose` measured it on this
+            machine), restored afterwards; None or ``"torch"`` keeps PyTorch's.
         after_step: called after every optimizer step, before ``evaluate`` (a weight average's update).
 
     Returns:
@@ -194,6 +200,7 @@ def run_steps(
     model.train()
     restore = contextlib.ExitStack()
     restore.enter_context(using_attention(model, attention))
+    restore.enter_context(using_dropout(model, dropout))
     try:
         while done.steps < opt.steps:
             t0 = time.perf_counter()
@@ -413,6 +420,7 @@ def train_full(run: TrainingRun, replicas: Replicas | None = None) -> RunState:
         eval_every=eval_every,
         replicas=replicas,
         attention=choose_attention(model, device, precision, longest),
+        dropout=choose_dropout(model, device, precision, longest),
         after_step=(lambda: average.update(model)) if average is not None else None,
     )
     state.train_seconds += done.seconds

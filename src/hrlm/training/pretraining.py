@@ -39,6 +39,7 @@ from hrlm.modeling import attention_dropout_for, quiet_transformers, set_dropout
 from hrlm.text import normalize
 from hrlm.training.attention import choose as choose_attention
 from hrlm.training.distributed import Replicas, check_distributable, run_on_workers, shard
+from hrlm.training.dropout import choose as choose_dropout
 from hrlm.training.loop import Optimization, batches_forever, run_steps, seed_everything
 from hrlm.training.mlm_data import (
     IGNORE,
@@ -376,6 +377,7 @@ def _adapt(
         return (loss * weight if weight != 1.0 else loss), len(batch.ids) if weight else 0
 
     attention = choose_attention(model, device, precision, cfg.max_length)
+    dropout = choose_dropout(model, device, precision, cfg.max_length)
     warm_steps = cfg.head_steps if head_new else 0
     if warm_steps:
         # The encoder (and the tied output matrix) stays fixed: only the new head's transform,
@@ -386,7 +388,15 @@ def _adapt(
         opt = Optimization.from_config(cfg, steps=warm_steps, lr=cfg.head_lr)
         bar = ProgressBar(warm_steps, "warming up the MLM head", unit="steps", fields={"loss": "-"}, enabled=progress)
         warm = run_steps(
-            model, head_params, stream, loss_of_batch, opt, bar=bar, replicas=replicas, attention=attention
+            model,
+            head_params,
+            stream,
+            loss_of_batch,
+            opt,
+            bar=bar,
+            replicas=replicas,
+            attention=attention,
+            dropout=dropout,
         )
         seconds, samples = seconds + warm.seconds, samples + warm.samples
         for p in model.parameters():
@@ -426,6 +436,7 @@ def _adapt(
         eval_every=eval_every,
         replicas=replicas,
         attention=attention,
+        dropout=dropout,
     )
     seconds, samples, interrupted = seconds + done.seconds, samples + done.samples, done.interrupted
     after = heldout_loss(model, val_batches, device, precision) if measures else {}
