@@ -142,7 +142,7 @@ class TorchBackend(Backend):
     @property
     def compute_dtype(self) -> torch.dtype:
         """The dtype the encoder's matrix products run in."""
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+        return precision_dtype(self.precision)
 
     def context(self) -> Any:
         """The autocast context the backend runs its model in (none when the weights are already low precision)."""
@@ -332,6 +332,16 @@ def quantize_onnx_int8(
     finally:
         root.setLevel(level)
     return Path(dst)
+
+
+def precision_dtype(precision: str) -> torch.dtype:
+    """The dtype matrix products run in at ``precision`` (``fp32``, ``bf16`` or ``fp16``).
+
+    Example:
+        >>> precision_dtype("bf16"), precision_dtype("fp32")
+        (torch.bfloat16, torch.float32)
+    """
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
 
 def cache_dir() -> Path:

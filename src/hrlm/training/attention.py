@@ -26,6 +26,7 @@ from torch import nn
 
 from hrlm._alloc import keep_freed_memory
 from hrlm.inference import autocast
+from hrlm.inference.backends import precision_dtype
 from hrlm.inference.calibrate import mode
 from hrlm.training.calibration import best_seconds, cached_choice, width_bucket
 
@@ -53,7 +54,7 @@ def measure(heads: int, head_dim: int, width: int, precision: str) -> dict[str, 
     gen = torch.Generator().manual_seed(width)
     shape = (ROWS, heads, width, head_dim)
     # in the dtype the projections hand to attention under autocast: bf16 for bf16 training
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    dtype = precision_dtype(precision)
     q, k, v = (torch.randn(shape, generator=gen).to(dtype).requires_grad_() for _ in range(3))
     mask = torch.zeros(ROWS, 1, 1, width, dtype=dtype)  # additive, as the encoder passes one for padded batches
     mask[: ROWS // 4, ..., width * 3 // 4 :] = float("-inf")

@@ -21,6 +21,7 @@ PyTorch's (a fused kernel with a counter-based generator), as does ``HRLM_CALIBR
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hrlm._alloc import keep_freed_memory
+from hrlm.inference.backends import precision_dtype
 from hrlm.inference.calibrate import mode
 from hrlm.training.calibration import best_seconds, cached_choice, width_bucket
 
@@ -53,9 +55,7 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dtype)
     dropped = round(p * _LEVELS)
     if dropped >= _LEVELS:
         return torch.zeros(shape, dtype=dtype)
-    n = 1
-    for size in shape:
-        n *= int(size)
+    n = math.prod(shape)
     # The words' generator is seeded from torch's, so that torch.manual_seed repeats a run's masks.
     seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
     words = np.random.SFC64(seed).random_raw(-(-n // 4))  # 64 random bits: four 16-bit values per word
@@ -88,7 +88,7 @@ class SampledDropout(nn.Module):
 def measure(width: int, hidden: int, precision: str, p: float = 0.1) -> dict[str, float]:
     """Seconds of one dropout forward and backward pass, PyTorch's and sampled, on ``ROWS x width x hidden``."""
     keep_freed_memory()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    dtype = precision_dtype(precision)
     x = torch.randn(ROWS, width, hidden).to(dtype).requires_grad_()
     sampled = SampledDropout(p)
 
