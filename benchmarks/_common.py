@@ -50,6 +50,9 @@ RESULTS = PROJECT / "benchmarks" / "results"
 SCHEMA_VERSION = 2
 MATMUL_SIZE = 2048  # square products: large enough to reach a core's peak, a second or two on 2 cores
 MATMUL_REPEATS = 5
+# A GPU reaches its peak only on large products: an H200 runs 2,048-square bf16 products at a fraction of
+# the 8,192-square rate its vendor's figure is measured at
+GPU_MATMUL_SIZE = 8192
 # An absolute path of one machine, as the results test looks for it (not "<local>/x", not "../shared/x").
 MACHINE_PATH = re.compile(r"(?<![\w.~>-])/(?:tmp|work|root|home)(?:/|\b)")
 # Keys write_result sets itself; a payload holding one would silently replace the record of the run.
@@ -173,7 +176,9 @@ def git_state() -> tuple[str | None, bool | None]:
     """The commit checked out and whether tracked files differ from it; (None, None) outside a git checkout.
 
     Read once per process, first by :func:`add_run_options`: a run of hours on a tree edited meanwhile ran
-    the code of its start. Untracked files do not count (scratch data and models live there).
+    the code of its start. Untracked files do not count (scratch data and models live there). A copy of
+    the tree without ``.git`` (sent to a GPU machine, say) takes the commit from ``HRLM_GIT_COMMIT``,
+    which the sender sets to a clean checkout's ``git rev-parse HEAD``.
     """
 
     def git(*args: str) -> str:
@@ -183,7 +188,8 @@ def git_state() -> tuple[str | None, bool | None]:
         commit = git("rev-parse", "HEAD").strip()
         dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
     except (OSError, subprocess.CalledProcessError):
-        return None, None
+        given = os.environ.get("HRLM_GIT_COMMIT", "").strip().lower()
+        return (given, None) if re.fullmatch(r"[0-9a-f]{7,40}", given) else (None, None)
     return commit, dirty
 
 
@@ -296,8 +302,15 @@ def _machine_rates(threads: int) -> dict[str, Any]:
         "threads": threads,
         "fp32": rates["fp32"],
         "bf16": rates.get("bf16"),
-        "gpu": matmul_gflops(size, size, size, repeats=repeats, device="cuda") if torch.cuda.is_available() else None,
+        "gpu": _gpu_rates(repeats) if torch.cuda.is_available() else None,
     }
+
+
+def _gpu_rates(repeats: int) -> dict[str, Any]:
+    """The GPU's fp32 and bf16 rates at ``GPU_MATMUL_SIZE`` squared: products big enough to fill a data-centre GPU."""
+    size = GPU_MATMUL_SIZE
+    rates = matmul_gflops(size, size, size, repeats=repeats, device="cuda", statistic="median")
+    return {"size": size, "fp32": rates["fp32"], "bf16": rates["bf16"]}
 
 
 def _cpu_model() -> str:

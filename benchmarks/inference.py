@@ -23,7 +23,12 @@ encoder's shapes on the same threads in the same precision; int8: torch's dynami
 and ``ceiling_fraction``: the same FLOPs over the machine's ceiling, the faster 2,048-square
 product rate in ``machine.matmul_gflops`` (bf16 where the CPU has AVX-512 BF16 or AMX, fp32 where it
 has not: ``settings.ceiling`` says which). On a CPU without native bf16 the bf16 backends are left
-out of the default list: torch emulates bf16 there, dozens of times slower than fp32. Writes
+out of the default list: torch emulates bf16 there, dozens of times slower than fp32.
+
+With ``--device cuda`` every system runs on the GPU: the pipeline in fp32 (the baseline) and in bf16
+(``dtype=torch.bfloat16``), the Predictor's torch backends (int8 and ONNX Runtime are CPU backends),
+the ceiling is the GPU's 8,192-square product rate (``machine.matmul_gflops.gpu``), and the memory
+probes report peak GPU memory beside the process's. Writes
 ``benchmarks/results/inference-<dataset>-<N>[-<variant>].json``.
 """
 
@@ -57,7 +62,9 @@ BACKENDS = [
     "onnx-fp32",
     "onnx-int8",
 ]
+GPU_BACKENDS = ["auto", "torch-fp32:padded", "torch-fp32", "torch-bf16:padded", "torch-bf16"]
 PIPELINE = "transformers pipeline"
+PIPELINE_BF16 = "transformers pipeline bf16"
 
 
 def load_docs(path: Path, limit: int | None, seed: int) -> tuple[list[str], list[str], str]:
@@ -77,7 +84,9 @@ def load_docs(path: Path, limit: int | None, seed: int) -> tuple[list[str], list
 class System:
     """One system under test: load it, then score lists of texts into labels."""
 
-    def __init__(self, name: str, model: Path, max_length: int, threads: int, batch_size: int) -> None:
+    def __init__(
+        self, name: str, model: Path, max_length: int, threads: int, batch_size: int, device: str = "cpu"
+    ) -> None:
         import torch
 
         self.name = name
@@ -85,11 +94,14 @@ class System:
         self.batch_size = batch_size
 
         torch.set_num_threads(threads)
-        if name == PIPELINE:
+        if name in (PIPELINE, PIPELINE_BF16):
             from transformers import pipeline
 
-            self.pipe = pipeline("text-classification", model=str(model), tokenizer=str(model), device="cpu")
-            self.precision = "fp32"
+            dtype = torch.bfloat16 if name == PIPELINE_BF16 else torch.float32
+            self.pipe = pipeline(
+                "text-classification", model=str(model), tokenizer=str(model), device=device, dtype=dtype
+            )
+            self.precision = "bf16" if name == PIPELINE_BF16 else "fp32"
         else:
             from hrlm.inference.predictor import Predictor
 
@@ -97,7 +109,7 @@ class System:
             self.predictor = Predictor.from_dir(
                 model,
                 backend=backend,
-                device="cpu",
+                device=device,
                 threads=threads,
                 truncate="head",
                 max_length=max_length,
@@ -137,14 +149,16 @@ def flops_per_sequence(model_dir: Path) -> Any:
     return lambda n: n * per_token + n * n * attention
 
 
-def matmul_rates(threads: int, hidden: int, intermediate: int, precisions: Sequence[str]) -> dict[str, float]:
+def matmul_rates(
+    threads: int, hidden: int, intermediate: int, precisions: Sequence[str], device: str = "cpu"
+) -> dict[str, float]:
     """GFLOP/s of this machine's matrix products at an encoder's shapes, per precision: the best of 5.
 
     A batch of 32 windows of 256 tokens through the encoder's widest linear layer (int8: torch's dynamic
     int8 linear); the results file's ``machine.matmul_gflops`` is the shared 2048-square measurement.
     """
     rates = matmul_gflops(
-        32 * 256, hidden, intermediate, threads=threads, precisions=tuple(precisions), statistic="best"
+        32 * 256, hidden, intermediate, threads=threads, precisions=tuple(precisions), statistic="best", device=device
     )
     missing = [name for name, rate in rates.items() if rate is None]
     if missing:
@@ -152,24 +166,29 @@ def matmul_rates(threads: int, hidden: int, intermediate: int, precisions: Seque
     return {name: rate for name, rate in rates.items() if rate is not None}
 
 
-def peak_rss_mb(args: argparse.Namespace, name: str) -> float | None:
-    """Peak resident memory of a fresh process that loads ``name`` and scores the first 256 documents."""
+def peak_memory_mb(args: argparse.Namespace, name: str) -> dict[str, float | None]:
+    """Peak resident (and GPU) memory of a fresh process that loads ``name`` and scores the first 256 documents."""
     cmd = [sys.executable, __file__, "--rss-probe", name, *sys.argv[1:]]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         print(f"memory probe of {name} failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-        return None
-    return float(json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_mb"])
+        return {"peak_rss_mb": None, "peak_gpu_mb": None}
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
 def rss_probe(args: argparse.Namespace) -> None:
     texts, _, _ = load_docs(args.data, args.limit, args.seed)
-    system = System(args.rss_probe, args.model, args.max_length, args.threads, args.batch_size)
+    system = System(args.rss_probe, args.model, args.max_length, args.threads, args.batch_size, args.device)
     system.labels(texts[:256])
+    gpu = None
+    if args.device == "cuda":
+        import torch
+
+        gpu = round(torch.cuda.max_memory_reserved() / 2**20, 1)
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork and exec.
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
-            print(json.dumps({"peak_rss_mb": round(int(line.split()[1]) / 1024, 1)}))
+            print(json.dumps({"peak_rss_mb": round(int(line.split()[1]) / 1024, 1), "peak_gpu_mb": gpu}))
 
 
 def main() -> None:
@@ -179,6 +198,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="score this many sampled rows (default: all)")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where every system runs")
     parser.add_argument("--batch-size", type=int, default=32, help="the pipeline's batch size")
     parser.add_argument(
         "--backends", default=None, help="comma-separated (default: all, less bf16 on a CPU without native bf16)"
@@ -209,21 +229,27 @@ def main() -> None:
     from hrlm.inference.backends import cpu_has_fast_bf16
 
     notes: list[str] = []
-    backends = BACKENDS
+    on_gpu = args.device == "cuda"
+    if on_gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA GPU is visible")
+    backends = GPU_BACKENDS if on_gpu else BACKENDS
     if args.backends is not None:
         backends = [b for b in args.backends.split(",") if b]
-    elif not cpu_has_fast_bf16():
+    elif not on_gpu and not cpu_has_fast_bf16():
         backends = [b for b in BACKENDS if not b.startswith("torch-bf16")]
         notes.append(
             "torch-bf16 not measured: this CPU has neither AVX-512 BF16 nor AMX, so torch emulates bf16 "
             "products, dozens of times slower than fp32 (the Predictor's auto never picks it here)."
         )
-    names = [PIPELINE, *backends]
+    names = [PIPELINE, *([PIPELINE_BF16] if on_gpu else []), *backends]
     systems: dict[str, System] = {}
     for name in names:
         t0 = time.perf_counter()
         try:
-            systems[name] = System(name, args.model, args.max_length, args.threads, args.batch_size)
+            systems[name] = System(name, args.model, args.max_length, args.threads, args.batch_size, args.device)
         except Exception as exc:  # a backend this installation lacks is reported, not fatal
             notes.append(f"{name} skipped: {exc}")
             print(notes[-1], file=sys.stderr)
@@ -236,7 +262,7 @@ def main() -> None:
     load_before = os.getloadavg()  # a busy shared machine distorts every number: record how busy it was
     hidden, intermediate = int(config["hidden_size"]), int(config["intermediate_size"])
     precisions = sorted({"fp32", *(system.precision for system in systems.values())})
-    rates = matmul_rates(args.threads, hidden, intermediate, precisions)
+    rates = matmul_rates(args.threads, hidden, intermediate, precisions, args.device)
     order = list(range(len(texts)))
     random.Random(args.seed + 1).shuffle(order)
     rounds = [order[r :: args.rounds] for r in range(args.rounds)]
@@ -258,12 +284,17 @@ def main() -> None:
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {seconds[n]:.0f}s" for n in running), file=sys.stderr)
 
     # The limit is this machine's best: measured before and after the systems, the higher rate is kept.
-    after = matmul_rates(args.threads, hidden, intermediate, precisions)
+    after = matmul_rates(args.threads, hidden, intermediate, precisions, args.device)
     rates = {k: max(v, after[k]) for k, v in rates.items()}
     flops_of = flops_per_sequence(args.model)
     reference = predicted.get("torch-fp32:padded") or predicted.get("torch-fp32")
     # the machine's ceiling: 2,048-square products in its fastest native precision
-    ceiling_precision, ceiling_gflops = ceiling(machine(args.threads)["matmul_gflops"])
+    measured = machine(args.threads)["matmul_gflops"]
+    ceiling_precision, ceiling_gflops = ceiling(measured["gpu"] if on_gpu else measured)
+    memory = {} if args.no_memory else {name: peak_memory_mb(args, name) for name in systems}
+    if not on_gpu:
+        for probe in memory.values():
+            probe.pop("peak_gpu_mb", None)
     rows = []
     for name, system in systems.items():
         lengths = system.token_counts(texts)
@@ -271,7 +302,7 @@ def main() -> None:
         docs_per_s = statistics.median(round_rates[name])  # the median round: a slow spell of the host counts once
         secs = len(texts) / docs_per_s
         gflops = flops / secs / 1e9
-        label = name if name == PIPELINE else f"hrlm Predictor {name}"
+        label = name if name in (PIPELINE, PIPELINE_BF16) else f"hrlm Predictor {name}"
         if name == "auto":
             label = f"hrlm Predictor defaults (auto: {system.predictor.backend_name})"
         row: dict[str, Any] = {
@@ -279,7 +310,7 @@ def main() -> None:
             "docs_per_s": round(docs_per_s, 1),
             "tokens_per_s": round(sum(lengths) / secs),
             "speedup": None,
-            "peak_rss_mb": None if args.no_memory else peak_rss_mb(args, name),
+            **({"peak_rss_mb": None} if args.no_memory else memory[name]),
             "accuracy": round(sum(p == t for p, t in zip(predicted[name], truth, strict=True)) / len(truth), 4),
             "agreement_fp32": None
             if reference is None
@@ -296,7 +327,7 @@ def main() -> None:
 
     from hrlm.inference.predictor import Predictor
 
-    auto = Predictor.from_dir(args.model, threads=args.threads)
+    auto = Predictor.from_dir(args.model, threads=args.threads, device=args.device)
     notes += [
         f"--backend auto picks {auto.backend_name} for this model folder: {auto.backend_reason}.",
         "The pipeline reads raw text; the Predictor normalises it first (HTML line breaks, entities, white space), "
@@ -319,6 +350,7 @@ def main() -> None:
                 "model": str(args.model),
                 "max_length": args.max_length,
                 "threads": args.threads,
+                "device": args.device,
                 "pipeline_batch_size": args.batch_size,
                 "predictor_truncate": "head",
                 "rounds": args.rounds,

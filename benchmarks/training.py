@@ -18,8 +18,13 @@ of the process, test accuracy on ``--test`` test reviews (the mean over the roun
 different seeds), and the share of the machine's ceiling: three forward passes' FLOPs (forward,
 and backward at twice the forward) on the real tokens per second, over the faster 2,048-square
 matrix-product rate in ``machine.matmul_gflops`` (bf16 on a CPU with AVX-512 BF16 or AMX, fp32 on
-one without: ``settings.ceiling`` says which). Writes
-``benchmarks/results/training-imdb[-<variant>].json``.
+one without: ``settings.ceiling`` says which).
+
+With ``--device cuda`` both train on the GPU (the Trainer in bf16 where the GPU has it, hrlm with its
+defaults there), the ceiling is the GPU's 8,192-square product rate (``machine.matmul_gflops.gpu``),
+and peak GPU memory is reported beside the process's. ``--base`` trains another local copy of the
+encoder (an fp16 copy carried to a GPU machine, say). ``--keep-model DIR`` keeps the model of hrlm's
+last round, for ``benchmarks/inference.py``. Writes ``benchmarks/results/training-imdb[-<variant>].json``.
 """
 
 from __future__ import annotations
@@ -55,14 +60,13 @@ def sample(folder: Path, n_train: int, n_val: int, n_test: int, seed: int) -> di
     }
 
 
-def flops_per_token() -> tuple[float, float]:
-    """FLOPs per token of the packaged encoder's linear layers and, per token and position, of attention."""
+def flops_per_token(base: Path) -> tuple[float, float]:
+    """FLOPs per token of the encoder's linear layers and, per token and position, of attention."""
     from torch import nn
 
-    from hrlm.encoders import default_encoder_path
     from hrlm.modeling import TaskSpec, build_model, encoder_layers
 
-    model = build_model(default_encoder_path(), [TaskSpec("label", ["neg", "pos"])])
+    model = build_model(base, [TaskSpec("label", ["neg", "pos"])])
     linear, attention = 0.0, 0.0
     for block in encoder_layers(model.encoder):
         linear += sum(2 * m.weight.numel() for m in block.modules() if isinstance(m, nn.Linear))
@@ -77,6 +81,21 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
+def peak_gpu_mb() -> float | None:
+    """The most GPU memory torch's allocator held at once in this process, or None without a GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return round(torch.cuda.max_memory_reserved() / 2**20, 1)
+
+
+def base_path(args: argparse.Namespace) -> Path:
+    from hrlm.encoders import resolve_base
+
+    return resolve_base(args.base)
+
+
 def run_hf(work: Path, args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """One Trainer run in this process: train, then score the test reviews."""
     import numpy as np
@@ -89,12 +108,11 @@ def run_hf(work: Path, args: argparse.Namespace, seed: int) -> dict[str, Any]:
         TrainingArguments,
     )
 
-    from hrlm.encoders import default_encoder_path
     from hrlm.inference import resolve_precision
 
     torch.set_num_threads(args.threads)
     data = json.loads((work / "data.json").read_text())
-    base = str(default_encoder_path())
+    base = str(base_path(args))
     tokenizer = AutoTokenizer.from_pretrained(base)
     names = sorted({str(r["label"]) for r in data["train"]})
 
@@ -105,8 +123,9 @@ def run_hf(work: Path, args: argparse.Namespace, seed: int) -> dict[str, Any]:
         return [{**{k: v[i] for k, v in enc.items()}, "labels": labels[i]} for i in range(len(rows))]
 
     train, test = encode(data["train"]), encode(data["test"])
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=len(names))
-    bf16 = resolve_precision("auto", torch.device("cpu")) == "bf16"
+    # float32 weights, as hrlm trains them, also from an fp16 copy of the encoder
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=len(names), dtype=torch.float32)
+    bf16 = resolve_precision("auto", torch.device(args.device)) == "bf16"
     targs = TrainingArguments(
         output_dir=str(work / f"hf-{seed}"),
         per_device_train_batch_size=32,
@@ -118,7 +137,7 @@ def run_hf(work: Path, args: argparse.Namespace, seed: int) -> dict[str, Any]:
         num_train_epochs=1,
         lr_scheduler_type="linear",
         bf16=bf16,
-        use_cpu=True,
+        use_cpu=args.device == "cpu",
         save_strategy="no",
         eval_strategy="no",
         logging_strategy="no",
@@ -154,7 +173,7 @@ def run_hrlm(work: Path, args: argparse.Namespace, seed: int) -> dict[str, Any]:
     import torch
 
     from hrlm.config import TrainConfig
-    from hrlm.encoders import load_tokenizer, resolve_base
+    from hrlm.encoders import load_tokenizer
     from hrlm.inference import resolve_precision
     from hrlm.text import encode_documents
     from hrlm.training import train
@@ -174,11 +193,14 @@ def run_hrlm(work: Path, args: argparse.Namespace, seed: int) -> dict[str, Any]:
         split_col="split",
         seed=seed,
         threads=args.threads,
+        device=args.device,
+        base=str(args.base) if args.base else None,
     )
+    out = Path(args.keep_model) if args.keep_model else work / f"hrlm-{seed}"
     t0 = time.perf_counter()
-    result = train(csv, work / f"hrlm-{seed}", cfg, overwrite=True, progress=False)  # as `hrlm train` calls it
+    result = train(csv, out, cfg, overwrite=True, progress=False)  # as `hrlm train` calls it
     wall = time.perf_counter() - t0
-    tokenizer = load_tokenizer(resolve_base(None))
+    tokenizer = load_tokenizer(base_path(args))
     enc = encode_documents(
         tokenizer, [r["text"] for r in data["train"]], max_length=args.max_length, stride=0, truncate="head"
     )
@@ -188,7 +210,7 @@ def run_hrlm(work: Path, args: argparse.Namespace, seed: int) -> dict[str, Any]:
         "samples": len(data["train"]),
         "tokens": sum(len(w) for w in enc.windows),
         "accuracy": float(result.metrics["accuracy"]),
-        "precision": resolve_precision(cfg.precision, torch.device("cpu")),
+        "precision": resolve_precision(cfg.precision, torch.device(args.device)),
     }
 
 
@@ -197,6 +219,7 @@ def child(args: argparse.Namespace) -> None:
     run = run_hf if args.child == "hf-trainer" else run_hrlm
     out = run(work, args, args.child_seed)
     out["peak_rss_mb"] = peak_rss_mb()
+    out["peak_gpu_mb"] = peak_gpu_mb()
     print(json.dumps(out))
 
 
@@ -208,6 +231,9 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=1000, help="test reviews scored by both")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where both systems train")
+    parser.add_argument("--base", type=Path, default=None, help="encoder folder (default: the packaged MiniLM)")
+    parser.add_argument("--keep-model", type=Path, default=None, help="keep the model of hrlm's last round here")
     parser.add_argument("--rounds", type=int, default=3, help="runs per system, interleaved (at least 3)")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--seed", type=int, default=0)
@@ -222,6 +248,11 @@ def main() -> None:
         return
     if args.rounds < 3:
         parser.error("--rounds must be at least 3: the figures are the median run's")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA GPU is visible")
     if not (args.data / "train.csv.gz").is_file():
         raise SystemExit(f"{args.data}: no train.csv.gz; point --data at the IMDB folder of ../shared/data")
     systems = [s for s in args.systems.split(",") if s]
@@ -236,7 +267,9 @@ def main() -> None:
             order = systems[r % len(systems) :] + systems[: r % len(systems)]
             for name in order:
                 cmd = [sys.executable, __file__, "--child", name, "--child-seed", str(args.seed + r), "--work", tmp]
-                cmd += ["--max-length", str(args.max_length), "--threads", str(args.threads)]
+                cmd += ["--max-length", str(args.max_length), "--threads", str(args.threads), "--device", args.device]
+                cmd += ["--base", str(args.base)] if args.base else []
+                cmd += ["--keep-model", str(args.keep_model)] if args.keep_model and name == "hrlm" else []
                 t0 = time.perf_counter()
                 proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
                 if proc.returncode != 0:
@@ -247,9 +280,13 @@ def main() -> None:
                 )
     # the ceiling: 2,048-square products in the machine's fastest native precision, measured before
     # and after the runs, the higher kept
-    precision, before = ceiling(rates_before)
-    ceiling_gflops = max(before or 0.0, matmul_gflops(threads=args.threads, precisions=(precision,))[precision] or 0.0)
-    linear, attention = flops_per_token()
+    if args.device == "cuda":  # the GPU's rates, measured once per process at 8,192 squared
+        precision, ceiling_gflops = ceiling(rates_before["gpu"])
+    else:
+        precision, before = ceiling(rates_before)
+        after = matmul_gflops(threads=args.threads, precisions=(precision,))[precision]
+        ceiling_gflops = max(before or 0.0, after or 0.0)
+    linear, attention = flops_per_token(base_path(args))
     rows = []
     for name in systems:
         done = runs[name]
@@ -268,6 +305,7 @@ def main() -> None:
                 "speedup": None,
                 "wall_s": round(statistics.median(d["wall_s"] for d in done), 1),
                 "peak_rss_mb": max(d["peak_rss_mb"] for d in done),
+                **({"peak_gpu_mb": max(d["peak_gpu_mb"] for d in done)} if args.device == "cuda" else {}),
                 "accuracy": round(statistics.mean(d["accuracy"] for d in done), 4),
                 "accuracy_runs": [round(d["accuracy"], 4) for d in done],
                 "precision": mid.get("precision"),
@@ -294,6 +332,7 @@ def main() -> None:
             "settings": {
                 "max_length": args.max_length,
                 "threads": args.threads,
+                "device": args.device,
                 "batch_size": 32,
                 "epochs": 1,
                 "lr": 1e-4,
@@ -307,7 +346,11 @@ def main() -> None:
                 "hrlm's defaults on a CPU train without attention-probability dropout (the Trainer keeps the "
                 "encoder's 0.1), with fused AdamW, keep freed tensor memory in the process, and draw the hidden "
                 "states' dropout masks from 16 random bits per element where the machine measured that faster "
-                "(hrlm.training.dropout).",
+                "(hrlm.training.dropout)."
+                if args.device == "cpu"
+                else "On CUDA hrlm keeps the encoder's own dropout (attention's too: the fused GPU kernels apply "
+                "it) and PyTorch's attention path; its per-machine training calibrations are CPU-only. Both "
+                "systems train under bf16 autocast; hrlm with fused AdamW.",
             ],
         },
         args=args,

@@ -59,6 +59,18 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def cuda() -> Any:
+    """The CUDA GPU. CI has none, so these tests skip there; ``HRLM_REQUIRE_CUDA=1`` fails them instead."""
+    import torch
+
+    if not torch.cuda.is_available():
+        if os.environ.get("HRLM_REQUIRE_CUDA") == "1":
+            pytest.fail("no CUDA GPU is visible; HRLM_REQUIRE_CUDA=1 makes this a failure, not a skip", pytrace=False)
+        pytest.skip("needs a CUDA GPU (run with HRLM_REQUIRE_CUDA=1 on a machine that has one)")
+    return torch.device("cuda")
+
+
+@pytest.fixture(scope="session")
 def tickets_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """120 separable toy tickets over three classes."""
     folder = tmp_path_factory.mktemp("data")

@@ -314,7 +314,9 @@ def build_model(
     quiet_transformers()
     config = AutoConfig.from_pretrained(str(base_dir), local_files_only=True)
     set_dropout(config, dropout, attention_dropout)
-    encoder = AutoModel.from_pretrained(str(base_dir), config=config, local_files_only=True)
+    # float32 master weights whatever the checkpoint holds: transformers 5 loads a folder in its saved
+    # dtype, and an fp16 or bf16 checkpoint trained as such loses its small updates to rounding
+    encoder = AutoModel.from_pretrained(str(base_dir), config=config, local_files_only=True, dtype=torch.float32)
     chosen = default_pooling(encoder, pooling, freeze_encoder=freeze_encoder)
     head_dropout = dropout if dropout is not None else float(getattr(config, "hidden_dropout_prob", 0.1) or 0.1)
     return HrlmModel(encoder, tasks, pooling=chosen, dropout=head_dropout)

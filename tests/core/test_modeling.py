@@ -51,6 +51,21 @@ def test_plain_transformers_loads_the_model_with_identical_logits(tiny_bert: Pat
     assert hf.config.id2label == {0: "it", 1: "leave", 2: "payroll"}
 
 
+def test_an_fp16_checkpoint_trains_with_float32_weights(tiny_bert: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    half = tmp_path / "fp16"
+    shutil.copytree(tiny_bert, half)
+    weights = load_file(str(half / "model.safetensors"))
+    save_file({k: v.half() for k, v in weights.items()}, str(half / "model.safetensors"), metadata={"format": "pt"})
+    model = build_model(half, [TaskSpec("label", ["a", "b"])])
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # AdamW's small updates survive
+    word = model.encoder.embeddings.word_embeddings.weight
+    assert torch.equal(word, weights["embeddings.word_embeddings.weight"].half().float())
+
+
 def test_multi_task_heads_round_trip(tiny_bert: Path, tmp_path: Path) -> None:
     tasks = [
         TaskSpec("topic", ["a", "b", "c"], multi_label=True, thresholds=[0.4, 0.5, 0.6]),

@@ -62,7 +62,9 @@ class ContextualSubstituter:
         quiet_transformers()
         path = resolve_base(str(folder))
         self.tokenizer = load_tokenizer(path)
-        model, info = AutoModelForMaskedLM.from_pretrained(str(path), local_files_only=True, output_loading_info=True)
+        model, info = AutoModelForMaskedLM.from_pretrained(
+            str(path), local_files_only=True, output_loading_info=True, dtype=torch.float32
+        )
         prefix = model.base_model_prefix + "."
         head_missing = [k for k in info.get("missing_keys", []) if not k.startswith(prefix) and "position_ids" not in k]
         if head_missing:

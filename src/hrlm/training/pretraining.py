@@ -88,14 +88,14 @@ def load_pretraining_model(base_dir: Path, *, nsp: bool, device: Any = "cpu") ->
         model, info = cast(
             tuple[Any, dict[str, Any]],
             BertForPreTraining.from_pretrained(
-                str(base_dir), config=config, local_files_only=True, output_loading_info=True
+                str(base_dir), config=config, local_files_only=True, output_loading_info=True, dtype=torch.float32
             ),
         )
     elif nsp:
         raise ConfigError(f"next-sentence prediction needs a BERT encoder, not {config.model_type!r}; drop --nsp.")
     else:
         model, info = AutoModelForMaskedLM.from_pretrained(
-            str(base_dir), config=config, local_files_only=True, output_loading_info=True
+            str(base_dir), config=config, local_files_only=True, output_loading_info=True, dtype=torch.float32
         )
     model.tie_weights()
     _mlm_head(model)
