@@ -255,8 +255,8 @@ def main() -> None:
             print(notes[-1], file=sys.stderr)
             continue
         # warm-up: lazy initialisation, first-batch allocations, and the Predictor's calibration on this
-        # machine (the first call of 8,192 tokens or more measures and caches its batching)
-        systems[name].labels(texts[:64])
+        # machine (the first call of 8,192 tokens or more, on a GPU 65,536, measures and caches its batching)
+        systems[name].labels(texts[: 512 if on_gpu else 64])
         print(f"loaded {name} in {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
 
     load_before = os.getloadavg()  # a busy shared machine distorts every number: record how busy it was

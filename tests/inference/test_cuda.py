@@ -87,8 +87,10 @@ def test_the_predictor_on_cuda_calibrates_its_own_budget_and_agrees_with_the_cpu
     budget = gpu.calibrate_once(texts)  # a GPU times its own budgets (tens of thousands of tokens)
     assert budget is not None and budget.max_tokens in GPU_BUDGETS
     assert budget.threads == torch.get_num_threads()  # thread counts are a CPU's choice only
-    cached = [json.loads(p.read_text()) for p in (tmp_path / "calibration").glob("*.json")]
+    files = [json.loads(p.read_text()) for p in (tmp_path / "calibration").glob("*.json")]
+    cached = [c for c in files if c["model"]["device"] == "cuda"]  # the CPU predictor above keeps its own
     assert len(cached) == 1 and cached[0]["machine"]["gpu"] == torch.cuda.get_device_name(0)
+    assert cached[0]["buckets"] and cached[0]["model"]["backend"] == "torch-bf16"
     proba = gpu.predict_proba(texts)["label"]
     assert (proba.argmax(1) == cpu.argmax(1)).mean() >= 0.97
     np.testing.assert_allclose(proba, cpu, atol=0.05)
