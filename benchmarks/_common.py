@@ -176,10 +176,15 @@ def git_state() -> tuple[str | None, bool | None]:
     """The commit checked out and whether tracked files differ from it; (None, None) outside a git checkout.
 
     Read once per process, first by :func:`add_run_options`: a run of hours on a tree edited meanwhile ran
-    the code of its start. Untracked files do not count (scratch data and models live there). A copy of
-    the tree without ``.git`` (sent to a GPU machine, say) takes the commit from ``HRLM_GIT_COMMIT``,
-    which the sender sets to a clean checkout's ``git rev-parse HEAD``.
+    the code of its start. Untracked files do not count (scratch data and models live there).
+
+    ``HRLM_GIT_COMMIT`` overrides both, for a copy of the tree run elsewhere (a lent GPU machine, whose
+    copy may carry the ``.git`` of an older commit beside newer files): the sender sets it to its own
+    clean checkout's ``git rev-parse HEAD``, and whether the copy was dirty is then unknown (None).
     """
+    given = os.environ.get("HRLM_GIT_COMMIT", "").strip().lower()
+    if re.fullmatch(r"[0-9a-f]{7,40}", given):
+        return given, None
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=PROJECT).stdout
@@ -188,8 +193,7 @@ def git_state() -> tuple[str | None, bool | None]:
         commit = git("rev-parse", "HEAD").strip()
         dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
     except (OSError, subprocess.CalledProcessError):
-        given = os.environ.get("HRLM_GIT_COMMIT", "").strip().lower()
-        return (given, None) if re.fullmatch(r"[0-9a-f]{7,40}", given) else (None, None)
+        return None, None
     return commit, dirty
 
 

@@ -343,6 +343,19 @@ def test_portable_argv_leaves_arguments_that_are_not_paths_alone(common: ModuleT
     assert common.portable_argv(long_note, cwd=PROJECT) == long_note
 
 
+def test_a_commit_given_by_the_sender_overrides_the_copy_s_own_git(
+    common: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HRLM_GIT_COMMIT", "E5934CF9BECEA7AAA71CC3C3FB31D9BBC1D6471B")
+    common.git_state.cache_clear()
+    assert common.git_state() == ("e5934cf9becea7aaa71cc3c3fb31d9bbc1d6471b", None)
+    monkeypatch.setenv("HRLM_GIT_COMMIT", "not a commit")  # ignored: the checkout's own state
+    common.git_state.cache_clear()
+    commit, _ = common.git_state()
+    assert commit is None or re.fullmatch(r"[0-9a-f]{40}", commit)
+    common.git_state.cache_clear()
+
+
 def test_matmul_gflops_reports_every_precision_asked(common: ModuleType) -> None:
     rates = common.matmul_gflops(64, 64, 64, threads=1, precisions=("fp32", "bf16", "int8"), repeats=1)
     assert set(rates) == {"fp32", "bf16", "int8"}
