@@ -278,8 +278,8 @@ def main() -> None:
                 print(
                     f"round {r + 1}/{args.rounds} {name}: {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True
                 )
-    # the ceiling: 2,048-square products in the machine's fastest native precision, measured before
-    # and after the runs, the higher kept
+    # the ceiling: on a CPU 2,048-square products in its fastest native precision, measured before and
+    # after the runs, the higher kept; on a GPU its 8,192-square rate, measured once
     if args.device == "cuda":  # the GPU's rates, measured once per process at 8,192 squared
         precision, ceiling_gflops = ceiling(rates_before["gpu"])
     else:

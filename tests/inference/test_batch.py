@@ -39,6 +39,12 @@ def expected(trained_model: Path, rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame([flatten_prediction(p.to_dict()) for p in preds])
 
 
+# A row scored in another batch can differ in the last written decimal: where the default backend is
+# bf16 (AVX-512 BF16 or AMX), the matrix units block the products by the batch's shape, so the same
+# window rounds differently in a batch of another size (seen on AMX: 1e-6 on 2 of 50 rows).
+BATCHING_TOLERANCE = 2e-5
+
+
 def read_output(folder: Path) -> pd.DataFrame:
     parts = sorted(p for p in folder.iterdir() if ".part-" in p.name and not p.name.startswith("."))
     assert parts, f"no output parts in {folder}"
@@ -54,7 +60,7 @@ def assert_scored(out: pd.DataFrame, rows: pd.DataFrame, expected: pd.DataFrame)
     assert out["text"].fillna("").tolist() == rows["text"].tolist()
     assert out["predicted_label"].tolist() == expected["predicted_label"].tolist()
     for col in PREDICTION_COLUMNS[1:]:
-        assert out[col].tolist() == pytest.approx(expected[col].tolist(), abs=1e-6)
+        assert out[col].tolist() == pytest.approx(expected[col].tolist(), abs=BATCHING_TOLERANCE)
 
 
 def write_formats(rows: pd.DataFrame, folder: Path) -> dict[str, Path]:
@@ -249,7 +255,8 @@ def test_ray_gives_the_same_predictions_as_local(
     ray_out, local_out = read_output(tmp_path / "ray"), read_output(tmp_path / "local")
     assert list(ray_out.columns) == list(local_out.columns) == list(rows.columns) + PREDICTION_COLUMNS
     assert ray_out["id"].tolist() == local_out["id"].tolist()  # the input's order
-    pd.testing.assert_frame_equal(ray_out, local_out, check_dtype=False)  # object or string: the same values
+    # object or string: the same values; labels exactly, probabilities up to the batches' rounding
+    pd.testing.assert_frame_equal(ray_out, local_out, check_dtype=False, check_exact=False, atol=BATCHING_TOLERANCE)
     manifest = json.loads((tmp_path / "ray" / MANIFEST).read_text())
     assert manifest["engine"] == "ray" and manifest["rows"] == 50 and manifest["complete"]
     assert not [p for p in (tmp_path / "ray").iterdir() if p.name.startswith(".")]  # no temporary left
@@ -306,7 +313,8 @@ def test_ray_streams_a_shard_larger_than_its_object_store_budget(
     local = run_batch(trained_model, source, tmp_path / "local", BatchConfig(), progress=False)
     summary = run_batch(trained_model, source, tmp_path / "ray", BatchConfig(engine="ray", actors=2), progress=False)
     assert summary.rows == local.rows == 50 and summary.parts > 1
-    pd.testing.assert_frame_equal(read_output(tmp_path / "ray"), read_output(tmp_path / "local"), check_dtype=False)
+    ray_out, local_out = read_output(tmp_path / "ray"), read_output(tmp_path / "local")
+    pd.testing.assert_frame_equal(ray_out, local_out, check_dtype=False, check_exact=False, atol=BATCHING_TOLERANCE)
     assert ray.data.DataContext.get_current().execution_options.resource_limits == before  # restored
 
 
