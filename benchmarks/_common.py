@@ -68,6 +68,23 @@ RECORD_KEYS = (
 )
 
 
+def peak_gpu_mb() -> float | None:
+    """The most GPU memory torch's allocator held at once in this process, or None without a GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return round(torch.cuda.max_memory_reserved() / 2**20, 1)
+
+
+def require_device(parser: argparse.ArgumentParser, device: str) -> None:
+    """Stop with a usage error when ``--device cuda`` is asked for on a machine without a CUDA GPU."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is visible")
+
+
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     """Add ``--note`` (repeatable) and ``--results-dir`` to a benchmark's parser.
 

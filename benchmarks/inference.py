@@ -48,7 +48,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import add_run_options, ceiling, machine, matmul_gflops, print_table, write_result
+from _common import (
+    add_run_options,
+    ceiling,
+    machine,
+    matmul_gflops,
+    peak_gpu_mb,
+    print_table,
+    require_device,
+    write_result,
+)
 
 # ":padded" is the backend with packing off: the plain length-sorted padded batches every default must beat.
 BACKENDS = [
@@ -180,11 +189,7 @@ def rss_probe(args: argparse.Namespace) -> None:
     texts, _, _ = load_docs(args.data, args.limit, args.seed)
     system = System(args.rss_probe, args.model, args.max_length, args.threads, args.batch_size, args.device)
     system.labels(texts[:256])
-    gpu = None
-    if args.device == "cuda":
-        import torch
-
-        gpu = round(torch.cuda.max_memory_reserved() / 2**20, 1)
+    gpu = peak_gpu_mb() if args.device == "cuda" else None
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork and exec.
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -229,12 +234,8 @@ def main() -> None:
     from hrlm.inference.backends import cpu_has_fast_bf16
 
     notes: list[str] = []
+    require_device(parser, args.device)
     on_gpu = args.device == "cuda"
-    if on_gpu:
-        import torch
-
-        if not torch.cuda.is_available():
-            parser.error("--device cuda: no CUDA GPU is visible")
     backends = GPU_BACKENDS if on_gpu else BACKENDS
     if args.backends is not None:
         backends = [b for b in args.backends.split(",") if b]

@@ -42,7 +42,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import SHARED, add_run_options, ceiling, machine, matmul_gflops, print_table, write_result
+from _common import (
+    SHARED,
+    add_run_options,
+    ceiling,
+    machine,
+    matmul_gflops,
+    peak_gpu_mb,
+    print_table,
+    require_device,
+    write_result,
+)
 
 SYSTEMS = ("hf-trainer", "hrlm")
 LABELS = {"hf-trainer": "Hugging Face Trainer, bf16={bf16}", "hrlm": "hrlm train (defaults)"}
@@ -79,15 +89,6 @@ def peak_rss_mb() -> float:
         if line.startswith("VmHWM:"):
             return round(int(line.split()[1]) / 1024, 1)
     return float("nan")
-
-
-def peak_gpu_mb() -> float | None:
-    """The most GPU memory torch's allocator held at once in this process, or None without a GPU."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    return round(torch.cuda.max_memory_reserved() / 2**20, 1)
 
 
 def base_path(args: argparse.Namespace) -> Path:
@@ -248,11 +249,7 @@ def main() -> None:
         return
     if args.rounds < 3:
         parser.error("--rounds must be at least 3: the figures are the median run's")
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            parser.error("--device cuda: no CUDA GPU is visible")
+    require_device(parser, args.device)
     if not (args.data / "train.csv.gz").is_file():
         raise SystemExit(f"{args.data}: no train.csv.gz; point --data at the IMDB folder of ../shared/data")
     systems = [s for s in args.systems.split(",") if s]

@@ -77,18 +77,22 @@ def tickets_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_csv(folder / "tickets.csv", make_texts(40))
 
 
+def tiny_train_config(tiny_bert: Path, **overrides: Any) -> Any:
+    """The settings that train the tiny BERT on the toy tickets to a working model, with ``overrides``."""
+    from hrlm.config import TrainConfig
+
+    # Mean pooling: a random-weight [CLS] + tanh pooler learns too slowly for a test.
+    settings = {"max_length": 16, "stride": 4, "epochs": 5, "batch_size": 8, "lr": 3e-3, "seed": 1, "pooling": "mean"}
+    return TrainConfig(base=str(tiny_bert), **{**settings, **overrides})
+
+
 @pytest.fixture(scope="session")
 def trained_model(tiny_bert: Path, tickets_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model trained once per session on the toy tickets."""
-    from hrlm.config import TrainConfig
     from hrlm.training.fitting import train
 
     out = tmp_path_factory.mktemp("models") / "tiny"
-    # Mean pooling: a random-weight [CLS] + tanh pooler learns too slowly for a test.
-    cfg = TrainConfig(
-        base=str(tiny_bert), max_length=16, stride=4, epochs=5, batch_size=8, lr=3e-3, seed=1, pooling="mean"
-    )
-    train(tickets_csv, out, cfg, progress=False)
+    train(tickets_csv, out, tiny_train_config(tiny_bert), progress=False)
     return out
 
 

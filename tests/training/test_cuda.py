@@ -12,28 +12,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hrlm.config import TrainConfig
 from hrlm.inference.predictor import Predictor
 from hrlm.training.fitting import train
-from tests.conftest import make_texts
+from tests.conftest import make_texts, tiny_train_config
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_a_model_trained_on_cuda_learns_and_serves_on_the_cpu(
     cuda: torch.device, tiny_bert: Path, tickets_csv: Path, tmp_path: Path, precision: str
 ) -> None:
-    cfg = TrainConfig(
-        base=str(tiny_bert),
-        max_length=16,
-        stride=4,
-        epochs=5,
-        batch_size=8,
-        lr=3e-3,
-        seed=1,
-        pooling="mean",
-        device="cuda",
-        precision=precision,
-    )
+    cfg = tiny_train_config(tiny_bert, device="cuda", precision=precision)  # the session's trained_model, on CUDA
     result = train(tickets_csv, tmp_path / "m", cfg, progress=False)
     assert result.metrics["accuracy"] >= 0.85
     weights = load_file(str(tmp_path / "m" / "model.safetensors"))
