@@ -23,7 +23,10 @@ one without: ``settings.ceiling`` says which).
 With ``--device cuda`` both train on the GPU (the Trainer in bf16 where the GPU has it, hrlm with its
 defaults there), the ceiling is the GPU's 8,192-square product rate (``machine.matmul_gflops.gpu``),
 and peak GPU memory is reported beside the process's. ``--base`` trains another local copy of the
-encoder (an fp16 copy carried to a GPU machine, say). ``--keep-model DIR`` keeps the model of hrlm's
+encoder (an fp16 copy carried to a GPU machine, say). ``--systems`` adds ``hrlm-autocast`` or
+``hrlm-bf16-weights``: hrlm with its bf16 training path forced (``HRLM_TRAIN_WEIGHTS``, see
+:mod:`hrlm.training.weights`), to see what the measured choice of the defaults is worth in speed and
+accuracy; each hrlm row records the paths its run chose (``paths``). ``--keep-model DIR`` keeps the model of hrlm's
 last round, for ``benchmarks/inference.py``. Writes ``benchmarks/results/training-imdb[-<variant>].json``.
 """
 
@@ -55,7 +58,14 @@ from _common import (
 )
 
 SYSTEMS = ("hf-trainer", "hrlm")
-LABELS = {"hf-trainer": "Hugging Face Trainer, bf16={bf16}", "hrlm": "hrlm train (defaults)"}
+LABELS = {
+    "hf-trainer": "Hugging Face Trainer, bf16={bf16}",
+    "hrlm": "hrlm train (defaults)",
+    "hrlm-autocast": "hrlm train, HRLM_TRAIN_WEIGHTS=autocast",
+    "hrlm-bf16-weights": "hrlm train, HRLM_TRAIN_WEIGHTS=bf16",
+}
+# hrlm with its bf16 training path forced one way (hrlm.training.weights), beside the defaults
+FORCED_WEIGHTS = {"hrlm-autocast": "autocast", "hrlm-bf16-weights": "bf16"}
 
 
 def sample(folder: Path, n_train: int, n_val: int, n_test: int, seed: int) -> dict[str, list[dict[str, Any]]]:
@@ -180,6 +190,8 @@ def run_hrlm(work: Path, args: argparse.Namespace, seed: int) -> dict[str, Any]:
     from hrlm.training import train
 
     torch.set_num_threads(args.threads)
+    if args.child in FORCED_WEIGHTS:
+        os.environ["HRLM_TRAIN_WEIGHTS"] = FORCED_WEIGHTS[args.child]
     data = json.loads((work / "data.json").read_text())
     csv = work / "hrlm.csv"
     if not csv.exists():
@@ -212,12 +224,13 @@ def run_hrlm(work: Path, args: argparse.Namespace, seed: int) -> dict[str, Any]:
         "tokens": sum(len(w) for w in enc.windows),
         "accuracy": float(result.metrics["accuracy"]),
         "precision": resolve_precision(cfg.precision, torch.device(args.device)),
+        "paths": result.paths,
     }
 
 
 def child(args: argparse.Namespace) -> None:
     work = Path(args.work)
-    run = run_hf if args.child == "hf-trainer" else run_hrlm
+    run = run_hf if args.child == "hf-trainer" else run_hrlm  # hrlm, or hrlm with forced weights
     out = run(work, args, args.child_seed)
     out["peak_rss_mb"] = peak_rss_mb()
     out["peak_gpu_mb"] = peak_gpu_mb()
@@ -236,7 +249,11 @@ def main() -> None:
     parser.add_argument("--base", type=Path, default=None, help="encoder folder (default: the packaged MiniLM)")
     parser.add_argument("--keep-model", type=Path, default=None, help="keep the model of hrlm's last round here")
     parser.add_argument("--rounds", type=int, default=3, help="runs per system, interleaved (at least 3)")
-    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument(
+        "--systems",
+        default=",".join(SYSTEMS),
+        help=f"of {', '.join(LABELS)}; the hrlm-* ones force the bf16 training path (hrlm.training.weights)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variant", default=None, help="suffix of the results file name (e.g. the CPU kind)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -253,6 +270,9 @@ def main() -> None:
     if not (args.data / "train.csv.gz").is_file():
         raise SystemExit(f"{args.data}: no train.csv.gz; point --data at the IMDB folder of ../shared/data")
     systems = [s for s in args.systems.split(",") if s]
+    unknown = sorted(set(systems) - set(LABELS))
+    if unknown:
+        parser.error(f"--systems: unknown {', '.join(unknown)}; use {', '.join(LABELS)}")
     with tempfile.TemporaryDirectory(prefix="hrlm-bench-train-") as tmp:
         work = Path(tmp)
         data = sample(args.data, args.train, args.validation, args.test, args.seed)
@@ -306,6 +326,7 @@ def main() -> None:
                 "accuracy": round(statistics.mean(d["accuracy"] for d in done), 4),
                 "accuracy_runs": [round(d["accuracy"], 4) for d in done],
                 "precision": mid.get("precision"),
+                **({"paths": mid["paths"]} if mid.get("paths") else {}),
                 "mean_tokens": round(tokens_per_sample, 1),
                 "gflops": round(gflops, 1),
                 "ceiling_fraction": round(gflops / ceiling_gflops, 3) if ceiling_gflops else None,
@@ -343,7 +364,9 @@ def main() -> None:
                 "hrlm's defaults on a CPU train without attention-probability dropout (the Trainer keeps the "
                 "encoder's 0.1), with fused AdamW, keep freed tensor memory in the process, and draw the hidden "
                 "states' dropout masks from 16 random bits per element where the machine measured that faster "
-                "(hrlm.training.dropout)."
+                "(hrlm.training.dropout); on a CPU with native bf16 they run the forward and backward passes on "
+                "bf16 copies of the weights with float32 masters where the machine measured that faster than "
+                "autocast (hrlm.training.weights; each hrlm row's paths)."
                 if args.device == "cpu"
                 else "On CUDA hrlm keeps the encoder's own dropout (attention's too: the fused GPU kernels apply "
                 "it) and PyTorch's attention path; its per-machine training calibrations are CPU-only. Both "

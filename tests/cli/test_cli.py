@@ -246,6 +246,7 @@ def test_calibrate_measures_caches_and_names_a_missing_column(
     result = runner.invoke(app, ["calibrate", str(trained_model), "--backend", "torch-fp32"])
     assert result.exit_code == 0, result.output
     assert "chosen for windows of up to about" in result.output and "packed@" in result.output
+    assert "rounds of one choice differed by" in result.output and "(cached)" in result.output
     cached = list((tmp_path / "cache" / "calibration").glob("*.json"))
     assert len(cached) == 1 and json.loads(cached[0].read_text())["buckets"]
     write_csv(tmp_path / "d.csv", [("payslip wrong", "pay")])

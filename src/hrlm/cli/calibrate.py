@@ -39,7 +39,7 @@ def calibrate(
     from hrlm.data import read_table
     from hrlm.errors import ConfigError, DataError
     from hrlm.inference import Predictor
-    from hrlm.inference.calibrate import bucket
+    from hrlm.inference.calibrate import NOISE_LIMIT, bucket
 
     source = data or Path(str(resources.files("hrlm") / "samples" / "helpdesk_tickets.csv"))
     frame = read_table(source)
@@ -78,4 +78,7 @@ def calibrate(
         f"chosen for windows of up to about {size} tokens: {'packed' if chosen.packing else 'padded'} "
         f"batches of {chosen.max_tokens} tokens, {chosen.threads} threads"
     )
+    if chosen.noise is not None:
+        kept = "cached" if chosen.noise <= NOISE_LIMIT else "not cached: another process was using the machine?"
+        out_console.print(f"rounds of one choice differed by {chosen.noise:.0%} ({kept})")
     out_console.print(f"cached in {predictor.calibrator.path}")

@@ -32,6 +32,7 @@ from hrlm.training.attention import choose as choose_attention
 from hrlm.training.dropout import choose as choose_dropout
 from hrlm.training.loop import Optimization, run_steps
 from hrlm.training.selection import HEAD, choose_by_cv
+from hrlm.training.weights import choose as choose_weights
 
 log = logging.getLogger("hrlm")
 
@@ -212,6 +213,9 @@ def train_contrastive(
     longest = max((len(w) for w in windows), default=16)
     attention = choose_attention(model, device, precision, longest)
     dropout = choose_dropout(model, device, precision, longest)
-    done = run_steps(model, params, iter(batches), loss_of_batch, opt, bar=bar, attention=attention, dropout=dropout)
+    weights = choose_weights(model, device, precision, longest)
+    done = run_steps(
+        model, params, iter(batches), loss_of_batch, opt, bar=bar, attention=attention, dropout=dropout, weights=weights
+    )
     model.eval()
     return {"pairs": len(pairs), "steps": done.steps, "seconds": done.seconds, "loss": done.train_loss}

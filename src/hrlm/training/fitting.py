@@ -64,6 +64,8 @@ class TrainResult:
     interrupted: bool = False
     notes: list[str] = field(default_factory=list)
     placements: list[dict[str, Any]] = field(default_factory=list)  # with workers: rank, node, IP, pid
+    # what the training measured for this machine: attention, dropout and weights paths (None: as is)
+    paths: dict[str, str | None] = field(default_factory=dict)
 
 
 def fit(
@@ -187,6 +189,8 @@ def fit(
         "precision": precision,
         **split_counts(splits),
     }
+    if state.paths:
+        meta.extra["training_paths"] = state.paths
     if placements:
         meta.extra["workers"] = placements
     model_dir = None
@@ -213,6 +217,7 @@ def fit(
         interrupted=state.interrupted,
         notes=[n for ds in splits.values() if ds is not None for n in ds.notes] + run_notes,
         placements=placements,
+        paths=state.paths,
     )
 
 

@@ -41,6 +41,9 @@ from hrlm.training.dropout import using as using_dropout
 from hrlm.training.evaluator import Evaluator
 from hrlm.training.frozen import FrozenCache
 from hrlm.training.multitask import MultiTaskLoss
+from hrlm.training.weights import choose as choose_weights
+from hrlm.training.weights import compute_dtype
+from hrlm.training.weights import using as using_weights
 
 log = logging.getLogger("hrlm")
 
@@ -157,6 +160,7 @@ def run_steps(
     replicas: Replicas | None = None,
     attention: str | None = None,
     dropout: str | None = None,
+    weights: str | None = None,
     after_step: Callable[[], None] | None = None,
 ) -> StepsDone:
     """Train ``params`` with AdamW for ``opt.steps`` steps: the one training loop of hrlm.
@@ -180,6 +184,10 @@ def run_steps(
         dropout: ``"sampled"`` to run the model's dropout modules with the cheaper mask of
             :mod:`hrlm.training.dropout` (as :func:`hrlm.training.dropout.choose` measured it on this
             machine), restored afterwards; None or ``"torch"`` keeps PyTorch's.
+        weights: ``"bf16"`` to run the forward and backward passes on bf16 copies of the model's
+            weights, with the float32 weights as masters for the optimizer
+            (:mod:`hrlm.training.weights`, as :func:`hrlm.training.weights.choose` measured it on
+            this machine); None or ``"autocast"`` leaves the weights as they are.
         after_step: called after every optimizer step, before ``evaluate`` (a weight average's update).
 
     Returns:
@@ -201,6 +209,8 @@ def run_steps(
     restore = contextlib.ExitStack()
     restore.enter_context(using_attention(model, attention))
     restore.enter_context(using_dropout(model, dropout))
+    bf16 = restore.enter_context(using_weights(model, weights))
+    computing = bf16.computing if bf16 is not None else contextlib.nullcontext
     try:
         while done.steps < opt.steps:
             t0 = time.perf_counter()
@@ -208,9 +218,10 @@ def run_steps(
             for group in optimizer.param_groups:
                 group["lr"] = opt.lr_at(done.steps)
             for _ in range(opt.grad_accum):
-                loss, n = loss_of_batch(next(batches))
-                # Divided so that the accumulated gradient is that of the mean over all the step's batches.
-                (loss / opt.grad_accum).backward()
+                with computing():
+                    loss, n = loss_of_batch(next(batches))
+                    # Divided so that the accumulated gradient is that of the mean over all the step's batches.
+                    (loss / opt.grad_accum).backward()
                 done.loss_sum += float(loss.detach())
                 done.loss_count += 1
                 done.samples += n
@@ -222,6 +233,8 @@ def run_steps(
             nn.utils.clip_grad_norm_(params, opt.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if bf16 is not None:
+                bf16.refresh()
             if after_step is not None:
                 after_step()
             done.steps += 1
@@ -276,6 +289,8 @@ class RunState:
     train_seconds: float = 0.0
     samples: int = 0
     interrupted: bool = False
+    # the code paths measured for this machine (attention, dropout, weights; None: the model's own, autocast)
+    paths: dict[str, str | None] = field(default_factory=dict)
 
     def record(self, model: nn.Module, entry: dict[str, Any], metric: float | None, patience: int) -> bool:
         """Add a history entry; keep the weights if they are the best; True when training should stop."""
@@ -371,8 +386,10 @@ def train_full(run: TrainingRun, replicas: Replicas | None = None) -> RunState:
     def loss_of_share(batch: list[int]) -> tuple[torch.Tensor, int]:
         if cache is not None:
             hidden, mask = cache.batch(batch)
+            # the upper blocks' dtype: bf16 while training on bf16 copies of the weights (run_steps' weights)
+            hidden = hidden.to(device=device, dtype=compute_dtype(model.encoder.encoder.layer[cache.layers]))
             with autocast(device, precision):
-                out = model.upper(hidden.to(device), mask.to(device), cache.layers)
+                out = model.upper(hidden, mask.to(device), cache.layers)
         else:
             ids, mask = collate([enc.windows[i] for i in batch], pad_id)
             with autocast(device, precision):
@@ -409,6 +426,12 @@ def train_full(run: TrainingRun, replicas: Replicas | None = None) -> RunState:
     batches = batches_forever(enc.lengths, cfg.batch_size, cfg.seed)
     eval_every = cfg.eval_steps or steps_per_epoch
     longest = max((len(w) for w in enc.windows), default=cfg.max_length)
+    state.paths = {
+        "attention": choose_attention(model, device, precision, longest),
+        "dropout": choose_dropout(model, device, precision, longest),
+        "weights": choose_weights(model, device, precision, longest),
+    }
+    log.info("training paths on this machine: %s", state.paths)
     done = run_steps(
         model,
         trainable,
@@ -419,8 +442,9 @@ def train_full(run: TrainingRun, replicas: Replicas | None = None) -> RunState:
         evaluate=evaluate,
         eval_every=eval_every,
         replicas=replicas,
-        attention=choose_attention(model, device, precision, longest),
-        dropout=choose_dropout(model, device, precision, longest),
+        attention=state.paths["attention"],
+        dropout=state.paths["dropout"],
+        weights=state.paths["weights"],
         after_step=(lambda: average.update(model)) if average is not None else None,
     )
     state.train_seconds += done.seconds

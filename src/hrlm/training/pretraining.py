@@ -50,6 +50,7 @@ from hrlm.training.mlm_data import (
     collate_examples,
     read_corpus,
 )
+from hrlm.training.weights import choose as choose_weights
 
 log = logging.getLogger("hrlm")
 
@@ -378,6 +379,7 @@ def _adapt(
 
     attention = choose_attention(model, device, precision, cfg.max_length)
     dropout = choose_dropout(model, device, precision, cfg.max_length)
+    weights = choose_weights(model, device, precision, cfg.max_length)
     warm_steps = cfg.head_steps if head_new else 0
     if warm_steps:
         # The encoder (and the tied output matrix) stays fixed: only the new head's transform,
@@ -397,6 +399,7 @@ def _adapt(
             replicas=replicas,
             attention=attention,
             dropout=dropout,
+            weights=weights,
         )
         seconds, samples = seconds + warm.seconds, samples + warm.samples
         for p in model.parameters():
@@ -437,6 +440,7 @@ def _adapt(
         replicas=replicas,
         attention=attention,
         dropout=dropout,
+        weights=weights,
     )
     seconds, samples, interrupted = seconds + done.seconds, samples + done.samples, done.interrupted
     after = heldout_loss(model, val_batches, device, precision) if measures else {}
