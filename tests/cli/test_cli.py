@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -8,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hrlm.cli import app
+from hrlm.inference import calibrate
 from tests.conftest import write_csv
 
 runner = CliRunner()
@@ -243,6 +245,7 @@ def test_calibrate_measures_caches_and_names_a_missing_column(
     trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HRLM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(calibrate, "NOISE_LIMIT", math.inf)  # whatever else runs beside the tests: cached
     result = runner.invoke(app, ["calibrate", str(trained_model), "--backend", "torch-fp32"])
     assert result.exit_code == 0, result.output
     assert "chosen for windows of up to about" in result.output and "packed@" in result.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -100,6 +101,7 @@ def test_a_large_call_calibrates_once_and_predictions_do_not_change(
     monkeypatch: pytest.MonkeyPatch, trained_model: Path, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("HRLM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(calibrate, "NOISE_LIMIT", math.inf)  # whatever else runs beside the tests: cached
     monkeypatch.setattr("hrlm.inference.predictor.CPU_SAMPLE_TOKENS", 200)
     texts = [t for t, _ in make_texts(20, seed=5, length=(3, 12))]
     reference = Predictor.from_dir(trained_model, backend="torch-fp32", calibrate=False, packing=False)
@@ -204,7 +206,10 @@ def test_a_calibration_disturbed_by_another_process_is_measured_again_and_not_ca
     assert passes[0] == 1 + 2 * per_attempt  # the warm-up, then measured twice
     assert chosen.noise is not None and chosen.noise > calibrate.NOISE_LIMIT
     assert "measuring again" in caplog.text and "without caching it" in caplog.text
+    assert cal.budget([60] * 10) == chosen  # this process uses it (a Predictor doesn't measure every call)
     assert Calibrator(backend, 64, folder=tmp_path).budget([60] * 10) is None  # a later process measures again
+    cal.attention()  # another measurement saved to the file does not take the noisy budget with it
+    assert Calibrator(backend, 64, folder=tmp_path).budget([60] * 10) is None
 
     slow_spell["every"] = 0  # a quiet machine: measured once, kept
     passes[0] = 0

@@ -191,6 +191,8 @@ class Calibrator:
         self.key = hashlib.sha256(blob.encode()).hexdigest()[:20]
         self.path = (folder or cache_dir() / "calibration") / f"{self.key}.json"
         self.calibration = self._load() or Calibration(self.key, self.machine, self.model)
+        # budgets measured while something else used the machine: this process uses them, no file keeps them
+        self.unsaved: dict[str, Budget] = {}
 
     @property
     def on_gpu(self) -> bool:
@@ -253,7 +255,8 @@ class Calibrator:
 
     def budget(self, lengths: Sequence[int]) -> Budget | None:
         """The cached budget of the bucket ``lengths`` fall in, or None when it was never measured."""
-        return self.calibration.buckets.get(str(bucket(lengths, self.max_length)))
+        key = str(bucket(lengths, self.max_length))
+        return self.calibration.buckets.get(key) or self.unsaved.get(key)
 
     def measure_budget(
         self,
@@ -331,7 +334,10 @@ class Calibrator:
         )
         if noise <= NOISE_LIMIT:
             self.calibration.buckets[key] = chosen
+            self.unsaved.pop(key, None)
             self.save()
+        else:
+            self.unsaved[key] = chosen
         return chosen
 
 

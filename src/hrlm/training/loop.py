@@ -386,8 +386,8 @@ def train_full(run: TrainingRun, replicas: Replicas | None = None) -> RunState:
     def loss_of_share(batch: list[int]) -> tuple[torch.Tensor, int]:
         if cache is not None:
             hidden, mask = cache.batch(batch)
-            # the upper blocks' dtype: bf16 while training on bf16 copies of the weights (run_steps' weights)
-            hidden = hidden.to(device=device, dtype=compute_dtype(model.encoder.encoder.layer[cache.layers]))
+            # in the weights' dtype: bf16 while training on bf16 copies of them (run_steps' weights)
+            hidden = hidden.to(device=device, dtype=compute_dtype(model))
             with autocast(device, precision):
                 out = model.upper(hidden, mask.to(device), cache.layers)
         else:
