@@ -26,8 +26,9 @@ and peak GPU memory is reported beside the process's. ``--base`` trains another 
 encoder (an fp16 copy carried to a GPU machine, say). ``--systems`` adds ``hrlm-autocast`` or
 ``hrlm-bf16-weights``: hrlm with its bf16 training path forced (``HRLM_TRAIN_WEIGHTS``, see
 :mod:`hrlm.training.weights`), to see what the measured choice of the defaults is worth in speed and
-accuracy; each hrlm row records the paths its run chose (``paths``). ``--keep-model DIR`` keeps the model of hrlm's
-last round, for ``benchmarks/inference.py``. Writes ``benchmarks/results/training-imdb[-<variant>].json``.
+accuracy; each hrlm row records the paths its run chose (``paths``). ``--keep-model DIR`` keeps the
+model of hrlm's last round, for ``benchmarks/inference.py``. Writes
+``benchmarks/results/training-imdb[-<variant>].json``.
 """
 
 from __future__ import annotations
