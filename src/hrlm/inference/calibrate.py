@@ -61,7 +61,8 @@ PACKED_MARGIN = 0.03
 # Timings of one choice that differ by more than this between rounds (the median over choices of the
 # slowest round over the fastest, minus one) mean something else used the machine meanwhile: measured
 # again once, and a calibration still that noisy is used but not cached. A quiet 2-core host varies by
-# a few percent; on the AMX machine with another job running, one sample took 0.30-0.96 s. Passes
+# a few percent; on the AMX machine with another job running, the choices' fastest passes spread over
+# 0.30-0.96 s (0.25-0.31 s quiet), and the noise picked 2,048-token batches where 8,192 are faster. Passes
 # shorter than NOISE_FLOOR_S count as that long: a millisecond's jitter in a tiny model's pass is no
 # reason to measure again.
 NOISE_LIMIT = 0.25
