@@ -12,7 +12,7 @@ import torch
 
 from hrlm.inference import unpadded
 from hrlm.inference.backends import TorchBackend, quantize_torch_int8
-from hrlm.inference.packing import GROUP_PADDING, attention_groups, collate_packed, plan, token_batches
+from hrlm.inference.packing import GROUP_PADDING, attention_groups, collate_packed, plan, token_batches, transfer
 from hrlm.inference.predictor import Predictor, window_logits
 from hrlm.modeling import HrlmModel, TaskSpec, build_model
 from tests.conftest import make_texts
@@ -202,3 +202,44 @@ def test_a_model_under_pruning_is_served_uncopied(tiny_bert: Path) -> None:
     windows = _windows(4, n=6)
     got = window_logits(backend, windows, pad_id=0)["label"]
     np.testing.assert_allclose(got, _alone(model, windows), atol=0.1)
+
+
+def test_one_buffer_transfer_keeps_shapes_dtypes_and_values() -> None:
+    windows = _windows(5, n=9, longest=30)
+    packed = collate_packed(windows, list(range(9)))
+    parts = (t for g in packed.groups for t in (g.gather, g.mask) if t is not None)
+    tensors = [packed.input_ids, packed.positions, *parts]
+    assert any(t.dtype == torch.bool and t.dim() == 4 for t in tensors)  # the groups' key masks travel too
+    moved = transfer(tensors, torch.device("cpu"), one_buffer=True)
+    for before, after in zip(tensors, moved, strict=True):
+        assert after.dtype == before.dtype and after.shape == before.shape
+        assert torch.equal(after, before)
+
+
+class _Queued(TorchBackend):
+    """A CPU backend that claims to compute asynchronously, as a CUDA one does: only ``start*`` may be called."""
+
+    @property
+    def asynchronous(self) -> bool:
+        return True
+
+    def __call__(self, ids, mask):  # type: ignore[no-untyped-def]
+        raise AssertionError("a queued backend's batches must not wait for their logits one by one")
+
+    def packed(self, batch):  # type: ignore[no-untyped-def]
+        raise AssertionError("a queued backend's batches must not wait for their logits one by one")
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_queued_batches_are_read_back_once_in_window_order(tiny_bert: Path, packing: bool) -> None:
+    model = _model(tiny_bert, "mean")
+    windows = _windows(7, n=31, longest=40)
+    cpu = torch.device("cpu")
+    waited = window_logits(TorchBackend(model, cpu, "fp32"), windows, pad_id=0, max_tokens=96, packing=packing)
+    seen: list[int] = []
+    queued = window_logits(
+        _Queued(model, cpu, "fp32"), windows, pad_id=0, max_tokens=96, packing=packing, progress=seen.append
+    )
+    assert len(seen) >= 3 and sum(seen) == len(windows)  # several batches, each reported as it was queued
+    np.testing.assert_allclose(queued["label"], waited["label"], atol=1e-6)
+    np.testing.assert_allclose(queued["label"], _alone(model, windows), atol=1e-4)

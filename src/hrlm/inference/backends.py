@@ -44,7 +44,7 @@ from torch import nn
 from hrlm.config import BACKENDS, check_choice
 from hrlm.errors import ConfigError, ModelError
 from hrlm.inference import unpadded
-from hrlm.inference.packing import Packed
+from hrlm.inference.packing import Packed, transfer
 from hrlm.modeling import HrlmModel, ModelMeta, encoder_layers
 
 log = logging.getLogger("hrlm")
@@ -103,6 +103,23 @@ class Backend:
     def packed(self, batch: Packed) -> dict[str, np.ndarray]:
         raise NotImplementedError(f"backend {self.name} does not run packed batches")
 
+    @property
+    def asynchronous(self) -> bool:
+        """Whether :meth:`start` and :meth:`start_packed` queue a batch on a device and return at once.
+
+        Their logits stay on the device until the caller reads them, so the host can prepare the next
+        batch while the device computes this one (CUDA); :meth:`__call__` and :meth:`packed` wait.
+        """
+        return False
+
+    def start(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """:meth:`__call__`, with float32 logits left where they were computed."""
+        return {name: torch.from_numpy(value) for name, value in self(ids, mask).items()}
+
+    def start_packed(self, batch: Packed) -> dict[str, torch.Tensor]:
+        """:meth:`packed`, with float32 logits left where they were computed."""
+        return {name: torch.from_numpy(value) for name, value in self.packed(batch).items()}
+
 
 class TorchBackend(Backend):
     """The model in float32, in bf16 on a CPU, or under bf16/fp16 autocast on CUDA.
@@ -148,21 +165,32 @@ class TorchBackend(Backend):
         """The autocast context the backend runs its model in (none when the weights are already low precision)."""
         return autocast(self.device, self.precision) if self.autocast else contextlib.nullcontext()
 
-    @torch.inference_mode()
+    @property
+    def asynchronous(self) -> bool:
+        return self.device.type == "cuda"
+
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, np.ndarray]:
-        with self.context():
-            logits = self.model(ids.to(self.device), mask.to(self.device))
-        return _numpy(logits)
+        return _numpy(self.start(ids, mask))
+
+    def packed(self, batch: Packed) -> dict[str, np.ndarray]:
+        return _numpy(self.start_packed(batch))
 
     @torch.inference_mode()
-    def packed(self, batch: Packed) -> dict[str, np.ndarray]:
+    def start(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        ids, mask = transfer([ids, mask], self.device)
+        with self.context():
+            logits = self.model(ids, mask)
+        return {name: value.float() for name, value in logits.items()}
+
+    @torch.inference_mode()
+    def start_packed(self, batch: Packed) -> dict[str, torch.Tensor]:
         with self.context():
             logits = unpadded.forward(self.model, batch.to(self.device), self.qkv, plain_up_to=self.plain_up_to)
-        return _numpy(logits)
+        return {name: value.float() for name, value in logits.items()}
 
 
 def _numpy(logits: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    return {name: value.float().cpu().numpy() for name, value in logits.items()}
+    return {name: value.cpu().numpy() for name, value in logits.items()}
 
 
 def int8_linears(model: HrlmModel) -> list[str]:

@@ -100,24 +100,42 @@ def window_logits(
     laid end to end, ``max_tokens`` real tokens to a batch, with no padding (see :mod:`hrlm.inference.packing`).
     Otherwise they are sorted by length and padded batches hold ``max_tokens`` tokens, each padded
     only to its own longest window.
+    On a device that computes asynchronously (CUDA) every batch is queued and the logits are read
+    back once at the end, so the host lays out the next batch while the device computes this one.
     """
     use_packed = packing and backend.supports_packing
+    queued = backend.asynchronous
     out: dict[str, np.ndarray] = {}
+    orders: list[int] = []
+    pending: list[dict[str, torch.Tensor]] = []
     for batch in plan([len(w) for w in windows], max_tokens=max_tokens, max_batch=max_batch, packing=use_packed):
         if use_packed:
             packed = collate_packed(windows, batch)
             order: Sequence[int] = packed.order
-            logits = backend.packed(packed)
+            logits: dict[str, Any] = backend.start_packed(packed) if queued else backend.packed(packed)
         else:
             order = batch
-            logits = backend(*collate([windows[i] for i in batch], pad_id))
-        for name, value in logits.items():
-            if name not in out:
-                out[name] = np.zeros((len(windows), value.shape[1]), dtype=np.float32)
-            out[name][list(order)] = value
+            ids, mask = collate([windows[i] for i in batch], pad_id)
+            logits = backend.start(ids, mask) if queued else backend(ids, mask)
+        if queued:
+            orders.extend(order)
+            pending.append(logits)
+        else:
+            _place(out, logits, order, len(windows))
         if progress is not None:
             progress(len(order))
+    if pending:
+        gathered = {name: torch.cat([p[name] for p in pending]).cpu().numpy() for name in pending[0]}
+        _place(out, gathered, orders, len(windows))
     return out
+
+
+def _place(out: dict[str, np.ndarray], logits: dict[str, np.ndarray], order: Sequence[int], n_windows: int) -> None:
+    """Write the rows of ``logits`` (one per window of ``order``) into ``out``'s per-task arrays."""
+    for name, value in logits.items():
+        if name not in out:
+            out[name] = np.zeros((n_windows, value.shape[1]), dtype=np.float32)
+        out[name][list(order)] = value
 
 
 def aggregate(logits: np.ndarray, doc_index: Sequence[int], n_docs: int, how: str = "mean") -> np.ndarray:

@@ -127,7 +127,10 @@ def forward(
         x = layer.output(layer.intermediate(attended), attended)
     hidden = x.shape[-1]
     if model.pooling == "mean":
-        owner = torch.repeat_interleave(torch.arange(batch.n_windows, device=x.device), batch.lengths)
+        # output_size: without it CUDA makes the host wait for the GPU to learn the result's length
+        owner = torch.repeat_interleave(
+            torch.arange(batch.n_windows, device=x.device), batch.lengths, output_size=x.shape[0]
+        )
         sums = x.new_zeros((batch.n_windows, hidden)).index_add_(0, owner, x)
         pooled = sums / batch.lengths.unsqueeze(-1).to(x.dtype)
     else:
