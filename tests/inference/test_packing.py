@@ -208,7 +208,13 @@ def test_one_buffer_transfer_keeps_shapes_dtypes_and_values() -> None:
     windows = _windows(5, n=9, longest=30)
     packed = collate_packed(windows, list(range(9)))
     parts = (t for g in packed.groups for t in (g.gather, g.mask) if t is not None)
-    tensors = [packed.input_ids, packed.positions, *parts]
+    tensors = [
+        packed.input_ids,
+        packed.positions,
+        *parts,
+        torch.tensor([[0.25, -1.5]]),
+        torch.tensor([7], dtype=torch.int32),
+    ]
     assert any(t.dtype == torch.bool and t.dim() == 4 for t in tensors)  # the groups' key masks travel too
     moved = transfer(tensors, torch.device("cpu"), one_buffer=True)
     for before, after in zip(tensors, moved, strict=True):

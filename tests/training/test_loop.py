@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 from collections.abc import Callable
 
+import pytest
 import torch
 from torch import nn
 
@@ -112,3 +113,54 @@ def test_adamw_runs_fused_where_pytorch_has_the_kernel() -> None:
     assert fused_adamw(list(layer.parameters())) is True
     assert fused_adamw([nn.Parameter(torch.zeros(2, dtype=torch.float64))]) is None  # no fused float64 path
     assert fused_adamw([]) is None
+
+
+class _Recording(ProgressBar):
+    """A progress bar that records the loss shown at every update (None: only the step count changed)."""
+
+    def __init__(self, steps: int) -> None:
+        super().__init__(steps, "test", enabled=False)
+        self.shown_loss: list[str | None] = []
+
+    def update(self, completed: int | None = None, *, advance: int = 0, **fields: str) -> None:
+        self.shown_loss.append(fields.get("loss"))
+        super().update(completed, advance=advance, **fields)
+
+
+def test_deferred_losses_give_the_same_means_and_are_read_only_when_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a GPU: batches' losses stay unread until an evaluation or the progress bar reads them."""
+    import hrlm.training.loop as loop
+
+    real = loop.StepsDone
+    monkeypatch.setattr(loop, "LOSS_SHOWN_EVERY_S", float("inf"))
+
+    def run(defer: bool) -> tuple[list[float], _Recording, list[float]]:
+        monkeypatch.setattr(loop, "StepsDone", lambda **_: real(defer=defer))
+        model, x, y = _regression(3)
+        batches = itertools.cycle([[0, 1, 2, 3], [4, 5, 6, 7]])
+        losses: list[float] = []
+
+        def loss(i: list[int]) -> tuple[torch.Tensor, int]:
+            value = nn.functional.mse_loss(model(x[i]), y[i])
+            losses.append(float(value.detach()))
+            return value, len(i)
+
+        means: list[float] = []
+
+        def evaluate(step: int, train_loss: float) -> bool:
+            means.append(train_loss)
+            return False
+
+        bar = _Recording(6)
+        opt = dataclasses.replace(_opt(steps=6), grad_accum=2)
+        run_steps(model, list(model.parameters()), batches, loss, opt, bar=bar, evaluate=evaluate, eval_every=2)
+        return means, bar, losses
+
+    plain, plain_bar, losses = run(False)
+    deferred, deferred_bar, _ = run(True)
+    expected = [sum(losses[k : k + 4]) / 4 for k in (0, 4, 8)]  # 2 steps of 2 batches between evaluations
+    assert len(plain) == len(deferred) == 3
+    for a, b, c in zip(plain, deferred, expected, strict=True):
+        assert abs(a - c) < 1e-6 and abs(b - c) < 1e-6
+    assert all(shown is not None for shown in plain_bar.shown_loss)  # on a CPU: every step
+    assert deferred_bar.shown_loss[0] is not None and deferred_bar.shown_loss[1:] == [None] * 5

@@ -30,6 +30,7 @@ from hrlm.inference import (
     collate,
     length_batches,
 )
+from hrlm.inference.packing import transfer
 from hrlm.modeling import HrlmModel
 from hrlm.text import Encoded
 from hrlm.training.attention import choose as choose_attention
@@ -48,6 +49,10 @@ from hrlm.training.weights import using as using_weights
 log = logging.getLogger("hrlm")
 
 B = TypeVar("B")  # a batch, whatever the trainer's loss function reads
+
+# On a GPU the progress bar shows the training loss at most this often: reading it makes the host wait
+# for the GPU, which otherwise runs a step or more behind it. On a CPU it is shown every step.
+LOSS_SHOWN_EVERY_S = 0.5
 
 
 def lr_factor(step: int, *, warmup: int, total: int) -> float:
@@ -138,12 +143,33 @@ class StepsDone:
     seconds: float = 0.0  # in training steps; evaluation is not counted
     samples: int = 0
     interrupted: bool = False
-    loss_sum: float = 0.0  # since the last evaluation, over batches
+    loss_sum: float = 0.0  # since the last evaluation, over batches (those read back from the device)
     loss_count: int = 0
+    # Keep batches' losses where they were computed until train_loss is read: on a GPU, reading each
+    # at once would make the host wait for the GPU every batch, so it could never queue the next step
+    # while the GPU computes this one. run_steps defers off the CPU.
+    defer: bool = False
+    unread: list[torch.Tensor] = field(default_factory=list)
+
+    def add_loss(self, loss: torch.Tensor) -> None:
+        """Count a batch's loss (read back now, or with the next :attr:`train_loss` when deferring)."""
+        self.loss_count += 1
+        if self.defer:
+            self.unread.append(loss.detach().float())
+        else:
+            self.loss_sum += float(loss.detach())
+
+    def reset_loss(self) -> None:
+        """Start a new mean (after an evaluation)."""
+        self.loss_sum, self.loss_count = 0.0, 0
+        self.unread.clear()
 
     @property
     def train_loss(self) -> float:
         """The mean training loss of the batches since the last evaluation (or the start)."""
+        if self.unread:
+            self.loss_sum += float(torch.stack(self.unread).sum())
+            self.unread.clear()
         return self.loss_sum / max(self.loss_count, 1)
 
 
@@ -204,13 +230,14 @@ def run_steps(
     """
     keep_freed_memory()
     optimizer = torch.optim.AdamW(param_groups(params, opt.weight_decay), lr=opt.lr, fused=fused_adamw(params))
-    done = StepsDone()
+    done = StepsDone(defer=any(p.device.type != "cpu" for p in params))
     model.train()
     restore = contextlib.ExitStack()
     restore.enter_context(using_attention(model, attention))
     restore.enter_context(using_dropout(model, dropout))
     bf16 = restore.enter_context(using_weights(model, weights))
     computing = bf16.computing if bf16 is not None else contextlib.nullcontext
+    shown = -math.inf  # when the progress bar last showed the training loss
     try:
         while done.steps < opt.steps:
             t0 = time.perf_counter()
@@ -222,8 +249,7 @@ def run_steps(
                     loss, n = loss_of_batch(next(batches))
                     # Divided so that the accumulated gradient is that of the mean over all the step's batches.
                     (loss / opt.grad_accum).backward()
-                done.loss_sum += float(loss.detach())
-                done.loss_count += 1
+                done.add_loss(loss)
                 done.samples += n
             if replicas is not None:
                 # Every worker then holds the gradient of the whole global batch and takes the same
@@ -238,11 +264,16 @@ def run_steps(
             if after_step is not None:
                 after_step()
             done.steps += 1
-            done.seconds += time.perf_counter() - t0
-            bar.update(done.steps, loss=f"{done.train_loss:.4f}")
+            now = time.perf_counter()
+            done.seconds += now - t0
+            if not done.unread or now - shown >= LOSS_SHOWN_EVERY_S:  # on a GPU, the loss waits for it
+                bar.update(done.steps, loss=f"{done.train_loss:.4f}")
+                shown = now
+            else:
+                bar.update(done.steps)
             if evaluate is not None and (done.steps % eval_every == 0 or done.steps == opt.steps):
                 stop = evaluate(done.steps, done.train_loss)
-                done.loss_sum, done.loss_count = 0.0, 0
+                done.reset_loss()
                 model.train()  # evaluation may have left the model in eval mode
                 if stop:
                     break
@@ -388,13 +419,15 @@ def train_full(run: TrainingRun, replicas: Replicas | None = None) -> RunState:
             hidden, mask = cache.batch(batch)
             # in the weights' dtype: bf16 while training on bf16 copies of them (run_steps' weights)
             hidden = hidden.to(device=device, dtype=compute_dtype(model))
+            batch_targets = targets[batch].to(device)
             with autocast(device, precision):
                 out = model.upper(hidden, mask.to(device), cache.layers)
         else:
+            # ids, mask and targets in one copy that does not wait for the GPU (see transfer)
             ids, mask = collate([enc.windows[i] for i in batch], pad_id)
+            ids, mask, batch_targets = transfer([ids, mask, targets[batch]], device)
             with autocast(device, precision):
-                out = model(ids.to(device), mask.to(device))
-        batch_targets = targets[batch].to(device)
+                out = model(ids, mask)
         if isinstance(loss_fn, MultiTaskLoss):
             return loss_fn(out, batch_targets), len(batch)
         return loss_fn(out[task.name].float(), batch_targets), len(batch)
