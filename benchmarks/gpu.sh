@@ -13,7 +13,9 @@
 # LIMITS (default "90 450 60 150 90 450"): each phase's time limit in seconds, in the order above; 0
 # skips it. DEADLINE (seconds from the start, default none) caps every phase to what is left.
 # BACKENDS: the Predictor configurations infer256 measures beside the pipelines (default: the
-# defaults, fp32 and bf16, packed and padded). TEST_ROWS (default 25000): test reviews the training phases score (accuracy); inference always
+# defaults, fp32 and bf16, packed and padded); INFER256_ARGS, more of inference.py's options for it
+# ("--no-memory": on the H200 the memory probes, a fresh CUDA process per system, took over a minute
+# and cut the phase before its results file was written). TEST_ROWS (default 25000): test reviews the training phases score (accuracy); inference always
 # scores all of test.csv.gz. Run from the project root, with hrlm importable (installed, or
 # PYTHONPATH=src). Each results file is copied to COPY_RESULTS_TO as soon as it is written.
 set -u
@@ -81,7 +83,9 @@ profile = cProfile.Profile()
 profile.enable(); p.predict(texts); profile.disable()
 pstats.Stats(profile).sort_stats("tottime").print_stats(22)
 EOF
-    infer infer256 256 --backends "${BACKENDS:-auto,torch-fp32:padded,torch-bf16:padded,torch-fp32,torch-bf16}"
+    # shellcheck disable=SC2086  # INFER256_ARGS holds several arguments
+    infer infer256 256 --backends "${BACKENDS:-auto,torch-fp32:padded,torch-bf16:padded,torch-fp32,torch-bf16}" \
+        ${INFER256_ARGS:-}
     # the model trained at 256 tokens reads 512-token windows too: the speed at 512 needs no second model;
     # the baseline, the defaults and the padded paths, without the memory probes (a fresh process each)
     infer infer512 512 --backends auto,torch-fp32:padded,torch-bf16:padded --no-memory

@@ -209,7 +209,8 @@ def test_reference_is_cached_in_the_model_folder_and_rebuilt_when_the_data_chang
     import shutil
 
     model = tmp_path / "model"
-    shutil.copytree(trained_model, model)
+    # without the references that earlier tests' services cached in the session's model folder
+    shutil.copytree(trained_model, model, ignore=shutil.ignore_patterns("monitoring"))
     data = write_csv(tmp_path / "holdout.csv", make_texts(5, seed=3))
     first = reference_for(model, data, predictor)
     cached = list((model / "monitoring").glob("reference-*.npz"))
