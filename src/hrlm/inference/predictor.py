@@ -100,6 +100,7 @@ def window_logits(
     laid end to end, ``max_tokens`` real tokens to a batch, with no padding (see :mod:`hrlm.inference.packing`).
     Otherwise they are sorted by length and padded batches hold ``max_tokens`` tokens, each padded
     only to its own longest window.
+
     On a device that computes asynchronously (CUDA) every batch is queued and the logits are read
     back once at the end, so the host lays out the next batch while the device computes this one.
     """
