@@ -196,3 +196,30 @@ def test_every_pretrain_setting_has_a_flag() -> None:
     flags = {opt for p in command.params for opt in p.opts}
     for key in PretrainConfig.names():
         assert "--" + key.replace("_", "-") in flags, f"PretrainConfig.{key} has no `hrlm pretrain` flag"
+
+
+def test_losses_select_the_masked_positions_as_a_boolean_mask_does(tiny_bert: Path) -> None:
+    """The masked positions are chosen on the CPU (no GPU wait); the losses are those of plain boolean selection."""
+    from torch import nn
+
+    from hrlm.training.mlm_data import collate_examples
+    from hrlm.training.pretraining import _losses, _mlm_head, load_pretraining_model
+
+    tok = load_tokenizer(tiny_bert)
+    model, _ = load_pretraining_model(tiny_bert, nsp=True)
+    model.eval()
+    examples = build_nsp_examples(tok, _corpus(20, sentences=4), max_length=40, rng=random.Random(1))[:6]
+    cfg = PretrainConfig(nsp=True, mlm_probability=0.3)
+    g = torch.Generator().manual_seed(0)
+    batch = collate_examples(
+        examples, cfg, pad_id=tok.pad_token_id, mask_id=tok.mask_token_id, vocab_size=len(tok), g=g
+    )
+    assert batch.nsp is not None and 3 <= int((batch.labels != IGNORE).sum()) < batch.labels.numel() // 2
+    with torch.no_grad():
+        mlm, nsp, nsp_logits = _losses(model, batch, torch.device("cpu"), "fp32")
+        out = model.base_model(input_ids=batch.ids, attention_mask=batch.mask, token_type_ids=batch.types)
+        chosen = batch.labels != IGNORE
+        expected = nn.functional.cross_entropy(_mlm_head(model)(out.last_hidden_state[chosen]), batch.labels[chosen])
+        expected_nsp = nn.functional.cross_entropy(model.cls.seq_relationship(out.pooler_output), batch.nsp)
+    assert nsp is not None and nsp_logits is not None and nsp_logits.shape == (6, 2)
+    assert torch.allclose(mlm, expected, atol=1e-6) and torch.allclose(nsp, expected_nsp, atol=1e-6)

@@ -27,6 +27,7 @@ from hrlm.config import TrainConfig
 from hrlm.data import Dataset
 from hrlm.errors import ConfigError
 from hrlm.inference import autocast, collate
+from hrlm.inference.packing import transfer
 from hrlm.modeling import HrlmModel, encoder_layers
 from hrlm.training.attention import choose as choose_attention
 from hrlm.training.dropout import choose as choose_dropout
@@ -199,10 +200,12 @@ def train_contrastive(
     def loss_of_batch(batch: list[tuple[int, int, float]]) -> tuple[torch.Tensor, int]:
         left, mask_l = collate([windows[i] for i, _, _ in batch], pad_id)
         right, mask_r = collate([windows[j] for _, j, _ in batch], pad_id)
-        target = torch.tensor([t for _, _, t in batch], device=device)
+        target = torch.tensor([t for _, _, t in batch])
+        # one copy that does not make the host wait for a GPU (see transfer)
+        left, mask_l, right, mask_r, target = transfer([left, mask_l, right, mask_r, target], device)
         with autocast(device, precision):
-            a = model.pool(left.to(device), mask_l.to(device))
-            b = model.pool(right.to(device), mask_r.to(device))
+            a = model.pool(left, mask_l)
+            b = model.pool(right, mask_r)
         cos = nn.functional.cosine_similarity(a.float(), b.float())
         return nn.functional.mse_loss(cos, target), len(batch)
 

@@ -417,11 +417,11 @@ def train_full(run: TrainingRun, replicas: Replicas | None = None) -> RunState:
     def loss_of_share(batch: list[int]) -> tuple[torch.Tensor, int]:
         if cache is not None:
             hidden, mask = cache.batch(batch)
+            hidden, mask, batch_targets = transfer([hidden, mask, targets[batch]], device)
             # in the weights' dtype: bf16 while training on bf16 copies of them (run_steps' weights)
-            hidden = hidden.to(device=device, dtype=compute_dtype(model))
-            batch_targets = targets[batch].to(device)
+            hidden = hidden.to(dtype=compute_dtype(model))
             with autocast(device, precision):
-                out = model.upper(hidden, mask.to(device), cache.layers)
+                out = model.upper(hidden, mask, cache.layers)
         else:
             # ids, mask and targets in one copy that does not wait for the GPU (see transfer)
             ids, mask = collate([enc.windows[i] for i in batch], pad_id)

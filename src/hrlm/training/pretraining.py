@@ -35,6 +35,7 @@ from hrlm.config import PretrainConfig
 from hrlm.encoders import load_tokenizer, resolve_base
 from hrlm.errors import ConfigError, DataError
 from hrlm.inference import autocast, default_threads, resolve_device, resolve_precision
+from hrlm.inference.packing import transfer
 from hrlm.modeling import attention_dropout_for, quiet_transformers, set_dropout
 from hrlm.text import normalize
 from hrlm.training.attention import choose as choose_attention
@@ -119,22 +120,28 @@ def _mlm_head(model: Any) -> nn.Module:
 def _losses(
     model: Any, batch: Batch, device: torch.device, precision: str
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Masked-LM loss (mean over masked tokens), NSP loss and NSP logits; vocabulary logits only where masked."""
-    labels = batch.labels.to(device)
+    """Masked-LM loss (mean over masked tokens), NSP loss and NSP logits; vocabulary logits only where masked.
+
+    The masked positions are found on the CPU and travel with the batch in one copy (see
+    :func:`hrlm.inference.packing.transfer`): selecting them on a GPU with a boolean mask would make
+    the host wait for it every batch.
+    """
+    flat = batch.labels.reshape(-1)
+    chosen = (flat != IGNORE).nonzero().squeeze(1)  # row-major, as a boolean mask selects
+    extra = [] if batch.nsp is None else [batch.nsp]
+    ids, mask, types, chosen, targets, *nsp = transfer(
+        [batch.ids, batch.mask, batch.types, chosen, flat[chosen], *extra], device
+    )
     with autocast(device, precision):
-        out = model.base_model(
-            input_ids=batch.ids.to(device),
-            attention_mask=batch.mask.to(device),
-            token_type_ids=batch.types.to(device),
-        )
-        chosen = labels != IGNORE
-        logits = _mlm_head(model)(out.last_hidden_state[chosen])
-        nsp_logits = model.cls.seq_relationship(out.pooler_output) if batch.nsp is not None else None
-    mlm = nn.functional.cross_entropy(logits.float(), labels[chosen])
-    if nsp_logits is None or batch.nsp is None:
+        out = model.base_model(input_ids=ids, attention_mask=mask, token_type_ids=types)
+        hidden = out.last_hidden_state
+        logits = _mlm_head(model)(hidden.reshape(-1, hidden.shape[-1]).index_select(0, chosen))
+        nsp_logits = model.cls.seq_relationship(out.pooler_output) if nsp else None
+    mlm = nn.functional.cross_entropy(logits.float(), targets)
+    if nsp_logits is None:
         return mlm, None, None
     nsp_logits = nsp_logits.float()
-    return mlm, nn.functional.cross_entropy(nsp_logits, batch.nsp.to(device)), nsp_logits
+    return mlm, nn.functional.cross_entropy(nsp_logits, nsp[0]), nsp_logits
 
 
 class _Data:
