@@ -76,14 +76,15 @@ class Packed:
 
     def to(self, device: torch.device) -> Packed:
         """The batch on ``device``: on CUDA in one copy that does not wait for the GPU (see :func:`transfer`)."""
-        optional = [t for g in self.groups for t in (g.gather, g.mask, g.scatter)]
-        present = [t for t in optional if t is not None]
+        present = [t for g in self.groups for t in (g.gather, g.mask, g.scatter) if t is not None]
         moved = iter(transfer([self.input_ids, self.positions, self.starts, self.lengths, *present], device))
         ids, positions, starts, lengths = (next(moved) for _ in range(4))
-        parts = [None if t is None else next(moved) for t in optional]
+
+        def take(t: torch.Tensor | None) -> torch.Tensor | None:  # the moved copy, in the order of present
+            return None if t is None else next(moved)
+
         groups = tuple(
-            replace(g, gather=parts[3 * i], mask=parts[3 * i + 1], scatter=parts[3 * i + 2])
-            for i, g in enumerate(self.groups)
+            replace(g, gather=take(g.gather), mask=take(g.mask), scatter=take(g.scatter)) for g in self.groups
         )
         return Packed(ids, positions, starts, lengths, groups, self.order)
 
