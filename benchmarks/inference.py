@@ -70,6 +70,8 @@ BACKENDS = [
     "torch-int8",
     "onnx-fp32",
     "onnx-int8",
+    "openvino-fp32",
+    "openvino-bf16",
 ]
 GPU_BACKENDS = ["auto", "torch-fp32:padded", "torch-fp32", "torch-bf16:padded", "torch-bf16"]
 PIPELINE = "transformers pipeline"
@@ -127,7 +129,13 @@ class System:
             chosen = self.predictor.backend_name
             # torch-bf16-int8 against bf16's limit: int8 computes 58% of its linear FLOPs (the query-key-value
             # and first feed-forward products), bf16 the rest and everything else
-            precisions = {"torch-bf16": "bf16", "torch-bf16-int8": "bf16", "torch-int8": "int8", "onnx-int8": "int8"}
+            precisions = {
+                "torch-bf16": "bf16",
+                "torch-bf16-int8": "bf16",
+                "openvino-bf16": "bf16",
+                "torch-int8": "int8",
+                "onnx-int8": "int8",
+            }
             self.precision = precisions.get(chosen, "fp32")
 
     def labels(self, texts: list[str]) -> list[str]:
@@ -240,7 +248,7 @@ def main() -> None:
     if args.backends is not None:
         backends = [b for b in args.backends.split(",") if b]
     elif not on_gpu and not cpu_has_fast_bf16():
-        backends = [b for b in BACKENDS if not b.startswith("torch-bf16")]
+        backends = [b for b in BACKENDS if not b.startswith("torch-bf16") and b != "openvino-bf16"]
         notes.append(
             "torch-bf16 not measured: this CPU has neither AVX-512 BF16 nor AMX, so torch emulates bf16 "
             "products, dozens of times slower than fp32 (the Predictor's auto never picks it here)."

@@ -6,6 +6,7 @@
     postgres   the store on PostgreSQL: psycopg
     queue      retrain jobs on Redis (``hrlm worker``): rq, redis
     onnx       the ONNX Runtime backends and ``hrlm compress --onnx``: onnxruntime, onnx, onnxscript
+    openvino   the OpenVINO backends: openvino
     ray        ``hrlm batch --engine ray``, ``hrlm train --workers`` and ``hrlm pretrain --workers``: ray
     tune       ``hrlm tune``: optuna
     audit      ``hrlm audit`` and the bias audit of the promotion gate: fairlearn
@@ -44,6 +45,7 @@ EXTRA_OF_MODULE = {
     "onnx": "onnx",
     "onnxruntime": "onnx",
     "onnxscript": "onnx",
+    "openvino": "openvino",
     "ray": "ray",
     "optuna": "tune",
     "fairlearn": "audit",

@@ -34,6 +34,8 @@ BACKENDS = (
     "torch-bf16-int8",
     "onnx-fp32",
     "onnx-int8",
+    "openvino-fp32",
+    "openvino-bf16",
 )
 CLASS_WEIGHTS = ("none", "balanced")
 METHODS = ("auto", "finetune", "setfit")
@@ -43,7 +45,7 @@ QUANTIZE_MODES = ("int8",)
 
 BACKEND_HELP = (
     "Inference backend: auto, torch-fp32, torch-bf16, torch-fp16 (CUDA), torch-int8, torch-bf16-int8, onnx-fp32, "
-    "onnx-int8. "
+    "onnx-int8, openvino-fp32, openvino-bf16. "
     "auto uses a quantized one only where `hrlm compress` recorded a passing accuracy check."
 )
 

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from hrlm.cli import app
 from hrlm.data import Dataset
 from hrlm.errors import ConfigError
+from hrlm.inference.backends import cpu_has_fast_bf16
 from hrlm.inference.predictor import Predictor
 from hrlm.modeling import TaskSpec, attention_heads, encoder_layers, load_model
 from hrlm.training import compression
@@ -106,6 +107,18 @@ def test_compress_never_overwrites(trained_model: Path, tmp_path: Path) -> None:
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     with pytest.raises(ConfigError, match="already exists"):
         compress(trained_model, trained_model, onnx=True)
+
+
+def test_data_alone_checks_the_backends_and_keeps_the_weights(
+    trained_model: Path, tickets_csv: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "checked"
+    result = compress(trained_model, out, data=tickets_csv)
+    assert (out / "model.safetensors").read_bytes() == (trained_model / "model.safetensors").read_bytes()
+    checks = json.loads((out / "hrlm.json").read_text())["backend_checks"]
+    bf16 = ["torch-bf16", "openvino-bf16"] if cpu_has_fast_bf16() else []
+    assert set(checks) == set(result.checks) == {"torch-fp32", "openvino-fp32", *bf16}
+    assert all(check["n"] == 120 for check in checks.values())
 
 
 @pytest.mark.parametrize(

@@ -88,7 +88,10 @@ def compress(
     quantize: str | None = option(CompressConfig, "quantize"),
     onnx: bool = option(CompressConfig, "onnx", "--onnx"),
     data: Annotated[
-        Path | None, typer.Option(help="Held-out labelled data: size, docs/s, accuracy before and after.")
+        Path | None,
+        typer.Option(
+            help="Held-out labelled data: size, docs/s, accuracy before and after; alone, checks the backends."
+        ),
     ] = None,
     train_data: Annotated[
         Path | None, typer.Option(help="Labelled data for a short recovery fine-tune after pruning.")
@@ -100,7 +103,7 @@ def compress(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out folder.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Prune, quantize or export a model to ONNX into a new folder; compare size, speed and accuracy."""
+    """Prune, quantize or export a model to ONNX into a new folder; compare size, speed and accuracy of its backends."""
     from hrlm.training import compress as run_compress
 
     cfg = CompressConfig.from_dict(given(ctx, CompressConfig.names()))

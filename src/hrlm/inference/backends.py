@@ -1,4 +1,4 @@
-"""Inference backends: one interface over PyTorch and ONNX Runtime, and the rule that picks one.
+"""Inference backends: one interface over PyTorch, ONNX Runtime and OpenVINO, and the rule that picks one.
 
 A backend turns a padded batch of token ids into the logits of every task::
 
@@ -10,6 +10,8 @@ A backend turns a padded batch of token ids into the logits of every task::
                  AVX-512 BF16 or AMX and VNNI; :mod:`hrlm.inference.mixed`)
     onnx-fp32    ONNX Runtime with its graph optimizations (CPU; ``pip install 'hrlm[onnx]'``)
     onnx-int8    ONNX Runtime with dynamically quantized int8 weights (CPU)
+    openvino-fp32, openvino-bf16  OpenVINO's CPU plugin, fused attention (CPU; bf16 where native;
+                 ``pip install 'hrlm[openvino]'``; :mod:`hrlm.inference.openvino_backend`)
 
 ``auto`` never silently loses accuracy: on a CPU it uses a backend other than fp32 (bf16 where the
 CPU computes it natively) only when ``hrlm.json`` records that the backend passed an agreement check
@@ -263,7 +265,7 @@ def onnxruntime() -> Any:
 class OnnxBackend(Backend):
     """An ONNX Runtime session over an exported model, all graph optimizations on, on ``threads`` threads."""
 
-    def __init__(self, path: Path, task_names: list[str], *, threads: int, name: str) -> None:
+    def __init__(self, path: Path, task_names: list[str], *, threads: int, name: str, config: Any = None) -> None:
         ort = onnxruntime()
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -274,6 +276,7 @@ class OnnxBackend(Backend):
         self.path = path
         self.task_names = task_names
         self.name = name
+        self.config = config  # the model's, for the calibration's cache key
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, np.ndarray]:
         outputs = self.session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
@@ -452,6 +455,12 @@ def _onnx_available() -> bool:
     return True
 
 
+def _openvino_available() -> bool:
+    from hrlm.inference.openvino_backend import available  # it builds on this module
+
+    return available()
+
+
 @dataclass
 class Choice:
     """The backend to build, the device it runs on, and why it was chosen."""
@@ -487,11 +496,14 @@ def choose_backend(requested: str, meta: ModelMeta, device: torch.device, *, dev
         }
         if not _onnx_available():
             passing = {k: v for k, v in passing.items() if not k.startswith("onnx-")}
+        if not _openvino_available():
+            passing = {k: v for k, v in passing.items() if not k.startswith("openvino-")}
         if not cpu_has_fast_bf16():
             # a check's speed was measured where the check ran: a model folder checked on a CPU with
             # native bf16 and moved to one without would otherwise pick bf16, emulated here
             passing.pop("torch-bf16", None)
             passing.pop("torch-bf16-int8", None)
+            passing.pop("openvino-bf16", None)
         if not cpu_has_vnni():  # int8 products without VNNI: slower, and their 16-bit sums saturate
             passing.pop("torch-bf16-int8", None)
         reference = "torch-bf16" if cpu_has_fast_bf16() else "torch-fp32"
@@ -507,11 +519,15 @@ def choose_backend(requested: str, meta: ModelMeta, device: torch.device, *, dev
         )
     if requested == "torch-bf16-int8":
         warn_emulated_bf16(f"backend {requested}")
-    if requested.startswith("onnx-") or requested in ("torch-int8", "torch-bf16-int8"):
+    if requested.startswith(("onnx-", "openvino-")) or requested in ("torch-int8", "torch-bf16-int8"):
         if device.type == "cuda" and device_given:
             raise ConfigError(f"backend {requested} runs on the CPU only; use --device cpu or a torch-* backend.")
         if requested.startswith("onnx-"):
             onnxruntime()
+        if requested.startswith("openvino-"):
+            from hrlm.inference.openvino_backend import openvino
+
+            openvino()
         return Choice(requested, cpu, "requested")
     if requested == "torch-fp16" and device.type != "cuda":
         raise ConfigError("backend torch-fp16 needs a CUDA GPU; on a CPU use torch-fp32, torch-bf16 or an int8 one.")
@@ -552,5 +568,9 @@ def build_backend(
         return MixedBackend(model, load_maxima(folder), layer_names(model) if layers is None else layers)
     if choice.name.startswith("onnx-"):
         path = onnx_file(choice.name, model, meta, folder, scratch)
-        return OnnxBackend(path, [t.name for t in meta.tasks], threads=threads, name=choice.name)
+        return OnnxBackend(path, [t.name for t in meta.tasks], threads=threads, name=choice.name, config=model.config)
+    if choice.name.startswith("openvino-"):
+        from hrlm.inference import openvino_backend
+
+        return openvino_backend.build(choice.name, model, meta, folder=folder, threads=threads)
     return TorchBackend(model, choice.device, choice.name.split("-", 1)[1])

@@ -128,7 +128,8 @@ def machine() -> dict[str, Any]:
 def model_shape(backend: Backend, max_length: int) -> dict[str, Any]:
     """What the timings depend on in the model: its shape and the backend, not its weights."""
     shape: dict[str, Any] = {"backend": backend.name, "device": backend.device.type, "max_length": max_length}
-    config = getattr(getattr(backend, "model", None), "config", None)
+    # a runtime's backend (ONNX, OpenVINO) holds no torch model, only its config
+    config = getattr(backend, "config", None) or getattr(getattr(backend, "model", None), "config", None)
     for key in ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size"):
         shape[key] = getattr(config, key, None)
     return shape

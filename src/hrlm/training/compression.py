@@ -11,6 +11,8 @@
 - with training data, a short recovery fine-tune follows the pruning (pruned weights stay zero).
 - ``quantize="int8"``: the int8 backends are checked (``torch-int8``; ``onnx-int8`` with ``onnx``).
 - ``onnx``: ``model.onnx`` (and ``model.int8.onnx``) are exported into the new folder.
+- where OpenVINO is installed, its backends are checked too (``openvino-fp32``; ``openvino-bf16`` on a
+  CPU with native bf16); they need no file in the folder.
 
 With held-out labelled ``data``, every backend of the new folder is measured against the new
 folder's own fp32 predictions, and against the original model: size on disk, docs/s, accuracy and
@@ -54,6 +56,7 @@ from hrlm.inference import (
 )
 from hrlm.inference.mixed import ALPHA, KINDS, activation_maxima, layer_names, save_maxima
 from hrlm.inference.mixed import NAME as MIXED
+from hrlm.inference.openvino_backend import available as openvino_available
 from hrlm.model_card import write_model_card
 from hrlm.modeling import META_FILE, HrlmModel, ModelMeta, attention_heads, encoder_layers, load_model, save_model
 from hrlm.modeling import prune_heads as remove_heads
@@ -146,7 +149,8 @@ def compress(
             ``recovery_epochs`` of fine-tuning after pruning; the ``text_col`` and ``label_col`` of
             ``data`` and ``train_data`` (label: the model's by default); CPU ``threads``.
         data: held-out labelled data: size, docs/s, accuracy and agreement of every backend, and the
-            agreement checks that let ``--backend auto`` use a quantized backend.
+            agreement checks that let ``--backend auto`` use a quantized backend. Alone (nothing else
+            asked for), the new folder holds the same weights with every available backend checked.
         train_data: labelled data for a short recovery fine-tune after pruning.
         changes: settings of :class:`CompressConfig` changed from ``cfg``'s, like ``quantize="int8"``.
 
@@ -168,8 +172,8 @@ def compress(
     cfg = CompressConfig.from_dict({**(cfg or CompressConfig()).to_dict(), **changes})
     prune, prune_heads, quantize, onnx = cfg.prune, cfg.prune_heads, cfg.quantize, cfg.onnx
     recovery_epochs, text_col, label_col = cfg.recovery_epochs, cfg.text_col, cfg.label_col
-    if prune == 0 and quantize is None and not onnx:
-        raise ConfigError("nothing to do; pass --prune, --quantize int8 or --onnx.")
+    if prune == 0 and quantize is None and not onnx and data is None:
+        raise ConfigError("nothing to do; pass --prune, --quantize int8, --onnx, or --data to check the backends.")
     if train_data is not None and prune == 0:
         raise ConfigError("--train-data is for the recovery fine-tune after pruning; pass --prune too.")
     threads = cfg.threads or default_threads()
@@ -217,6 +221,8 @@ def compress(
     mixed = quantize == "int8" and held_out is not None and cpu_has_fast_bf16() and cpu_has_vnni()
     if onnx:
         backends += ["onnx-fp32", *(["onnx-int8"] if quantize == "int8" else [])]
+    if held_out is not None and openvino_available():  # nothing to write: checked where installed
+        backends += ["openvino-fp32", *(["openvino-bf16"] if cpu_has_fast_bf16() else [])]
 
     with atomic_dir(target, overwrite=overwrite) as tmp:
         save_model(model, tokenizer, new_meta, tmp)

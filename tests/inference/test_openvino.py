@@ -1,0 +1,189 @@
+"""The OpenVINO backends: same logits as torch, converted once into the cache, and no telemetry."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hrlm.encoders import load_tokenizer
+from hrlm.errors import ConfigError
+from hrlm.inference import openvino_backend
+from hrlm.inference.backends import check_passes, choose_backend, cpu_has_fast_bf16
+from hrlm.inference.calibrate import model_shape
+from hrlm.inference.predictor import Predictor
+from hrlm.modeling import ModelMeta, TaskSpec, build_model
+from tests.conftest import make_texts
+
+pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install 'hrlm[openvino]')")
+
+PROJECT = Path(__file__).resolve().parents[2]
+native_bf16 = pytest.mark.skipif(not cpu_has_fast_bf16(), reason="this CPU has neither AVX-512 BF16 nor AMX")
+
+
+def _texts(n: int = 12, seed: int = 4, length: tuple[int, int] = (1, 60)) -> list[str]:
+    return [t for t, _ in make_texts(n, seed=seed, length=length)]
+
+
+def test_fp32_logits_equal_torch_fp32_in_batches_of_any_shape(trained_model: Path) -> None:
+    texts = _texts()
+    reference = Predictor.from_dir(trained_model, backend="torch-fp32", packing=False).logits(texts)["label"]
+    p = Predictor.from_dir(trained_model, backend="openvino-fp32", max_tokens=64, max_batch=5)
+    assert p.backend_name == "openvino-fp32" and not p.backend.supports_packing
+    got = p.logits(texts)["label"]
+    np.testing.assert_allclose(got, reference, atol=1e-4)
+    alone = np.vstack([p.logits([t])["label"] for t in texts[:6]])  # batches of one: no padding
+    np.testing.assert_allclose(alone, reference[:6], atol=1e-4)
+
+
+@native_bf16
+def test_bf16_agrees_with_fp32(trained_model: Path) -> None:
+    texts = _texts(20, seed=9, length=(1, 40))
+    reference = Predictor.from_dir(trained_model, backend="torch-fp32").logits(texts)["label"]
+    got = Predictor.from_dir(trained_model, backend="openvino-bf16").logits(texts)["label"]
+    np.testing.assert_allclose(got, reference, atol=0.1)
+    assert (got.argmax(1) == reference.argmax(1)).mean() >= 0.95
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_a_one_line_error(
+    trained_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(openvino_backend, "cpu_has_fast_bf16", lambda: False)
+    converted: list[object] = []
+    monkeypatch.setattr(openvino_backend, "convert", lambda model: converted.append(model))
+    with pytest.raises(ConfigError, match=r"openvino-bf16 needs a CPU with AVX-512 BF16 or AMX.*use openvino-fp32"):
+        Predictor.from_dir(trained_model, backend="openvino-bf16")
+    assert converted == []  # refused before converting
+
+
+def test_every_task_of_a_multi_task_model_gets_its_own_logits(tiny_bert: Path) -> None:
+    tasks = [TaskSpec("dept", ["it", "hr", "pay"]), TaskSpec("urgent", ["no", "yes"])]
+    model = build_model(tiny_bert, tasks, pooling="mean")
+    meta = ModelMeta(
+        tasks=tasks, pooling="mean", max_length=32, stride=8, truncate="none", aggregate="mean", base_encoder="tiny"
+    )
+    tokenizer = load_tokenizer(tiny_bert)
+    texts = _texts(6, seed=2, length=(3, 50))  # some longer than one window
+    kwargs = {"threads": 1, "packing": False, "calibrate": False}
+    reference = Predictor(model, tokenizer, meta, backend="torch-fp32", **kwargs).logits(texts)
+    got = Predictor(model, tokenizer, meta, backend="openvino-fp32", **kwargs).logits(texts)  # in memory: no folder
+    assert set(got) == {"dept", "urgent"}
+    for name in got:
+        assert got[name].shape == reference[name].shape
+        np.testing.assert_allclose(got[name], reference[name], atol=1e-4)
+
+
+def test_converted_once_into_the_cache_and_a_damaged_entry_is_converted_again(
+    trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("HRLM_CACHE_DIR", str(tmp_path))
+    calls: list[int] = []
+    real = openvino_backend.convert
+    monkeypatch.setattr(openvino_backend, "convert", lambda model: calls.append(1) or real(model))
+    texts = ["vpn login locked", "my salary is late"]
+    first = Predictor.from_dir(trained_model, backend="openvino-fp32", calibrate=False).logits(texts)["label"]
+    entries = list(tmp_path.glob("openvino/*/model.xml"))
+    assert len(entries) == 1 and (entries[0].parent / "model.bin").is_file() and calls == [1]
+    assert not list(tmp_path.glob("openvino/.*"))  # no temporary folder left behind
+    second = Predictor.from_dir(trained_model, backend="openvino-fp32", calibrate=False).logits(texts)["label"]
+    assert calls == [1]  # read from the cache
+    np.testing.assert_allclose(first, second, atol=1e-5)
+    entries[0].write_text("<net broken", encoding="utf-8")
+    third = Predictor.from_dir(trained_model, backend="openvino-fp32", calibrate=False).logits(texts)["label"]
+    assert calls == [1, 1] and "does not load" in caplog.text
+    np.testing.assert_allclose(first, third, atol=1e-5)
+    assert "<net broken" not in entries[0].read_text(encoding="utf-8")  # the damaged entry was replaced
+
+
+def test_threads_share_one_backend_safely(trained_model: Path) -> None:
+    p = Predictor.from_dir(trained_model, backend="openvino-fp32", calibrate=False, threads=1)
+    groups = [_texts(8, seed=s, length=(2, 40)) for s in range(4)]
+    serial = [p.logits(g)["label"] for g in groups]
+    results: dict[int, np.ndarray] = {}
+
+    def score(i: int) -> None:
+        for _ in range(3):
+            results[i] = p.logits(groups[i])["label"]
+
+    workers = [threading.Thread(target=score, args=(i,)) for i in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    for i, expected in enumerate(serial):
+        np.testing.assert_array_equal(results[i], expected)
+
+
+def test_missing_openvino_says_how_to_install_and_auto_skips_its_checks(
+    trained_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    meta = ModelMeta(
+        tasks=[TaskSpec("label", ["a", "b"])], pooling="mean", max_length=16, stride=4, truncate="none",
+        aggregate="mean", base_encoder="tiny",
+    )  # fmt: skip
+    passing = {"n": 500, "label_agreement": 0.996, "accuracy_delta": -0.002}
+    meta.backend_checks = {
+        "torch-fp32": {**passing, "docs_per_s": 10.0},
+        "openvino-fp32": {**passing, "docs_per_s": 30.0},
+    }
+    assert choose_backend("auto", meta, torch.device("cpu")).name == "openvino-fp32"
+    monkeypatch.setitem(sys.modules, "openvino", None)  # makes `import openvino` fail
+    assert choose_backend("auto", meta, torch.device("cpu")).name == "torch-fp32"
+    with pytest.raises(ConfigError, match=r"pip install 'hrlm\[openvino\]'"):
+        Predictor.from_dir(trained_model, backend="openvino-fp32")
+
+
+def test_auto_skips_openvino_bf16_checked_on_a_cpu_with_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    meta = ModelMeta(
+        tasks=[TaskSpec("label", ["a", "b"])], pooling="mean", max_length=16, stride=4, truncate="none",
+        aggregate="mean", base_encoder="tiny",
+    )  # fmt: skip
+    check = {"n": 500, "label_agreement": 0.996, "accuracy_delta": 0.0}
+    meta.backend_checks = {"torch-fp32": {**check, "docs_per_s": 10.0}, "openvino-bf16": {**check, "docs_per_s": 40.0}}
+    monkeypatch.setattr("hrlm.inference.backends.cpu_has_fast_bf16", lambda: False)
+    assert choose_backend("auto", meta, torch.device("cpu")).name == "torch-fp32"
+
+
+def test_openvino_runs_on_the_cpu_only() -> None:
+    meta = ModelMeta(
+        tasks=[TaskSpec("label", ["a", "b"])], pooling="mean", max_length=16, stride=4, truncate="none",
+        aggregate="mean", base_encoder="tiny",
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="openvino-fp32 runs on the CPU only"):
+        choose_backend("openvino-fp32", meta, torch.device("cuda"), device_given=True)
+    assert choose_backend("openvino-fp32", meta, torch.device("cuda")).device.type == "cpu"  # auto device
+
+
+def test_the_calibration_key_holds_the_model_shape(trained_model: Path) -> None:
+    p = Predictor.from_dir(trained_model, backend="openvino-fp32", calibrate=False)
+    shape = model_shape(p.backend, 64)
+    assert shape["backend"] == "openvino-fp32"
+    assert shape["hidden_size"] == 32 and shape["num_hidden_layers"] == 2  # the tiny BERT's
+
+
+def test_compress_checks_the_openvino_backends(compressed_model: Path) -> None:
+    checks = json.loads((compressed_model / "hrlm.json").read_text())["backend_checks"]
+    expected = {"openvino-fp32", *(["openvino-bf16"] if cpu_has_fast_bf16() else [])}
+    assert set(checks) >= expected
+    assert check_passes(checks["openvino-fp32"]) and checks["openvino-fp32"]["label_agreement"] == 1.0
+
+
+def test_importing_openvino_through_hrlm_sends_no_telemetry(tmp_path: Path) -> None:
+    # OpenVINO's own import reports a usage event and writes a client id under ~/intel unless opted out;
+    # its CI variables turn that off, so they are removed here to test what a user's machine does
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    env["HOME"] = str(tmp_path)
+    code = (
+        "from hrlm.inference.openvino_backend import openvino; ov = openvino(); ov.Core();"
+        "import openvino.tools.ovc.telemetry_utils as t; print(t.tm.__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=PROJECT)
+    assert out.stdout.strip() == "openvino.tools.ovc.telemetry_stub"
+    assert list(tmp_path.iterdir()) == []  # no ~/intel/openvino_ga_cid
