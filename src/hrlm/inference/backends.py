@@ -494,9 +494,10 @@ def choose_backend(requested: str, meta: ModelMeta, device: torch.device, *, dev
             for name, check in meta.backend_checks.items()
             if name in BACKENDS and name != "auto" and check_passes(check)
         }
-        if not _onnx_available():
+        # a runtime is imported only where a check would have it used (importing OpenVINO takes a while)
+        if any(k.startswith("onnx-") for k in passing) and not _onnx_available():
             passing = {k: v for k, v in passing.items() if not k.startswith("onnx-")}
-        if not _openvino_available():
+        if any(k.startswith("openvino-") for k in passing) and not _openvino_available():
             passing = {k: v for k, v in passing.items() if not k.startswith("openvino-")}
         if not cpu_has_fast_bf16():
             # a check's speed was measured where the check ran: a model folder checked on a CPU with

@@ -41,7 +41,6 @@ from hrlm.modeling import HrlmModel, ModelMeta
 
 log = logging.getLogger("hrlm")
 
-OPENVINO_BACKENDS = ("openvino-fp32", "openvino-bf16")
 # OpenVINO's names for the precisions
 _HINTS = {"fp32": "f32", "bf16": "bf16"}
 
@@ -176,7 +175,7 @@ class OpenVinoBackend(Backend):
 
 
 def build(name: str, model: HrlmModel, meta: ModelMeta, *, folder: Path | None, threads: int) -> OpenVinoBackend:
-    """The backend ``name`` (one of :data:`OPENVINO_BACKENDS`) over ``model``, which it does not modify."""
+    """The backend ``name`` (``openvino-fp32`` or ``openvino-bf16``) over ``model``, which it does not modify."""
     precision = name.split("-", 1)[1]
     _check_precision(precision)  # before a conversion that would be wasted
     return OpenVinoBackend(
