@@ -250,8 +250,9 @@ def main() -> None:
     elif not on_gpu and not cpu_has_fast_bf16():
         backends = [b for b in BACKENDS if not b.startswith("torch-bf16") and b != "openvino-bf16"]
         notes.append(
-            "torch-bf16 not measured: this CPU has neither AVX-512 BF16 nor AMX, so torch emulates bf16 "
-            "products, dozens of times slower than fp32 (the Predictor's auto never picks it here)."
+            "torch-bf16 and openvino-bf16 not measured: this CPU has neither AVX-512 BF16 nor AMX, so torch "
+            "emulates bf16 products, dozens of times slower than fp32, and OpenVINO refuses bf16 (auto never "
+            "picks either here)."
         )
     names = [PIPELINE, *([PIPELINE_BF16] if on_gpu else []), *backends]
     systems: dict[str, System] = {}

@@ -1,9 +1,9 @@
 """The OpenVINO backends: Intel's inference runtime for the CPU, in float32 or bf16.
 
 ``openvino-fp32`` and ``openvino-bf16`` run the model through OpenVINO's CPU plugin, which fuses each
-layer's attention (scores, softmax and context in one kernel, on AMX tiles where the CPU has them)
-and picks its matrix-product kernels for the CPU at hand. ``openvino-bf16`` computes in bf16 where
-the CPU does so natively (AVX-512 BF16 or AMX) and keeps its softmax and layer norms in float32.
+layer's attention (scores, softmax and context in one kernel) and picks its matrix-product kernels
+for the CPU at hand. ``openvino-bf16`` computes in bf16 (linear layers, attention and layer norms)
+where the CPU does so natively: AVX-512 BF16 or AMX.
 Batches are padded (the runtime has no packed layout); the Predictor sorts windows by length, so
 padding stays small. Needs ``pip install 'hrlm[openvino]'``.
 
