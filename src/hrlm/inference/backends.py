@@ -284,7 +284,7 @@ class OnnxBackend(Backend):
 
 
 class _Logits(nn.Module):
-    """The model with a tuple output, as ONNX export wants it."""
+    """The model with a tuple output, as ONNX export and OpenVINO's tracer want it."""
 
     def __init__(self, model: HrlmModel) -> None:
         super().__init__()
@@ -295,6 +295,17 @@ class _Logits(nn.Module):
         return tuple(logits[t.name] for t in self.model.tasks)
 
 
+def traceable(model: HrlmModel) -> tuple[_Logits, tuple[torch.Tensor, torch.Tensor]]:
+    """A float32 CPU copy of ``model`` with a tuple output, and an example batch to trace it with.
+
+    The example batch has padding, so that a traced graph keeps the attention mask.
+    """
+    ids = torch.full((2, 8), 2, dtype=torch.long)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    return _Logits(copy.deepcopy(model).to("cpu").float()).eval(), (ids, mask)
+
+
 def export_onnx(model: HrlmModel, path: str | os.PathLike[str]) -> Path:
     """Export encoder and heads to one ONNX file with dynamic batch and sequence axes.
 
@@ -303,11 +314,7 @@ def export_onnx(model: HrlmModel, path: str | os.PathLike[str]) -> Path:
     """
     onnxruntime()  # fail early, with the install hint, when the extra is missing
     target = Path(path)
-    wrapper = _Logits(copy.deepcopy(model).to("cpu").float()).eval()
-    # The example batch has padding, so that the traced graph keeps the attention mask.
-    ids = torch.full((2, 8), 2, dtype=torch.long)
-    mask = torch.ones_like(ids)
-    mask[1, 5:] = 0
+    wrapper, (ids, mask) = traceable(model)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
     with warnings.catch_warnings(), quiet[0], quiet[1]:

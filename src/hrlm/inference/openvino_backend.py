@@ -20,13 +20,9 @@ usage data included.
 
 from __future__ import annotations
 
-import contextlib
-import copy
+import functools
 import logging
-import os
-import shutil
 import sys
-import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -35,8 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from hrlm._fs import atomic_dir
 from hrlm.errors import ConfigError, ModelError
-from hrlm.inference.backends import Backend, _Logits, _weights_key, cache_dir, cpu_has_fast_bf16
+from hrlm.inference.backends import Backend, _weights_key, cache_dir, cpu_has_fast_bf16, traceable
 from hrlm.modeling import HrlmModel, ModelMeta
 
 log = logging.getLogger("hrlm")
@@ -76,14 +73,11 @@ def convert(model: HrlmModel) -> Any:
     from openvino.frontend import FrontEndManager
     from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
 
-    wrapper = _Logits(copy.deepcopy(model).to("cpu").float()).eval()
-    ids = torch.full((2, 8), 2, dtype=torch.long)
-    mask = torch.ones_like(ids)
-    mask[1, 5:] = 0  # padding in the example, so that the trace keeps the attention mask
+    wrapper, example = traceable(model)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the tracer's notes on Python values it treats as constants
-            decoder = TorchScriptPythonDecoder(wrapper, example_input=(ids, mask), shared_memory=False)
+            decoder = TorchScriptPythonDecoder(wrapper, example_input=example, shared_memory=False)
             front_end = FrontEndManager().load_by_framework("pytorch")
             loaded = front_end.load(decoder)
             for place in loaded.get_inputs():
@@ -105,25 +99,24 @@ def openvino_model(model: HrlmModel, meta: ModelMeta, folder: Path | None) -> An
         return convert(model)
     where = cache_dir() / "openvino" / f"{_weights_key(folder, meta)}-{ov.__version__.split('-')[0]}"
     xml = where / "model.xml"
-    core = ov.Core()
     if xml.is_file():
         try:
-            return core.read_model(str(xml))
+            return _core().read_model(str(xml))
         except RuntimeError as exc:  # a damaged cache entry is converted again, not fatal
             log.warning("the cached OpenVINO model %s does not load (%s); converting again", where, exc)
     log.info("converting the model to OpenVINO once (cached in %s)", where)
     converted = convert(model)
-    where.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{where.name}.", dir=where.parent))
-    try:
+    # overwrite: a damaged entry is replaced, and an entry another process wrote meanwhile is as good
+    with atomic_dir(where, overwrite=True) as tmp:
         # weights as they are: OpenVINO's default would store them in fp16
         ov.save_model(converted, str(tmp / "model.xml"), compress_to_fp16=False)
-        shutil.rmtree(where, ignore_errors=True)  # a damaged entry
-        with contextlib.suppress(OSError):  # another process may have cached it first: theirs is as good
-            os.replace(tmp, where)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return converted
+
+
+@functools.cache
+def _core() -> Any:
+    """One OpenVINO runtime core per process: it holds the plugins every model is read and compiled by."""
+    return openvino().Core()
 
 
 def _check_precision(precision: str) -> None:
@@ -145,7 +138,6 @@ class OpenVinoBackend(Backend):
     def __init__(
         self, ov_model: Any, task_names: list[str], *, precision: str, threads: int, config: Any = None
     ) -> None:
-        ov = openvino()
         _check_precision(precision)
         properties = {
             "INFERENCE_PRECISION_HINT": _HINTS[precision],
@@ -153,7 +145,7 @@ class OpenVinoBackend(Backend):
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": 1,
         }
-        self.compiled = ov.Core().compile_model(ov_model, "CPU", properties)
+        self.compiled = _core().compile_model(ov_model, "CPU", properties)
         self.task_names = task_names
         self.precision = precision
         self.threads = threads
