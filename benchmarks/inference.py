@@ -72,6 +72,7 @@ BACKENDS = [
     "onnx-int8",
     "openvino-fp32",
     "openvino-bf16",
+    "openvino-int8",
 ]
 GPU_BACKENDS = ["auto", "torch-fp32:padded", "torch-fp32", "torch-bf16:padded", "torch-bf16"]
 PIPELINE = "transformers pipeline"
@@ -135,6 +136,7 @@ class System:
                 "openvino-bf16": "bf16",
                 "torch-int8": "int8",
                 "onnx-int8": "int8",
+                "openvino-int8": "int8",
             }
             self.precision = precisions.get(chosen, "fp32")
 

@@ -6,7 +6,7 @@
     postgres   the store on PostgreSQL: psycopg
     queue      retrain jobs on Redis (``hrlm worker``): rq, redis
     onnx       the ONNX Runtime backends and ``hrlm compress --onnx``: onnxruntime, onnx, onnxscript
-    openvino   the OpenVINO backends: openvino
+    openvino   the OpenVINO backends and openvino-int8's calibration: openvino, nncf
     ray        ``hrlm batch --engine ray``, ``hrlm train --workers`` and ``hrlm pretrain --workers``: ray
     tune       ``hrlm tune``: optuna
     audit      ``hrlm audit`` and the bias audit of the promotion gate: fairlearn
@@ -46,6 +46,7 @@ EXTRA_OF_MODULE = {
     "onnxruntime": "onnx",
     "onnxscript": "onnx",
     "openvino": "openvino",
+    "nncf": "openvino",
     "ray": "ray",
     "optuna": "tune",
     "fairlearn": "audit",

@@ -36,6 +36,7 @@ BACKENDS = (
     "onnx-int8",
     "openvino-fp32",
     "openvino-bf16",
+    "openvino-int8",
 )
 CLASS_WEIGHTS = ("none", "balanced")
 METHODS = ("auto", "finetune", "setfit")
@@ -45,7 +46,7 @@ QUANTIZE_MODES = ("int8",)
 
 BACKEND_HELP = (
     "Inference backend: auto, torch-fp32, torch-bf16, torch-fp16 (CUDA), torch-int8, torch-bf16-int8, onnx-fp32, "
-    "onnx-int8, openvino-fp32, openvino-bf16. "
+    "onnx-int8, openvino-fp32, openvino-bf16, openvino-int8. "
     "auto uses a quantized one only where `hrlm compress` recorded a passing accuracy check."
 )
 
@@ -416,7 +417,9 @@ class CompressConfig(_Settings):
 
     prune: float = setting(0.0, "Fraction of weights (with --prune-heads: of each layer's heads) to remove.")
     prune_heads: bool = setting(False, "Remove whole attention heads: smaller and faster.")
-    quantize: str | None = setting(None, "int8: check the int8 backends (and export int8 ONNX).")
+    quantize: str | None = setting(
+        None, "int8: check the int8 backends (and export int8 ONNX; with --data and OpenVINO, calibrate openvino-int8)."
+    )
     onnx: bool = setting(False, "Export model.onnx (and model.int8.onnx) into --out.")
     recovery_epochs: float = setting(1.0, "Length of the recovery fine-tune, in epochs.")
     text_col: str = setting("text", "Column holding the text.")

@@ -14,12 +14,13 @@ import pytest
 import torch
 
 from hrlm.encoders import load_tokenizer
-from hrlm.errors import ConfigError
+from hrlm.errors import ConfigError, ModelError
 from hrlm.inference import openvino_backend
-from hrlm.inference.backends import check_passes, choose_backend, cpu_has_fast_bf16
+from hrlm.inference.backends import check_passes, choose_backend, cpu_has_fast_bf16, cpu_has_vnni
 from hrlm.inference.calibrate import model_shape
-from hrlm.inference.predictor import Predictor
-from hrlm.modeling import ModelMeta, TaskSpec, build_model
+from hrlm.inference.predictor import Predictor, collate
+from hrlm.modeling import ModelMeta, TaskSpec, build_model, load_model
+from hrlm.training import compression
 from tests.conftest import make_texts
 
 if not openvino_backend.available():  # not importorskip: a plain `import openvino` reports its use to Intel
@@ -188,3 +189,117 @@ def test_importing_openvino_through_hrlm_sends_no_telemetry(tmp_path: Path) -> N
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=PROJECT)
     assert out.stdout.strip() == "openvino.tools.ovc.telemetry_stub"
     assert list(tmp_path.iterdir()) == []  # no ~/intel/openvino_ga_cid
+
+
+needs_nncf = pytest.mark.skipif(
+    not openvino_backend.quantizer_available(), reason="NNCF is not installed (pip install 'hrlm[openvino]')"
+)
+
+
+def _batches(model_dir: Path, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    p = Predictor.from_dir(model_dir, backend="torch-fp32", calibrate=False)
+    windows = sorted(p.encode(texts).windows, key=len)
+    return [tuple(t.numpy() for t in collate(windows[i : i + 4], p.pad_id)) for i in range(0, len(windows), 4)]
+
+
+def _quantized_products(ov_model: object) -> set[str]:
+    """Names of the matrix products of an OpenVINO model that read an int8-quantized input."""
+    names = set()
+    for op in ov_model.get_ordered_ops():  # type: ignore[attr-defined]
+        if op.get_type_name() == "MatMul":
+            sources = [op.input_value(i).get_node() for i in range(op.get_input_size())]
+            if any(s.get_type_name() == "FakeQuantize" for s in sources):
+                names.add(op.get_friendly_name())
+    return names
+
+
+@pytest.fixture(scope="module")
+def int8_model_dir(trained_model: Path, tickets_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model through `compress --quantize int8 --data`, as on a CPU with VNNI (where openvino-int8 is made)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(compression, "cpu_has_vnni", lambda: True)
+        out = tmp_path_factory.mktemp("ov-int8") / "tiny-int8"
+        compression.compress(trained_model, out, quantize="int8", data=tickets_csv)
+    return out
+
+
+@needs_nncf
+def test_compress_calibrates_openvino_int8_into_the_folder_and_it_agrees_with_fp32(int8_model_dir: Path) -> None:
+    checks = json.loads((int8_model_dir / "hrlm.json").read_text())["backend_checks"]
+    check = checks["openvino-int8"]
+    assert check["overflow_fix"] is (not cpu_has_vnni()) and check["calibration_texts"] > 0
+    assert (int8_model_dir / "model.int8.xml").is_file() and (int8_model_dir / "model.int8.bin").is_file()
+    quantized = openvino_backend.int8_model(int8_model_dir)
+    linears = [n for n in _quantized_products(quantized) if "aten::linear" in n]
+    assert len(linears) >= 2 * 6 - len(check["fp32_layers"])  # the tiny BERT's 2 blocks, 6 linear layers each
+    texts = _texts(40, seed=11, length=(2, 50))
+    reference = Predictor.from_dir(int8_model_dir, backend="torch-fp32").logits(texts)["label"]
+    p = Predictor.from_dir(int8_model_dir, backend="openvino-int8")
+    assert p.backend_name == "openvino-int8"
+    got = p.logits(texts)["label"]
+    assert not np.allclose(got, reference, atol=1e-6)  # int8 arithmetic, not the float32 model
+    np.testing.assert_allclose(got, reference, atol=0.25)
+    assert (got.argmax(1) == reference.argmax(1)).mean() >= 0.9
+    assert "openvino-int8" in (int8_model_dir / "compress.md").read_text()
+
+
+@needs_nncf
+def test_compress_leaves_openvino_int8_alone_on_a_cpu_without_vnni(
+    trained_model: Path, tickets_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(compression, "cpu_has_vnni", lambda: False)
+    monkeypatch.setattr(openvino_backend, "quantize_int8", lambda *a, **k: pytest.fail("quantized without VNNI"))
+    result = compression.compress(trained_model, tmp_path / "out", quantize="int8", data=tickets_csv)
+    assert "openvino-int8" not in result.checks and not (tmp_path / "out" / "model.int8.xml").exists()
+    assert any("openvino-int8 not checked: this CPU has no VNNI" in note for note in result.notes)
+
+
+@needs_nncf
+def test_int8_layers_kept_in_float32_read_float_inputs(trained_model: Path) -> None:
+    model, _, _ = load_model(trained_model)
+    batches = _batches(trained_model, _texts(16, seed=3, length=(2, 40)))
+    quantized = openvino_backend.quantize_int8(model, batches, keep_fp32=["0.output.dense", "1.attention.self.query"])
+    products = _quantized_products(quantized)
+    assert not any(".layer.0.output.dense/" in n or ".layer.1.attention.self.query/" in n for n in products)
+    assert any(".layer.1.output.dense/" in n for n in products) and any(
+        ".layer.0.attention.self.query/" in n for n in products
+    )
+    with pytest.raises(ModelError, match=r"layers \['9.output.dense'\] are not in the OpenVINO model"):
+        openvino_backend.quantize_int8(model, batches, keep_fp32=["9.output.dense"])
+
+
+def test_int8_without_its_calibrated_file_is_a_one_line_error(trained_model: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"openvino-int8 needs model.int8.xml in .*hrlm compress .*--quantize int8 --data"
+    ):
+        Predictor.from_dir(trained_model, backend="openvino-int8")
+
+
+def test_auto_uses_openvino_int8_only_where_the_cpu_has_vnni(monkeypatch: pytest.MonkeyPatch) -> None:
+    meta = ModelMeta(
+        tasks=[TaskSpec("label", ["a", "b"])], pooling="mean", max_length=16, stride=4, truncate="none",
+        aggregate="mean", base_encoder="tiny",
+    )  # fmt: skip
+    check = {"n": 500, "label_agreement": 0.995, "accuracy_delta": 0.0}
+    meta.backend_checks = {
+        "openvino-fp32": {**check, "docs_per_s": 30.0},
+        "openvino-int8": {**check, "docs_per_s": 50.0},
+    }
+    monkeypatch.setattr("hrlm.inference.backends.cpu_has_vnni", lambda: True)
+    assert choose_backend("auto", meta, torch.device("cpu")).name == "openvino-int8"
+    monkeypatch.setattr("hrlm.inference.backends.cpu_has_vnni", lambda: False)
+    assert choose_backend("auto", meta, torch.device("cpu")).name == "openvino-fp32"
+
+
+@needs_nncf
+def test_importing_nncf_through_hrlm_sends_no_telemetry(tmp_path: Path) -> None:
+    # NNCF reports usage through openvino_telemetry too (off under pytest, hence a separate process)
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL", "NNCF_CI", "NNCF_DEV")}
+    env["HOME"] = str(tmp_path)
+    code = (
+        "from hrlm.inference.openvino_backend import nncf; nncf();"
+        "from nncf.telemetry.wrapper import telemetry; print(type(telemetry).__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=PROJECT)
+    assert out.stdout.strip() == "MagicMock"  # NNCF's no-op stand-in
+    assert list(tmp_path.iterdir()) == []

@@ -16,7 +16,7 @@ from hrlm.errors import ConfigError
 from hrlm.inference.backends import cpu_has_fast_bf16
 from hrlm.inference.predictor import Predictor
 from hrlm.modeling import TaskSpec, attention_heads, encoder_layers, load_model
-from hrlm.training import compression
+from hrlm.training import checks
 from hrlm.training.compression import compress, head_magnitudes, make_permanent, prune_attention_heads, prune_linear
 from tests.conftest import make_texts
 
@@ -180,6 +180,6 @@ def test_compress_times_a_backend_after_its_calibration(monkeypatch: pytest.Monk
             return {"label": np.tile([0.9, 0.1], (len(texts), 1))}
 
     ds = Dataset(texts=["x"] * 50, labels=["a"] * 50)
-    measured = compression._measure(Slow(), ds)  # type: ignore[arg-type]
+    measured = checks.measure(Slow(), ds)  # type: ignore[arg-type]
     assert calls == ["calibrate", "predict 8", "predict 50"]
     assert measured.docs_per_s > 1000 and measured.metrics["accuracy"] == 1.0

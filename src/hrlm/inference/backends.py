@@ -12,6 +12,7 @@ A backend turns a padded batch of token ids into the logits of every task::
     onnx-int8    ONNX Runtime with dynamically quantized int8 weights (CPU)
     openvino-fp32, openvino-bf16  OpenVINO's CPU plugin, fused attention (CPU; bf16 where native;
                  ``pip install 'hrlm[openvino]'``; :mod:`hrlm.inference.openvino_backend`)
+    openvino-int8  OpenVINO with NNCF's static int8 (SmoothQuant), calibrated by ``hrlm compress`` (CPU)
 
 ``auto`` never silently loses accuracy: on a CPU it uses a backend other than fp32 (bf16 where the
 CPU computes it natively) only when ``hrlm.json`` records that the backend passed an agreement check
@@ -51,7 +52,7 @@ from hrlm.modeling import HrlmModel, ModelMeta, encoder_layers
 
 log = logging.getLogger("hrlm")
 
-QUANTIZED = ("torch-int8", "torch-bf16-int8", "onnx-int8")
+QUANTIZED = ("torch-int8", "torch-bf16-int8", "onnx-int8", "openvino-int8")
 ONNX_FILES = {"onnx-fp32": "model.onnx", "onnx-int8": "model.int8.onnx"}
 # The agreement check a non-reference backend must pass before `auto` uses it.
 MIN_LABEL_AGREEMENT = 0.99
@@ -514,6 +515,7 @@ def choose_backend(requested: str, meta: ModelMeta, device: torch.device, *, dev
             passing.pop("openvino-bf16", None)
         if not cpu_has_vnni():  # int8 products without VNNI: slower, and their 16-bit sums saturate
             passing.pop("torch-bf16-int8", None)
+            passing.pop("openvino-int8", None)  # and OpenVINO falls back to a generic int8 GEMM
         reference = "torch-bf16" if cpu_has_fast_bf16() else "torch-fp32"
         if not passing:
             return Choice(reference, cpu, "no backend has passed an agreement check for this model")

@@ -1,9 +1,19 @@
-"""The OpenVINO backends: Intel's inference runtime for the CPU, in float32 or bf16.
+"""The OpenVINO backends: Intel's inference runtime for the CPU, in float32, bf16 or int8.
 
 ``openvino-fp32`` and ``openvino-bf16`` run the model through OpenVINO's CPU plugin, which fuses each
 layer's attention (scores, softmax and context in one kernel) and picks its matrix-product kernels
 for the CPU at hand. ``openvino-bf16`` computes in bf16 (linear layers, attention and layer norms)
 where the CPU does so natively: AVX-512 BF16 or AMX.
+
+``openvino-int8`` runs a copy quantized by NNCF, OpenVINO's post-training quantization library
+(:func:`quantize_int8`): its transformer preset smooths the activations' outlier channels into the
+weights (SmoothQuant), quantizes weights per output channel and activations with static scales read
+from calibration text, and corrects the biases that rounding shifts. It needs calibration data, so
+``hrlm compress --quantize int8 --data`` writes it into the model folder (:data:`INT8_XML`), with
+the layers its agreement check kept in float32. Where the CPU computes bf16 natively, what stays
+unquantized runs in bf16. Its int8 products are fast with VNNI or AMX; on a 2-core AVX2 EPYC
+without them OpenVINO fell back to a generic int8 GEMM (``jit_gemm_I8``), 2.2 times slower than
+float32, so ``auto`` uses it only on CPUs with VNNI (see :func:`hrlm.inference.backends.choose_backend`).
 Batches are padded (the runtime has no packed layout); the Predictor sorts windows by length, so
 padding stays small. Needs ``pip install 'hrlm[openvino]'``.
 
@@ -22,9 +32,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import sys
 import threading
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +45,14 @@ import torch
 
 from hrlm._fs import atomic_dir
 from hrlm.errors import ConfigError, ModelError
-from hrlm.inference.backends import Backend, _weights_key, cache_dir, cpu_has_fast_bf16, traceable
+from hrlm.inference.backends import Backend, _weights_key, cache_dir, cpu_has_fast_bf16, cpu_has_vnni, traceable
 from hrlm.modeling import HrlmModel, ModelMeta
 
 log = logging.getLogger("hrlm")
 
-# OpenVINO's names for the precisions
-_HINTS = {"fp32": "f32", "bf16": "bf16"}
+PRECISIONS = ("fp32", "bf16", "int8")
+# The int8 model of a folder (weights in model.int8.bin beside it), written by `hrlm compress --quantize int8 --data`
+INT8_XML = "model.int8.xml"
 
 
 def openvino() -> Any:
@@ -61,6 +74,31 @@ def available() -> bool:
     """Whether OpenVINO is installed."""
     try:
         openvino()
+    except ConfigError:
+        return False
+    return True
+
+
+def nncf() -> Any:
+    """The ``nncf`` module (OpenVINO's quantization library), without its usage telemetry, or a one-line error.
+
+    NNCF reports usage through the same ``openvino_telemetry`` package as OpenVINO, and stays silent
+    where that cannot be imported: :func:`openvino` sees to that before NNCF is imported.
+    """
+    openvino()
+    try:
+        import nncf as module
+    except ImportError:
+        raise ConfigError(
+            "quantizing for openvino-int8 needs NNCF, which is not installed; run `pip install 'hrlm[openvino]'`."
+        ) from None
+    return module
+
+
+def quantizer_available() -> bool:
+    """Whether OpenVINO and NNCF are installed, so that ``openvino-int8`` can be made."""
+    try:
+        nncf()
     except ConfigError:
         return False
     return True
@@ -119,9 +157,86 @@ def _core() -> Any:
     return openvino().Core()
 
 
+def quantize_int8(
+    model: HrlmModel,
+    batches: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    keep_fp32: Sequence[str] = (),
+    overflow_fix: bool | None = None,
+) -> Any:
+    """An int8 OpenVINO model of ``model``, calibrated on ``batches`` of ``(input_ids, attention_mask)``.
+
+    NNCF's post-training quantization with its transformer preset: SmoothQuant, int8 weights per
+    output channel, activations with static scales from the calibration batches, fast bias correction.
+
+    Args:
+        model: the float32 model (not modified).
+        batches: padded batches as the Predictor makes them, int64; a few hundred windows in all.
+        keep_fp32: linear layers of the transformer blocks to leave in float32, named as
+            :func:`hrlm.inference.backends.int8_linears` names them (``"3.output.dense"``).
+        overflow_fix: quantize weights to 7 bits, for CPUs without VNNI whose int8 products sum pairs
+            in 16 bits that can saturate; default: where this CPU has no VNNI.
+    """
+    quantizer = nncf()
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    if not batches:
+        raise ConfigError("openvino-int8 needs calibration text; pass --data with held-out documents.")
+    if overflow_fix is None:
+        overflow_fix = not cpu_has_vnni()
+    converted = convert(model)
+    # OpenVINO names a linear layer's product after its module: "...layer.3.output.dense/aten::linear/MatMul"
+    patterns = [rf".*\.{re.escape(name)}/aten::linear/MatMul" for name in keep_fp32]
+    ops = [op.get_friendly_name() for op in converted.get_ordered_ops()]
+    missing = [
+        name
+        for name, pattern in zip(keep_fp32, patterns, strict=True)
+        if not any(re.fullmatch(pattern, op) for op in ops)
+    ]
+    if missing:
+        raise ModelError(f"layers {missing} are not in the OpenVINO model of this encoder; use torch-int8.")
+    data = [{"input_ids": ids, "attention_mask": mask} for ids, mask in batches]
+    nncf_log = logging.getLogger("nncf")  # it logs every layer it leaves alone at INFO
+    level = nncf_log.level
+    nncf_log.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return quantizer.quantize(
+                converted,
+                quantizer.Dataset(data),
+                model_type=quantizer.ModelType.TRANSFORMER,
+                subset_size=len(data),
+                ignored_scope=quantizer.IgnoredScope(patterns=patterns, validate=False) if patterns else None,
+                advanced_parameters=AdvancedQuantizationParameters(
+                    overflow_fix=OverflowFix.ENABLE if overflow_fix else OverflowFix.DISABLE
+                ),
+            )
+    except Exception as exc:  # NNCF raises many kinds; the user needs one line and a way out
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelError(f"NNCF could not quantize the model for openvino-int8 ({reason}); use torch-int8.") from exc
+    finally:
+        nncf_log.setLevel(level)
+
+
+def save_int8(quantized: Any, folder: Path) -> Path:
+    """Write an int8 model from :func:`quantize_int8` into ``folder`` as :data:`INT8_XML` (and its ``.bin``)."""
+    target = folder / INT8_XML
+    openvino().save_model(quantized, str(target), compress_to_fp16=False)
+    return target
+
+
+def _hint(precision: str) -> str:
+    """OpenVINO's inference precision for ``precision``; int8 models run what they do not quantize in bf16
+    where that is native."""
+    if precision == "int8":
+        return "bf16" if cpu_has_fast_bf16() else "f32"
+    return {"fp32": "f32", "bf16": "bf16"}[precision]
+
+
 def _check_precision(precision: str) -> None:
-    if precision not in _HINTS:
-        raise ConfigError(f"OpenVINO precision = {precision!r}: use one of {sorted(_HINTS)}.")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"OpenVINO precision = {precision!r}: use one of {', '.join(PRECISIONS)}.")
     if precision == "bf16" and not cpu_has_fast_bf16():
         raise ConfigError(
             "backend openvino-bf16 needs a CPU with AVX-512 BF16 or AMX, which this one lacks; "
@@ -140,7 +255,7 @@ class OpenVinoBackend(Backend):
     ) -> None:
         _check_precision(precision)
         properties = {
-            "INFERENCE_PRECISION_HINT": _HINTS[precision],
+            "INFERENCE_PRECISION_HINT": _hint(precision),
             "INFERENCE_NUM_THREADS": threads,
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": 1,
@@ -166,12 +281,28 @@ class OpenVinoBackend(Backend):
         }
 
 
+def int8_model(folder: Path | None) -> Any:
+    """The folder's int8 model (:data:`INT8_XML`), or a one-line error saying how to make it."""
+    xml = None if folder is None else folder / INT8_XML
+    if xml is None or not xml.is_file():
+        where = "this model (it has no folder)" if folder is None else str(folder)
+        raise ConfigError(
+            f"backend openvino-int8 needs {INT8_XML} in {where}; run `hrlm compress MODEL --out NEW "
+            "--quantize int8 --data HELD_OUT.csv` with OpenVINO installed, or choose openvino-fp32."
+        )
+    try:
+        return _core().read_model(str(xml))
+    except RuntimeError as exc:
+        reason = (str(exc).strip().splitlines() or ["unreadable"])[0][:200]
+        raise ModelError(f"{xml} does not load ({reason}); run `hrlm compress --quantize int8 --data` again.") from exc
+
+
 def build(name: str, model: HrlmModel, meta: ModelMeta, *, folder: Path | None, threads: int) -> OpenVinoBackend:
-    """The backend ``name`` (``openvino-fp32`` or ``openvino-bf16``) over ``model``, which it does not modify."""
+    """The backend ``name`` (``openvino-fp32``, ``-bf16`` or ``-int8``) over ``model``, which it does not modify."""
     precision = name.split("-", 1)[1]
     _check_precision(precision)  # before a conversion that would be wasted
     return OpenVinoBackend(
-        openvino_model(model, meta, folder),
+        int8_model(folder) if precision == "int8" else openvino_model(model, meta, folder),
         [t.name for t in meta.tasks],
         precision=precision,
         threads=threads,

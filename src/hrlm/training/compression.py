@@ -12,7 +12,8 @@
 - ``quantize="int8"``: the int8 backends are checked (``torch-int8``; ``onnx-int8`` with ``onnx``).
 - ``onnx``: ``model.onnx`` (and ``model.int8.onnx``) are exported into the new folder.
 - where OpenVINO is installed, its backends are checked too (``openvino-fp32``; ``openvino-bf16`` on a
-  CPU with native bf16); they need no file in the folder.
+  CPU with native bf16); they need no file in the folder. With ``quantize="int8"``, on a CPU with VNNI,
+  NNCF calibrates ``openvino-int8`` on the held-out text and writes ``model.int8.xml`` into the folder.
 
 With held-out labelled ``data``, every backend of the new folder is measured against the new
 folder's own fp32 predictions, and against the original model: size on disk, docs/s, accuracy and
@@ -24,9 +25,7 @@ passed (see :func:`hrlm.inference.backends.check_passes`).
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,9 +38,8 @@ from torch.nn.utils import prune as torch_prune
 from hrlm._fs import atomic_dir, atomic_file, write_json
 from hrlm._version import __version__
 from hrlm.config import CompressConfig, TrainConfig
-from hrlm.data import Dataset, load_dataset, split_dataset
+from hrlm.data import Dataset, split_dataset
 from hrlm.errors import ConfigError
-from hrlm.evaluation import compute_metrics
 from hrlm.inference import (
     MIN_CHECK_DOCS,
     ONNX_FILES,
@@ -49,18 +47,29 @@ from hrlm.inference import (
     check_passes,
     cpu_has_fast_bf16,
     cpu_has_vnni,
-    decide,
     default_threads,
     export_onnx,
     quantize_onnx_int8,
 )
-from hrlm.inference.mixed import ALPHA, KINDS, activation_maxima, layer_names, save_maxima
 from hrlm.inference.mixed import NAME as MIXED
 from hrlm.inference.openvino_backend import available as openvino_available
+from hrlm.inference.openvino_backend import quantizer_available as openvino_quantizer_available
 from hrlm.model_card import write_model_card
 from hrlm.modeling import META_FILE, HrlmModel, ModelMeta, attention_heads, encoder_layers, load_model, save_model
 from hrlm.modeling import prune_heads as remove_heads
-from hrlm.training.quantization import SENSITIVITY_TEXTS, search
+from hrlm.training.checks import (
+    OPENVINO_INT8,
+    Measured,
+    agreement_check,
+    compressed_row,
+    file_size,
+    int8_search,
+    load_labelled,
+    measure,
+    mixed_search,
+    openvino_int8_search,
+    row,
+)
 
 log = logging.getLogger("hrlm")
 
@@ -179,8 +188,8 @@ def compress(
     threads = cfg.threads or default_threads()
 
     model, tokenizer, meta = load_model(source)
-    held_out = _load_labelled(data, meta, text_col, label_col) if data is not None else None
-    train_ds = _load_labelled(train_data, meta, text_col, label_col) if train_data is not None else None
+    held_out = load_labelled(data, meta, text_col, label_col) if data is not None else None
+    train_ds = load_labelled(train_data, meta, text_col, label_col) if train_data is not None else None
     notes: list[str] = []
     if held_out is not None and len(held_out) < MIN_CHECK_DOCS:
         notes.append(
@@ -191,11 +200,11 @@ def compress(
         notes.append("no --data: nothing was checked, so --backend auto keeps using fp32 for this model.")
 
     rows: list[dict[str, Any]] = []
-    measured: dict[str, _Measured] = {}
+    measured: dict[str, Measured] = {}
     if held_out is not None:
         original = Predictor(model, tokenizer, meta, backend="torch-fp32", device="cpu", threads=threads, folder=source)
-        measured["original"] = _measure(original, held_out)
-        rows.append(_row("original torch-fp32", _size(source / "model.safetensors"), measured["original"], None))
+        measured["original"] = measure(original, held_out)
+        rows.append(row("original torch-fp32", file_size(source / "model.safetensors"), measured["original"], None))
 
     settings: dict[str, Any] = {"prune": prune, "prune_heads": prune_heads, "quantize": quantize, "onnx": onnx}
     if prune > 0:
@@ -231,9 +240,9 @@ def compress(
             if quantize == "int8":
                 quantize_onnx_int8(tmp / ONNX_FILES["onnx-fp32"], tmp / ONNX_FILES["onnx-int8"])
         checks: dict[str, dict[str, Any]] = {}
-        int8_search: list[dict[str, Any]] = []
+        int8_tried: list[dict[str, Any]] = []
         if held_out is not None:
-            weights_size = _size(tmp / "model.safetensors")
+            weights_size = file_size(tmp / "model.safetensors")
             for name in backends:
                 if name == "torch-fp32" and prune == 0:
                     result = measured["original"]  # the very same weights
@@ -241,19 +250,19 @@ def compress(
                     predictor = Predictor(
                         model, tokenizer, new_meta, backend=name, device="cpu", threads=threads, folder=tmp
                     )
-                    result = _measure(predictor, held_out)
+                    result = measure(predictor, held_out)
                 measured[name] = result
                 reference = measured["torch-fp32"]
-                checks[name] = _check(result, reference, held_out, data, threads)
-                size = _size(tmp / ONNX_FILES[name]) if name in ONNX_FILES else weights_size
-                rows.append(_compressed_row(name, size, result, measured, checks[name]))
+                checks[name] = agreement_check(result, reference, held_out, data, threads)
+                size = file_size(tmp / ONNX_FILES[name]) if name in ONNX_FILES else weights_size
+                rows.append(compressed_row(name, size, result, measured, checks[name]))
                 if name == "torch-int8" and not check_passes(checks[name]) and len(held_out) >= MIN_CHECK_DOCS:
-                    checks[name], measured[name], int8_search = _int8_search(
+                    checks[name], measured[name], int8_tried = int8_search(
                         model, tokenizer, new_meta, held_out, data, reference, threads, tmp
                     )
                     kept = len(checks[name]["fp32_layers"])
                     rows[-1]["system"] += ", every layer"
-                    rows.append(_compressed_row(name, size, measured[name], measured, checks[name]))
+                    rows.append(compressed_row(name, size, measured[name], measured, checks[name]))
                     rows[-1]["system"] += f", {kept} layers in fp32"
                     notes.append(
                         f"torch-int8 of every linear layer failed the agreement check; with the {kept} layers "
@@ -262,9 +271,21 @@ def compress(
                         f"({checks[name]['label_agreement']:.2%} of labels agree with fp32)."
                     )
             if mixed:
-                found = _mixed_search(model, tokenizer, new_meta, held_out, data, measured, threads, tmp, rows, notes)
+                found = mixed_search(model, tokenizer, new_meta, held_out, data, measured, threads, tmp, rows, notes)
                 if found is not None:
                     checks[MIXED] = found
+            if quantize == "int8" and openvino_quantizer_available():
+                if cpu_has_vnni():
+                    found = openvino_int8_search(
+                        model, tokenizer, new_meta, held_out, data, measured, threads, tmp, rows, notes
+                    )
+                    if found is not None:
+                        checks[OPENVINO_INT8] = found
+                else:  # auto would not use it here; its calibration and check cost minutes
+                    notes.append(
+                        f"{OPENVINO_INT8} not checked: this CPU has no VNNI, where OpenVINO's int8 products run "
+                        "slower than float32; run compress on the kind of machine that will serve the model."
+                    )
             fp32 = measured["torch-fp32"]
             new_meta.metrics = {"split": f"hrlm compress --data {Path(str(data)).name}", **fp32.metrics}
         elif prune > 0:
@@ -273,163 +294,11 @@ def compress(
         new_meta.extra = {**meta.extra, "compress": {"source": str(source), **settings, "notes": notes}}
         write_json(tmp / META_FILE, new_meta.to_dict())
         summary = {"settings": settings, "rows": rows, "checks": checks, "notes": notes}
-        write_json(tmp / "compress.json", {**summary, **({"int8_search": int8_search} if int8_search else {})})
+        write_json(tmp / "compress.json", {**summary, **({"int8_search": int8_tried} if int8_tried else {})})
         with atomic_file(tmp / "compress.md") as fh:
             fh.write(markdown_table(rows, source, settings, notes))
         write_model_card(tmp, name=target.name)
     return CompressResult(out=target, rows=rows, checks=checks, notes=notes)
-
-
-def _int8_search(
-    model: HrlmModel,
-    tokenizer: Any,
-    meta: ModelMeta,
-    held_out: Dataset,
-    data: Any,
-    reference: _Measured,
-    threads: int,
-    folder: Path,
-) -> tuple[dict[str, Any], _Measured, list[dict[str, Any]]]:
-    """``torch-int8`` with its most-drifting layers kept in float32 (see :mod:`hrlm.training.quantization`)."""
-    results: dict[tuple[str, ...], _Measured] = {}
-
-    def check(trial: ModelMeta) -> dict[str, Any]:
-        predictor = Predictor(
-            model, tokenizer, trial, backend="torch-int8", device="cpu", threads=threads, folder=folder
-        )
-        key = tuple(trial.backend_checks["torch-int8"]["fp32_layers"])
-        results[key] = _measure(predictor, held_out)
-        return _check(results[key], reference, held_out, data, threads)
-
-    found, tried = search(
-        model, meta, held_out.texts, tokenizer, check, threads=threads, fp32_docs_per_s=reference.docs_per_s
-    )
-    return found, results[tuple(found["fp32_layers"])], tried
-
-
-def _mixed_search(
-    model: HrlmModel,
-    tokenizer: Any,
-    meta: ModelMeta,
-    held_out: Dataset,
-    data: Any,
-    measured: dict[str, _Measured],
-    threads: int,
-    folder: Path,
-    rows: list[dict[str, Any]],
-    notes: list[str],
-) -> dict[str, Any] | None:
-    """``torch-bf16-int8``'s check: activation ranges from held-out text, then int8 in both kinds of layer, else
-    in the feed-forward inputs only, until one keeps the labels. Appends a row per candidate; None if unavailable."""
-    texts = held_out.texts[:SENSITIVITY_TEXTS]
-    try:
-        save_maxima(activation_maxima(model, tokenizer, meta, texts, threads=threads), folder)
-    except ConfigError as exc:
-        notes.append(f"{MIXED} not checked: {exc}")
-        return None
-    check: dict[str, Any] = {}
-    for kinds in (KINDS, ("intermediate",)):
-        layers = layer_names(model, kinds)
-        trial = copy.deepcopy(meta)
-        trial.backend_checks = {MIXED: {"int8_layers": layers}}
-        predictor = Predictor(model, tokenizer, trial, backend=MIXED, device="cpu", threads=threads, folder=folder)
-        measured[MIXED] = _measure(predictor, held_out)
-        check = {
-            **_check(measured[MIXED], measured["torch-fp32"], held_out, data, threads),
-            "int8_layers": layers,
-            "smoothing": {"alpha": ALPHA, "calibration_texts": len(texts)},
-        }
-        rows.append(_compressed_row(MIXED, _size(folder / "model.safetensors"), measured[MIXED], measured, check))
-        rows[-1]["system"] += f", int8 in {' and '.join(kinds)}"
-        if check_passes(check):
-            break
-    notes.append(
-        f"{MIXED} (bf16, int8 in {len(check['int8_layers'])} smoothed layers) "
-        f"{'passed' if check_passes(check) else 'failed'} the agreement check "
-        f"({check['label_agreement']:.2%} of labels agree with fp32)."
-    )
-    return check
-
-
-@dataclass
-class _Measured:
-    labels: list[Any]
-    metrics: dict[str, Any]
-    docs_per_s: float
-
-
-def _load_labelled(path: str | Path, meta: ModelMeta, text_col: str, label_col: str | None) -> Dataset:
-    task = meta.tasks[0]
-    sep = meta.train_config.get("label_sep") if task.multi_label else None
-    return load_dataset(
-        Path(path),
-        text_col=text_col,
-        label_col=label_col or meta.train_config.get("label_col", "label"),
-        label_sep=(sep or "|") if task.multi_label else None,
-    )
-
-
-def _measure(predictor: Predictor, ds: Dataset) -> _Measured:
-    """Labels, metrics and throughput of one backend on ``ds`` (after a short warm-up).
-
-    The machine's one-off calibration for this backend runs before the clock starts, so that the first
-    backend measured does not pay it inside its docs/s."""
-    assert ds.labels is not None
-    task = predictor.tasks[0]
-    predictor.calibrate_once(ds.texts)
-    predictor.predict_proba(ds.texts[:8])
-    start = time.perf_counter()
-    probs = predictor.predict_proba(ds.texts)[task.name]
-    seconds = time.perf_counter() - start
-    labels = decide(probs, task)
-    metrics = compute_metrics(ds.labels, labels, probs, task.labels, multi_label=task.multi_label)
-    keep = ("n", "accuracy", "macro_f1", "weighted_f1", "micro_f1")
-    return _Measured(labels, {k: metrics[k] for k in keep if k in metrics}, len(ds) / max(seconds, 1e-9))
-
-
-def _agreement(a: list[Any], b: list[Any]) -> float:
-    return float(np.mean([x == y for x, y in zip(a, b, strict=True)])) if a else 0.0
-
-
-def _check(result: _Measured, reference: _Measured, ds: Dataset, data: Any, threads: int) -> dict[str, Any]:
-    """The agreement check of one backend against fp32 of the same weights, as ``hrlm.json`` records it."""
-    check = {
-        "n": len(ds),
-        "label_agreement": round(_agreement(result.labels, reference.labels), 6),
-        "accuracy": result.metrics["accuracy"],
-        "reference_accuracy": reference.metrics["accuracy"],
-        "accuracy_delta": round(result.metrics["accuracy"] - reference.metrics["accuracy"], 6),
-        "docs_per_s": round(result.docs_per_s, 2),
-        "threads": threads,
-        "data": str(data),
-        "data_fingerprint": ds.fingerprint(),
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
-    check["passed"] = check_passes(check)
-    return check
-
-
-def _compressed_row(
-    name: str, size: int, result: _Measured, measured: dict[str, _Measured], check: dict[str, Any]
-) -> dict[str, Any]:
-    row = _row(f"compressed {name}", size, result, measured["torch-fp32"])
-    row["vs_original"] = round(_agreement(result.labels, measured["original"].labels), 4)
-    row["check"] = "pass" if check_passes(check) else "fail"
-    return row
-
-
-def _row(system: str, size: int, result: _Measured, reference: _Measured | None) -> dict[str, Any]:
-    return {
-        "system": system,
-        "size_mb": round(size / 1e6, 1),
-        "docs_per_s": round(result.docs_per_s, 1),
-        "accuracy": result.metrics["accuracy"],
-        "agreement": round(_agreement(result.labels, reference.labels), 4) if reference else None,
-    }
-
-
-def _size(path: Path) -> int:
-    return path.stat().st_size if path.is_file() else 0
 
 
 def _prune(

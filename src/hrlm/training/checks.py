@@ -1,0 +1,259 @@
+"""Agreement checks: how a backend of a model folder compares with fp32 of the same weights, on held-out data.
+
+``hrlm compress --data`` measures every backend of the folder it writes (labels, accuracy, docs/s) and
+records each check in ``hrlm.json``; ``--backend auto`` uses a backend only where its check passed
+(:func:`hrlm.inference.backends.check_passes`). Where int8 in every layer fails, the searches here look
+for the int8 variant that keeps the labels:
+
+- :func:`int8_search`: ``torch-int8`` with its most-drifting layers kept in float32
+  (:mod:`hrlm.training.quantization`);
+- :func:`mixed_search`: ``torch-bf16-int8``'s smoothing maxima, then int8 in both kinds of layer, else
+  in the feed-forward inputs only (:mod:`hrlm.inference.mixed`);
+- :func:`openvino_int8_search`: ``openvino-int8`` calibrated by NNCF, in every layer, else with the
+  feed-forward outputs in float32 (:mod:`hrlm.inference.openvino_backend`).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from hrlm.data import Dataset, load_dataset
+from hrlm.errors import ConfigError, ModelError
+from hrlm.evaluation import compute_metrics
+from hrlm.inference import Predictor, check_passes, collate, decide, openvino_backend
+from hrlm.inference.mixed import ALPHA, KINDS, activation_maxima, layer_names, save_maxima
+from hrlm.inference.mixed import NAME as MIXED
+from hrlm.modeling import HrlmModel, ModelMeta, encoder_layers
+from hrlm.training.quantization import SENSITIVITY_TEXTS, search
+
+OPENVINO_INT8 = "openvino-int8"
+# Windows per calibration batch of openvino-int8: padded batches as the Predictor makes them
+CALIBRATION_BATCH = 8
+
+
+def int8_search(
+    model: HrlmModel,
+    tokenizer: Any,
+    meta: ModelMeta,
+    held_out: Dataset,
+    data: Any,
+    reference: Measured,
+    threads: int,
+    folder: Path,
+) -> tuple[dict[str, Any], Measured, list[dict[str, Any]]]:
+    """``torch-int8`` with its most-drifting layers kept in float32 (see :mod:`hrlm.training.quantization`)."""
+    results: dict[tuple[str, ...], Measured] = {}
+
+    def check(trial: ModelMeta) -> dict[str, Any]:
+        predictor = Predictor(
+            model, tokenizer, trial, backend="torch-int8", device="cpu", threads=threads, folder=folder
+        )
+        key = tuple(trial.backend_checks["torch-int8"]["fp32_layers"])
+        results[key] = measure(predictor, held_out)
+        return agreement_check(results[key], reference, held_out, data, threads)
+
+    found, tried = search(
+        model, meta, held_out.texts, tokenizer, check, threads=threads, fp32_docs_per_s=reference.docs_per_s
+    )
+    return found, results[tuple(found["fp32_layers"])], tried
+
+
+def mixed_search(
+    model: HrlmModel,
+    tokenizer: Any,
+    meta: ModelMeta,
+    held_out: Dataset,
+    data: Any,
+    measured: dict[str, Measured],
+    threads: int,
+    folder: Path,
+    rows: list[dict[str, Any]],
+    notes: list[str],
+) -> dict[str, Any] | None:
+    """``torch-bf16-int8``'s check: activation ranges from held-out text, then int8 in both kinds of layer, else
+    in the feed-forward inputs only, until one keeps the labels. Appends a row per candidate; None if unavailable."""
+    texts = held_out.texts[:SENSITIVITY_TEXTS]
+    try:
+        save_maxima(activation_maxima(model, tokenizer, meta, texts, threads=threads), folder)
+    except ConfigError as exc:
+        notes.append(f"{MIXED} not checked: {exc}")
+        return None
+    check: dict[str, Any] = {}
+    for kinds in (KINDS, ("intermediate",)):
+        layers = layer_names(model, kinds)
+        trial = copy.deepcopy(meta)
+        trial.backend_checks = {MIXED: {"int8_layers": layers}}
+        predictor = Predictor(model, tokenizer, trial, backend=MIXED, device="cpu", threads=threads, folder=folder)
+        measured[MIXED] = measure(predictor, held_out)
+        check = {
+            **agreement_check(measured[MIXED], measured["torch-fp32"], held_out, data, threads),
+            "int8_layers": layers,
+            "smoothing": {"alpha": ALPHA, "calibration_texts": len(texts)},
+        }
+        rows.append(compressed_row(MIXED, file_size(folder / "model.safetensors"), measured[MIXED], measured, check))
+        rows[-1]["system"] += f", int8 in {' and '.join(kinds)}"
+        if check_passes(check):
+            break
+    notes.append(
+        f"{MIXED} (bf16, int8 in {len(check['int8_layers'])} smoothed layers) "
+        f"{'passed' if check_passes(check) else 'failed'} the agreement check "
+        f"({check['label_agreement']:.2%} of labels agree with fp32)."
+    )
+    return check
+
+
+@dataclass
+class Measured:
+    """One backend's labels, metrics and docs/s on held-out data."""
+
+    labels: list[Any]
+    metrics: dict[str, Any]
+    docs_per_s: float
+
+
+def load_labelled(path: str | Path, meta: ModelMeta, text_col: str, label_col: str | None) -> Dataset:
+    task = meta.tasks[0]
+    sep = meta.train_config.get("label_sep") if task.multi_label else None
+    return load_dataset(
+        Path(path),
+        text_col=text_col,
+        label_col=label_col or meta.train_config.get("label_col", "label"),
+        label_sep=(sep or "|") if task.multi_label else None,
+    )
+
+
+def measure(predictor: Predictor, ds: Dataset) -> Measured:
+    """Labels, metrics and throughput of one backend on ``ds`` (after a short warm-up).
+
+    The machine's one-off calibration for this backend runs before the clock starts, so that the first
+    backend measured does not pay it inside its docs/s."""
+    assert ds.labels is not None
+    task = predictor.tasks[0]
+    predictor.calibrate_once(ds.texts)
+    predictor.predict_proba(ds.texts[:8])
+    start = time.perf_counter()
+    probs = predictor.predict_proba(ds.texts)[task.name]
+    seconds = time.perf_counter() - start
+    labels = decide(probs, task)
+    metrics = compute_metrics(ds.labels, labels, probs, task.labels, multi_label=task.multi_label)
+    keep = ("n", "accuracy", "macro_f1", "weighted_f1", "micro_f1")
+    return Measured(labels, {k: metrics[k] for k in keep if k in metrics}, len(ds) / max(seconds, 1e-9))
+
+
+def agreement(a: list[Any], b: list[Any]) -> float:
+    return float(np.mean([x == y for x, y in zip(a, b, strict=True)])) if a else 0.0
+
+
+def agreement_check(result: Measured, reference: Measured, ds: Dataset, data: Any, threads: int) -> dict[str, Any]:
+    """The agreement check of one backend against fp32 of the same weights, as ``hrlm.json`` records it."""
+    check = {
+        "n": len(ds),
+        "label_agreement": round(agreement(result.labels, reference.labels), 6),
+        "accuracy": result.metrics["accuracy"],
+        "reference_accuracy": reference.metrics["accuracy"],
+        "accuracy_delta": round(result.metrics["accuracy"] - reference.metrics["accuracy"], 6),
+        "docs_per_s": round(result.docs_per_s, 2),
+        "threads": threads,
+        "data": str(data),
+        "data_fingerprint": ds.fingerprint(),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    check["passed"] = check_passes(check)
+    return check
+
+
+def compressed_row(
+    name: str, size: int, result: Measured, measured: dict[str, Measured], check: dict[str, Any]
+) -> dict[str, Any]:
+    out = row(f"compressed {name}", size, result, measured["torch-fp32"])
+    out["vs_original"] = round(agreement(result.labels, measured["original"].labels), 4)
+    out["check"] = "pass" if check_passes(check) else "fail"
+    return out
+
+
+def row(system: str, size: int, result: Measured, reference: Measured | None) -> dict[str, Any]:
+    return {
+        "system": system,
+        "size_mb": round(size / 1e6, 1),
+        "docs_per_s": round(result.docs_per_s, 1),
+        "accuracy": result.metrics["accuracy"],
+        "agreement": round(agreement(result.labels, reference.labels), 4) if reference else None,
+    }
+
+
+def file_size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
+
+
+def openvino_int8_search(
+    model: HrlmModel,
+    tokenizer: Any,
+    meta: ModelMeta,
+    held_out: Dataset,
+    data: Any,
+    measured: dict[str, Measured],
+    threads: int,
+    folder: Path,
+    rows: list[dict[str, Any]],
+    notes: list[str],
+) -> dict[str, Any] | None:
+    """``openvino-int8``'s check: NNCF calibrates on held-out text, int8 in every linear layer, else with
+    each block's second feed-forward layer kept in float32, until one keeps the labels.
+
+    The model that passed (else the last tried) is written to ``folder``; appends a row per candidate.
+    None where the model cannot be quantized (then the backend is not offered).
+    """
+    texts = held_out.texts[:SENSITIVITY_TEXTS]
+    reader = Predictor(model, tokenizer, meta, backend="torch-fp32", device="cpu", threads=threads, calibrate=False)
+    windows = sorted(reader.encode(texts).windows, key=len)
+    batches: list[tuple[np.ndarray, np.ndarray]] = []
+    for i in range(0, len(windows), CALIBRATION_BATCH):
+        ids, mask = collate(windows[i : i + CALIBRATION_BATCH], reader.pad_id)
+        batches.append((ids.numpy(), mask.numpy()))
+    overflow_fix = not openvino_backend.cpu_has_vnni()
+    # the second feed-forward layer (the one that narrows) reads GELU outputs, whose outlier channels
+    # static scales serve worst
+    narrowing = [
+        f"{i}.{name}"
+        for i, block in enumerate(encoder_layers(model.encoder))
+        for name, module in block.named_modules()
+        if isinstance(module, nn.Linear) and module.in_features > module.out_features
+    ]
+    candidates: list[list[str]] = [[], narrowing]
+    check: dict[str, Any] = {}
+    for keep in candidates:
+        try:
+            quantized = openvino_backend.quantize_int8(model, batches, keep_fp32=keep, overflow_fix=overflow_fix)
+        except (ConfigError, ModelError) as exc:
+            notes.append(f"{OPENVINO_INT8} not checked: {exc}")
+            return None
+        openvino_backend.save_int8(quantized, folder)
+        predictor = Predictor(
+            model, tokenizer, meta, backend=OPENVINO_INT8, device="cpu", threads=threads, folder=folder
+        )
+        measured[OPENVINO_INT8] = measure(predictor, held_out)
+        check = {
+            **agreement_check(measured[OPENVINO_INT8], measured["torch-fp32"], held_out, data, threads),
+            "fp32_layers": list(keep),
+            "calibration_texts": len(texts),
+            "overflow_fix": overflow_fix,
+        }
+        size = file_size(folder / openvino_backend.INT8_XML.replace(".xml", ".bin"))
+        rows.append(compressed_row(OPENVINO_INT8, size, measured[OPENVINO_INT8], measured, check))
+        rows[-1]["system"] += f", {len(keep)} layers in fp32" if keep else ", every layer"
+        if check_passes(check):
+            break
+    notes.append(
+        f"{OPENVINO_INT8} (NNCF static int8, {len(check['fp32_layers'])} layers in float32) "
+        f"{'passed' if check_passes(check) else 'failed'} the agreement check "
+        f"({check['label_agreement']:.2%} of labels agree with fp32)."
+    )
+    return check
