@@ -418,7 +418,8 @@ class CompressConfig(_Settings):
     prune: float = setting(0.0, "Fraction of weights (with --prune-heads: of each layer's heads) to remove.")
     prune_heads: bool = setting(False, "Remove whole attention heads: smaller and faster.")
     quantize: str | None = setting(
-        None, "int8: check the int8 backends (and export int8 ONNX; with --data and OpenVINO, calibrate openvino-int8)."
+        None,
+        "int8: check the int8 backends (and export int8 ONNX; with --data, OpenVINO and VNNI, make openvino-int8).",
     )
     onnx: bool = setting(False, "Export model.onnx (and model.int8.onnx) into --out.")
     recovery_epochs: float = setting(1.0, "Length of the recovery fine-tune, in epochs.")
