@@ -34,6 +34,14 @@ def _texts(n: int = 12, seed: int = 4, length: tuple[int, int] = (1, 60)) -> lis
     return [t for t, _ in make_texts(n, seed=seed, length=length)]
 
 
+def _meta() -> ModelMeta:
+    """Metadata of a two-label model, for choosing a backend from its checks."""
+    return ModelMeta(
+        tasks=[TaskSpec("label", ["a", "b"])], pooling="mean", max_length=16, stride=4, truncate="none",
+        aggregate="mean", base_encoder="tiny",
+    )  # fmt: skip
+
+
 def test_fp32_logits_equal_torch_fp32_in_batches_of_any_shape(trained_model: Path) -> None:
     texts = _texts()
     reference = Predictor.from_dir(trained_model, backend="torch-fp32", packing=False).logits(texts)["label"]
@@ -126,10 +134,7 @@ def test_threads_share_one_backend_safely(trained_model: Path) -> None:
 def test_missing_openvino_says_how_to_install_and_auto_skips_its_checks(
     trained_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    meta = ModelMeta(
-        tasks=[TaskSpec("label", ["a", "b"])], pooling="mean", max_length=16, stride=4, truncate="none",
-        aggregate="mean", base_encoder="tiny",
-    )  # fmt: skip
+    meta = _meta()
     passing = {"n": 500, "label_agreement": 0.996, "accuracy_delta": -0.002}
     meta.backend_checks = {
         "torch-fp32": {**passing, "docs_per_s": 10.0},
@@ -143,10 +148,7 @@ def test_missing_openvino_says_how_to_install_and_auto_skips_its_checks(
 
 
 def test_auto_skips_openvino_bf16_checked_on_a_cpu_with_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
-    meta = ModelMeta(
-        tasks=[TaskSpec("label", ["a", "b"])], pooling="mean", max_length=16, stride=4, truncate="none",
-        aggregate="mean", base_encoder="tiny",
-    )  # fmt: skip
+    meta = _meta()
     check = {"n": 500, "label_agreement": 0.996, "accuracy_delta": 0.0}
     meta.backend_checks = {"torch-fp32": {**check, "docs_per_s": 10.0}, "openvino-bf16": {**check, "docs_per_s": 40.0}}
     monkeypatch.setattr("hrlm.inference.backends.cpu_has_fast_bf16", lambda: False)
@@ -154,10 +156,7 @@ def test_auto_skips_openvino_bf16_checked_on_a_cpu_with_native_bf16(monkeypatch:
 
 
 def test_openvino_runs_on_the_cpu_only() -> None:
-    meta = ModelMeta(
-        tasks=[TaskSpec("label", ["a", "b"])], pooling="mean", max_length=16, stride=4, truncate="none",
-        aggregate="mean", base_encoder="tiny",
-    )  # fmt: skip
+    meta = _meta()
     with pytest.raises(ConfigError, match="openvino-fp32 runs on the CPU only"):
         choose_backend("openvino-fp32", meta, torch.device("cuda"), device_given=True)
     assert choose_backend("openvino-fp32", meta, torch.device("cuda")).device.type == "cpu"  # auto device
@@ -276,10 +275,7 @@ def test_int8_without_its_calibrated_file_is_a_one_line_error(trained_model: Pat
 
 
 def test_auto_uses_openvino_int8_only_where_the_cpu_has_vnni(monkeypatch: pytest.MonkeyPatch) -> None:
-    meta = ModelMeta(
-        tasks=[TaskSpec("label", ["a", "b"])], pooling="mean", max_length=16, stride=4, truncate="none",
-        aggregate="mean", base_encoder="tiny",
-    )  # fmt: skip
+    meta = _meta()
     check = {"n": 500, "label_agreement": 0.995, "accuracy_delta": 0.0}
     meta.backend_checks = {
         "openvino-fp32": {**check, "docs_per_s": 30.0},

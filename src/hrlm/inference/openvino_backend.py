@@ -53,6 +53,7 @@ log = logging.getLogger("hrlm")
 PRECISIONS = ("fp32", "bf16", "int8")
 # The int8 model of a folder (weights in model.int8.bin beside it), written by `hrlm compress --quantize int8 --data`
 INT8_XML = "model.int8.xml"
+INT8_BIN = "model.int8.bin"
 
 
 def openvino() -> Any:

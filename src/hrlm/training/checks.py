@@ -66,43 +66,26 @@ def int8_search(
     return found, results[tuple(found["fp32_layers"])], tried
 
 
-def mixed_search(
-    model: HrlmModel,
-    tokenizer: Any,
-    meta: ModelMeta,
-    held_out: Dataset,
-    data: Any,
-    measured: dict[str, Measured],
-    threads: int,
-    folder: Path,
-    rows: list[dict[str, Any]],
-    notes: list[str],
-) -> dict[str, Any] | None:
+def mixed_search(run: Checking, meta: ModelMeta) -> dict[str, Any] | None:
     """``torch-bf16-int8``'s check: activation ranges from held-out text, then int8 in both kinds of layer, else
     in the feed-forward inputs only, until one keeps the labels. Appends a row per candidate; None if unavailable."""
-    texts = held_out.texts[:SENSITIVITY_TEXTS]
+    texts = run.held_out.texts[:SENSITIVITY_TEXTS]
     try:
-        save_maxima(activation_maxima(model, tokenizer, meta, texts, threads=threads), folder)
+        save_maxima(activation_maxima(run.model, run.tokenizer, meta, texts, threads=run.threads), run.folder)
     except ConfigError as exc:
-        notes.append(f"{MIXED} not checked: {exc}")
+        run.notes.append(f"{MIXED} not checked: {exc}")
         return None
     check: dict[str, Any] = {}
     for kinds in (KINDS, ("intermediate",)):
-        layers = layer_names(model, kinds)
+        layers = layer_names(run.model, kinds)
         trial = copy.deepcopy(meta)
         trial.backend_checks = {MIXED: {"int8_layers": layers}}
-        predictor = Predictor(model, tokenizer, trial, backend=MIXED, device="cpu", threads=threads, folder=folder)
-        measured[MIXED] = measure(predictor, held_out)
-        check = {
-            **agreement_check(measured[MIXED], measured["torch-fp32"], held_out, data, threads),
-            "int8_layers": layers,
-            "smoothing": {"alpha": ALPHA, "calibration_texts": len(texts)},
-        }
-        rows.append(compressed_row(MIXED, file_size(folder / "model.safetensors"), measured[MIXED], measured, check))
-        rows[-1]["system"] += f", int8 in {' and '.join(kinds)}"
+        extra = {"int8_layers": layers, "smoothing": {"alpha": ALPHA, "calibration_texts": len(texts)}}
+        size = file_size(run.folder / "model.safetensors")
+        check = run.candidate(MIXED, trial, extra, size, f", int8 in {' and '.join(kinds)}")
         if check_passes(check):
             break
-    notes.append(
+    run.notes.append(
         f"{MIXED} (bf16, int8 in {len(check['int8_layers'])} smoothed layers) "
         f"{'passed' if check_passes(check) else 'failed'} the agreement check "
         f"({check['label_agreement']:.2%} of labels agree with fp32)."
@@ -193,26 +176,44 @@ def file_size(path: Path) -> int:
     return path.stat().st_size if path.is_file() else 0
 
 
-def openvino_int8_search(
-    model: HrlmModel,
-    tokenizer: Any,
-    meta: ModelMeta,
-    held_out: Dataset,
-    data: Any,
-    measured: dict[str, Measured],
-    threads: int,
-    folder: Path,
-    rows: list[dict[str, Any]],
-    notes: list[str],
-) -> dict[str, Any] | None:
+@dataclass
+class Checking:
+    """What compress's searches share: the model, the held-out data, and the table and notes they add to."""
+
+    model: HrlmModel
+    tokenizer: Any
+    held_out: Dataset
+    data: Any
+    threads: int
+    folder: Path
+    measured: dict[str, Measured]
+    rows: list[dict[str, Any]]
+    notes: list[str]
+
+    def candidate(self, name: str, meta: ModelMeta, extra: dict[str, Any], size: int, label: str) -> dict[str, Any]:
+        """Measure backend ``name`` of ``meta`` against fp32, add its row (``label`` appended), return its check."""
+        predictor = Predictor(
+            self.model, self.tokenizer, meta, backend=name, device="cpu", threads=self.threads, folder=self.folder
+        )
+        self.measured[name] = result = measure(predictor, self.held_out)
+        reference = self.measured["torch-fp32"]
+        check = {**agreement_check(result, reference, self.held_out, self.data, self.threads), **extra}
+        self.rows.append(compressed_row(name, size, result, self.measured, check))
+        self.rows[-1]["system"] += label
+        return check
+
+
+def openvino_int8_search(run: Checking, meta: ModelMeta) -> dict[str, Any] | None:
     """``openvino-int8``'s check: NNCF calibrates on held-out text, int8 in every linear layer, else with
     each block's second feed-forward layer kept in float32, until one keeps the labels.
 
-    The model that passed (else the last tried) is written to ``folder``; appends a row per candidate.
+    The model that passed (else the last tried) is written to ``run.folder``; appends a row per candidate.
     None where the model cannot be quantized (then the backend is not offered).
     """
-    texts = held_out.texts[:SENSITIVITY_TEXTS]
-    reader = Predictor(model, tokenizer, meta, backend="torch-fp32", device="cpu", threads=threads, calibrate=False)
+    texts = run.held_out.texts[:SENSITIVITY_TEXTS]
+    reader = Predictor(
+        run.model, run.tokenizer, meta, backend="torch-fp32", device="cpu", threads=run.threads, calibrate=False
+    )
     windows = sorted(reader.encode(texts).windows, key=len)
     batches: list[tuple[np.ndarray, np.ndarray]] = []
     for i in range(0, len(windows), CALIBRATION_BATCH):
@@ -223,7 +224,7 @@ def openvino_int8_search(
     # static scales serve worst
     narrowing = [
         f"{i}.{name}"
-        for i, block in enumerate(encoder_layers(model.encoder))
+        for i, block in enumerate(encoder_layers(run.model.encoder))
         for name, module in block.named_modules()
         if isinstance(module, nn.Linear) and module.in_features > module.out_features
     ]
@@ -231,27 +232,18 @@ def openvino_int8_search(
     check: dict[str, Any] = {}
     for keep in candidates:
         try:
-            quantized = openvino_backend.quantize_int8(model, batches, keep_fp32=keep, overflow_fix=overflow_fix)
+            quantized = openvino_backend.quantize_int8(run.model, batches, keep_fp32=keep, overflow_fix=overflow_fix)
         except (ConfigError, ModelError) as exc:
-            notes.append(f"{OPENVINO_INT8} not checked: {exc}")
+            run.notes.append(f"{OPENVINO_INT8} not checked: {exc}")
             return None
-        openvino_backend.save_int8(quantized, folder)
-        predictor = Predictor(
-            model, tokenizer, meta, backend=OPENVINO_INT8, device="cpu", threads=threads, folder=folder
-        )
-        measured[OPENVINO_INT8] = measure(predictor, held_out)
-        check = {
-            **agreement_check(measured[OPENVINO_INT8], measured["torch-fp32"], held_out, data, threads),
-            "fp32_layers": list(keep),
-            "calibration_texts": len(texts),
-            "overflow_fix": overflow_fix,
-        }
-        size = file_size(folder / openvino_backend.INT8_XML.replace(".xml", ".bin"))
-        rows.append(compressed_row(OPENVINO_INT8, size, measured[OPENVINO_INT8], measured, check))
-        rows[-1]["system"] += f", {len(keep)} layers in fp32" if keep else ", every layer"
+        openvino_backend.save_int8(quantized, run.folder)
+        extra = {"fp32_layers": list(keep), "calibration_texts": len(texts), "overflow_fix": overflow_fix}
+        size = file_size(run.folder / openvino_backend.INT8_BIN)
+        label = f", {len(keep)} layers in fp32" if keep else ", every layer"
+        check = run.candidate(OPENVINO_INT8, meta, extra, size, label)
         if check_passes(check):
             break
-    notes.append(
+    run.notes.append(
         f"{OPENVINO_INT8} (NNCF static int8, {len(check['fp32_layers'])} layers in float32) "
         f"{'passed' if check_passes(check) else 'failed'} the agreement check "
         f"({check['label_agreement']:.2%} of labels agree with fp32)."

@@ -59,6 +59,7 @@ from hrlm.modeling import META_FILE, HrlmModel, ModelMeta, attention_heads, enco
 from hrlm.modeling import prune_heads as remove_heads
 from hrlm.training.checks import (
     OPENVINO_INT8,
+    Checking,
     Measured,
     agreement_check,
     compressed_row,
@@ -270,15 +271,14 @@ def compress(
                         f"{'passed' if check_passes(checks[name]) else 'still failed'} "
                         f"({checks[name]['label_agreement']:.2%} of labels agree with fp32)."
                     )
+            run = Checking(model, tokenizer, held_out, data, threads, tmp, measured, rows, notes)
             if mixed:
-                found = mixed_search(model, tokenizer, new_meta, held_out, data, measured, threads, tmp, rows, notes)
+                found = mixed_search(run, new_meta)
                 if found is not None:
                     checks[MIXED] = found
             if quantize == "int8" and openvino_quantizer_available():
                 if cpu_has_vnni():
-                    found = openvino_int8_search(
-                        model, tokenizer, new_meta, held_out, data, measured, threads, tmp, rows, notes
-                    )
+                    found = openvino_int8_search(run, new_meta)
                     if found is not None:
                         checks[OPENVINO_INT8] = found
                 else:  # auto would not use it here; its calibration and check cost minutes
