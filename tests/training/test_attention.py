@@ -10,7 +10,7 @@ from torch import nn
 
 from hrlm._progress import ProgressBar
 from hrlm.modeling import HrlmModel, TaskSpec, build_model
-from hrlm.training import attention
+from hrlm.training import attention, chunked_attention
 from hrlm.training.loop import Optimization, run_steps
 
 CPU = torch.device("cpu")
@@ -35,14 +35,17 @@ def test_the_choice_is_measured_once_per_machine_and_shape_and_cached(
 
     def eager_faster(*args: Any) -> dict[str, float]:
         calls.append(args)
-        return {"eager": 0.001, "sdpa": 0.002}
+        return {"eager": 0.001, "sdpa": 0.002, chunked_attention.NAME: 0.003}
 
     monkeypatch.setattr(attention, "measure", eager_faster)
     assert attention.choose(model, CPU, "bf16", 100) == "eager"
-    assert calls == [(heads, head_dim, 128, "bf16")]  # the longest window, rounded up to a power of two
+    # the longest window, rounded up to a power of two; the fewest rows when no batch size is given
+    assert calls == [(heads, head_dim, 128, "bf16", attention.MIN_ROWS)]
     (cached,) = (tmp_path / "calibration").glob("train-attention-*.json")
     record = json.loads(cached.read_text())
     assert record["choice"] == "eager" and record["shape"]["width"] == 128 and record["machine"]["cores"] >= 1
+    assert attention.choose(model, CPU, "bf16", 100, batch_size=500) == "eager"  # another batch: measured
+    assert calls[-1][-1] == attention.MAX_ROWS  # at most MAX_ROWS sequences
 
     def not_again(*args: Any) -> dict[str, float]:
         raise AssertionError("measured again despite the cache")
@@ -50,9 +53,13 @@ def test_the_choice_is_measured_once_per_machine_and_shape_and_cached(
     monkeypatch.setattr(attention, "measure", not_again)
     assert attention.choose(model, CPU, "bf16", 120) == "eager"  # same bucket: read from the cache
 
-    monkeypatch.setattr(attention, "measure", lambda *args: {"eager": 0.003, "sdpa": 0.002})
+    monkeypatch.setattr(attention, "measure", lambda *args: {"eager": 0.003, "sdpa": 0.002, chunked_attention.NAME: 1})
     assert attention.choose(model, CPU, "fp32", 120) == "sdpa"  # another precision is another measurement
-    assert len(list((tmp_path / "calibration").glob("train-attention-*.json"))) == 2
+    monkeypatch.setattr(
+        attention, "measure", lambda *args: {"eager": 0.003, "sdpa": 0.002, chunked_attention.NAME: 0.001}
+    )
+    assert attention.choose(model, CPU, "fp32", 120, batch_size=16) == chunked_attention.NAME
+    assert len(list((tmp_path / "calibration").glob("train-attention-*.json"))) == 4
 
 
 def test_no_choice_on_cuda_with_calibration_off_or_without_an_encoder(
@@ -67,9 +74,9 @@ def test_no_choice_on_cuda_with_calibration_off_or_without_an_encoder(
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_measure_times_both_paths_forward_and_backward(precision: str) -> None:
+def test_measure_times_every_path_forward_and_backward(precision: str) -> None:
     seconds = attention.measure(2, 16, 32, precision)
-    assert set(seconds) == {"eager", "sdpa"} and all(0 < s < 5 for s in seconds.values())
+    assert set(seconds) == set(attention.IMPLEMENTATIONS) and all(0 < s < 5 for s in seconds.values())
 
 
 def test_eager_and_sdpa_compute_the_same_logits(tiny_bert: Path) -> None:

@@ -214,7 +214,7 @@ def train_contrastive(
     bar = ProgressBar(opt.steps, "contrastive pairs", unit="steps", fields={"loss": "-"}, enabled=show)
     # Ctrl-C stops this pass cleanly: the head is then fitted on what the encoder has learned so far.
     longest = max((len(w) for w in windows), default=16)
-    attention = choose_attention(model, device, precision, longest)
+    attention = choose_attention(model, device, precision, longest, size)
     dropout = choose_dropout(model, device, precision, longest)
     weights = choose_weights(model, device, precision, longest)
     done = run_steps(

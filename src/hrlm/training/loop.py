@@ -460,7 +460,7 @@ def train_full(run: TrainingRun, replicas: Replicas | None = None) -> RunState:
     eval_every = cfg.eval_steps or steps_per_epoch
     longest = max((len(w) for w in enc.windows), default=cfg.max_length)
     state.paths = {
-        "attention": choose_attention(model, device, precision, longest),
+        "attention": choose_attention(model, device, precision, longest, cfg.batch_size),
         "dropout": choose_dropout(model, device, precision, longest),
         "weights": choose_weights(model, device, precision, longest),
     }

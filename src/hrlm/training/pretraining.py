@@ -384,7 +384,7 @@ def _adapt(
         loss = mlm + nsp if nsp is not None else mlm
         return (loss * weight if weight != 1.0 else loss), len(batch.ids) if weight else 0
 
-    attention = choose_attention(model, device, precision, cfg.max_length)
+    attention = choose_attention(model, device, precision, cfg.max_length, cfg.batch_size)
     dropout = choose_dropout(model, device, precision, cfg.max_length)
     weights = choose_weights(model, device, precision, cfg.max_length)
     warm_steps = cfg.head_steps if head_new else 0
