@@ -103,3 +103,11 @@ def test_attention_dropout_in_training_takes_the_plain_path(tiny_bert: Path) -> 
         torch.manual_seed(1)
         b = model(ids, mask)["label"]
     assert not torch.allclose(a, b)  # the probabilities were dropped, differently per seed
+
+
+def test_a_mask_shared_by_every_sequence_is_added_to_every_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chunked_attention, "CHUNK_BYTES", 2 * 3 * 12 * 12 * 8)
+    q, k, v, _ = _inputs(torch.float64)
+    shared = torch.zeros(1, 1, 1, 12, dtype=torch.float64)
+    shared[..., 9:] = torch.finfo(torch.float64).min
+    torch.testing.assert_close(ChunkedAttention.apply(q, k, v, shared, 0.35), _plain(q, k, v, shared, 0.35))
