@@ -111,3 +111,12 @@ def test_a_mask_shared_by_every_sequence_is_added_to_every_chunk(monkeypatch: py
     shared = torch.zeros(1, 1, 1, 12, dtype=torch.float64)
     shared[..., 9:] = torch.finfo(torch.float64).min
     torch.testing.assert_close(ChunkedAttention.apply(q, k, v, shared, 0.35), _plain(q, k, v, shared, 0.35))
+
+
+def test_a_boolean_mask_is_read_as_attend_or_not() -> None:
+    q, k, v, additive = _inputs(torch.float32)
+    keep = additive == 0  # True where a position is attended to
+    module = torch.nn.Module().eval()
+    got, weights = chunked_attention.attention(module, q, k, v, keep, scaling=0.35)
+    assert weights is None and got.shape == (5, 12, 3, 8)  # (batch, length, heads, head_dim)
+    torch.testing.assert_close(got, _plain(q, k, v, additive, 0.35).transpose(1, 2))

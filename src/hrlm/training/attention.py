@@ -13,7 +13,8 @@ encoder's own choice. :func:`using` applies it for the length of a training run 
 encoder's setting afterwards, so the saved model is unchanged. CUDA keeps SDPA (its fused kernels
 are the fast path there). A third path, :mod:`hrlm.training.chunked_attention`, computes the eager
 arithmetic a few sequences at a time so that the scores stay in cache; on a 2-core Intel Xeon with
-AMX it took a third of eager's time for one layer in bf16, and :func:`choose` times it too.
+AMX one layer over 32 x 256 tokens in bf16 took 40-58 ms that way against eager's 52-73, and
+:func:`choose` times it too.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ VERSION = 2  # 2: the chunked path is timed too, at the run's batch
 # Rows of the timed attention: the run's batch, at least MIN_ROWS and at most MAX_ROWS sequences. The
 # paths differ with the batch: on the AMX machine one layer's forward and backward over 8 x 256 tokens
 # in bf16 took about as long eager as chunked (11-12 against 9-11 ms, on a noisy host), over 32 x 256
-# chunked was faster (40-58 against 52-73 ms), and a whole training step 11% faster (median of six
-# interleaved steps, 0.86 against 0.97 s; SDPA 1.31).
+# chunked was faster (40-58 against 52-73 ms; SDPA 117-166), and so was a whole training step (0.64
+# against 0.73 s, medians of eight).
 MIN_ROWS, MAX_ROWS = 4, 32
 
 
@@ -79,9 +80,8 @@ def measure(heads: int, head_dim: int, width: int, precision: str, rows: int = M
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
         out.float().sum().backward()
 
-    def chunked() -> None:
-        with autocast(device, precision):
-            out = chunked_attention.ChunkedAttention.apply(q, k, v, mask, scale)
+    def chunked() -> None:  # with autocast off, as chunked_attention.attention runs it
+        out = chunked_attention.ChunkedAttention.apply(q, k, v, mask, scale)
         out.float().sum().backward()
 
     return {"eager": best_seconds(eager), "sdpa": best_seconds(sdpa), chunked_attention.NAME: best_seconds(chunked)}

@@ -109,16 +109,19 @@ def attention(
     """
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     dtype = query.dtype
+    mask = attention_mask
+    if mask is not None and mask.dtype == torch.bool:  # True: attend; made additive as eager's
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
     with torch.autocast(query.device.type, enabled=False):
         q, k, v = query, key.to(dtype), value.to(dtype)
+        mask = None if mask is None else mask.to(dtype)
         if dropout and module.training:  # dropout on the probabilities: the plain form, whole batch
             scores = torch.matmul(q, k.transpose(-1, -2)) * scale
-            if attention_mask is not None:
-                scores = scores + attention_mask.to(dtype)
+            if mask is not None:
+                scores = scores + mask
             p = nn.functional.dropout(torch.softmax(scores, dim=-1), p=dropout, training=True)
             out = torch.matmul(p, v)
         else:
-            mask = None if attention_mask is None else attention_mask.to(dtype)
             out = ChunkedAttention.apply(q, k, v, mask, scale)
     return out.transpose(1, 2).contiguous(), None
 
