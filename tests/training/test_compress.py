@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from hrlm.inference.backends import cpu_has_fast_bf16
 from hrlm.inference.predictor import Predictor
 from hrlm.modeling import TaskSpec, attention_heads, encoder_layers, load_model
 from hrlm.training import checks
+from hrlm.training.checks import RACE_ROUNDS
 from hrlm.training.compression import compress, head_magnitudes, make_permanent, prune_attention_heads, prune_linear
 from tests.conftest import make_texts
 
@@ -119,6 +121,15 @@ def test_data_alone_checks_the_backends_and_keeps_the_weights(
     bf16 = ["torch-bf16", "openvino-bf16"] if cpu_has_fast_bf16() else []
     assert set(checks) == set(result.checks) == {"torch-fp32", "openvino-fp32", *bf16}
     assert all(check["n"] == 120 for check in checks.values())
+    # the backends that passed were timed again in interleaved rounds: auto picks by their medians
+    passed = [name for name, check in checks.items() if check["passed"]]
+    assert len(passed) >= 2
+    for name in passed:
+        runs = checks[name]["docs_per_s_runs"]
+        assert len(runs) == RACE_ROUNDS and all(r > 0 for r in runs)
+        assert checks[name]["docs_per_s"] == round(statistics.median(runs), 2)
+    fastest = max(passed, key=lambda name: checks[name]["docs_per_s"])
+    assert any(f"auto serves the fastest, {fastest}" in note for note in result.notes)
 
 
 @pytest.mark.parametrize(
@@ -183,3 +194,28 @@ def test_compress_times_a_backend_after_its_calibration(monkeypatch: pytest.Monk
     measured = checks.measure(Slow(), ds)  # type: ignore[arg-type]
     assert calls == ["calibrate", "predict 8", "predict 50"]
     assert measured.docs_per_s > 1000 and measured.metrics["accuracy"] == 1.0
+
+
+def test_the_race_interleaves_the_backends_after_warming_each() -> None:
+    # each backend once a round in a rotated order, after its calibration and a warm-up: a host that
+    # slows down for a while slows every backend alike instead of the ones measured then
+    calls: list[str] = []
+
+    class Fake:
+        def __init__(self, name: str, seconds: float) -> None:
+            self.name, self.seconds = name, seconds
+
+        def calibrate_once(self, texts: list[str]) -> None:
+            calls.append(f"calibrate {self.name}")
+
+        def predict_proba(self, texts: list[str]) -> dict[str, np.ndarray]:
+            calls.append(f"{self.name} {len(texts)}")
+            time.sleep(self.seconds)
+            return {"label": np.zeros((len(texts), 2))}
+
+    runs = checks.race({"a": Fake("a", 0.03), "b": Fake("b", 0.001), "c": Fake("c", 0.01)}, ["x"] * 20)  # type: ignore[dict-item]
+    warm = ["calibrate a", "a 8", "calibrate b", "b 8", "calibrate c", "c 8"]
+    assert calls == [*warm, "a 20", "b 20", "c 20", "b 20", "c 20", "a 20", "c 20", "a 20", "b 20"]
+    assert [len(v) for v in runs.values()] == [3, 3, 3]
+    medians = {name: statistics.median(v) for name, v in runs.items()}
+    assert medians["b"] > medians["c"] > medians["a"]

@@ -35,6 +35,9 @@ from hrlm.modeling import HrlmModel, ModelMeta, encoder_layers
 from hrlm.training.quantization import SENSITIVITY_TEXTS, search
 
 OPENVINO_INT8 = "openvino-int8"
+# The speed race among the backends that passed (see race): rounds, and documents a round at most
+RACE_ROUNDS = 3
+RACE_DOCS = 256
 # Windows per calibration batch of openvino-int8: padded batches as the Predictor makes them
 CALIBRATION_BATCH = 8
 
@@ -129,6 +132,30 @@ def measure(predictor: Predictor, ds: Dataset) -> Measured:
     metrics = compute_metrics(ds.labels, labels, probs, task.labels, multi_label=task.multi_label)
     keep = ("n", "accuracy", "macro_f1", "weighted_f1", "micro_f1")
     return Measured(labels, {k: metrics[k] for k in keep if k in metrics}, len(ds) / max(seconds, 1e-9))
+
+
+def race(predictors: dict[str, Predictor], texts: list[str], rounds: int = RACE_ROUNDS) -> dict[str, list[float]]:
+    """Docs/s of each predictor on ``texts``, timed in ``rounds`` interleaved rounds (each predictor once a
+    round, the order rotated), after a warm-up of each.
+
+    ``--backend auto`` serves the fastest backend that passed its check. Each check's own docs/s comes
+    from one pass, measured minutes apart from the others; on a host whose speed changes within minutes
+    (a 2-core Xeon with AMX: 2,048-square bf16 products at 784 to 3,243 GFLOP/s in one session) that
+    ordered openvino-int8 before openvino-bf16 (127 against 77 docs/s) where interleaved rounds of the
+    same backends measured 152 against 187. The median of interleaved rounds compares them at the same
+    moments.
+    """
+    for predictor in predictors.values():
+        predictor.calibrate_once(texts)
+        predictor.predict_proba(texts[:8])
+    names = list(predictors)
+    runs: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            predictors[name].predict_proba(texts)
+            runs[name].append(len(texts) / max(time.perf_counter() - start, 1e-9))
+    return runs
 
 
 def agreement(a: list[Any], b: list[Any]) -> float:
