@@ -21,9 +21,13 @@ with the Predictor's padded torch-fp32, the fraction of this machine's limit (th
 on the real, unpadded tokens per second over the matrix-product rate torch reaches here at the
 encoder's shapes on the same threads in the same precision; int8: torch's dynamic int8 linear),
 and ``ceiling_fraction``: the same FLOPs over the machine's ceiling, the faster 2,048-square
-product rate in ``machine.matmul_gflops`` (bf16 where the CPU has AVX-512 BF16 or AMX, fp32 where it
-has not: ``settings.ceiling`` says which). On a CPU without native bf16 the bf16 backends are left
-out of the default list: torch emulates bf16 there, dozens of times slower than fp32.
+product rate (bf16 where the CPU has AVX-512 BF16 or AMX, fp32 where it has not: ``settings.ceiling``
+says which), the highest measured before the rounds and after each. A shared host's speed can change
+several-fold within minutes (a 2-core Xeon with AMX: 784 to 3,243 GFLOP/s in bf16 in one session), so
+each round is also set against the higher of the rates just before and just after it:
+``ceiling_fraction_adjacent`` (the median round's), every round's in
+``ceiling_fraction_adjacent_runs``. On a CPU without native bf16 the bf16 backends are left out of
+the default list: torch emulates bf16 there, dozens of times slower than fp32.
 
 With ``--device cuda`` every system runs on the GPU: the pipeline in fp32 (the baseline) and in bf16
 (``dtype=torch.bfloat16``), the Predictor's torch backends (int8 and ONNX Runtime are CPU backends),
@@ -278,6 +282,11 @@ def main() -> None:
     order = list(range(len(texts)))
     random.Random(args.seed + 1).shuffle(order)
     rounds = [order[r :: args.rounds] for r in range(args.rounds)]
+    # the machine's ceiling: 2,048-square products in its fastest native precision; on a CPU measured
+    # again after every round, so that each round is also set against the rates just before and after it
+    measured = machine(args.threads)["matmul_gflops"]
+    ceiling_precision, first = ceiling(measured["gpu"] if on_gpu else measured)
+    between = [first or 0.0]
     seconds = dict.fromkeys(systems, 0.0)
     round_rates: dict[str, list[float]] = {name: [] for name in systems}
     predicted: dict[str, list[str]] = {name: [""] * len(texts) for name in systems}
@@ -293,6 +302,9 @@ def main() -> None:
             round_rates[name].append(len(batch) / spent)
             for i, label in zip(chunk, labels, strict=True):
                 predicted[name][i] = label
+        if not on_gpu:
+            rate = matmul_gflops(threads=args.threads, precisions=(ceiling_precision,))[ceiling_precision]
+            between.append(rate or 0.0)
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {seconds[n]:.0f}s" for n in running), file=sys.stderr)
 
     # The limit is this machine's best: measured before and after the systems, the higher rate is kept.
@@ -300,9 +312,8 @@ def main() -> None:
     rates = {k: max(v, after[k]) for k, v in rates.items()}
     flops_of = flops_per_sequence(args.model)
     reference = predicted.get("torch-fp32:padded") or predicted.get("torch-fp32")
-    # the machine's ceiling: 2,048-square products in its fastest native precision
-    measured = machine(args.threads)["matmul_gflops"]
-    ceiling_precision, ceiling_gflops = ceiling(measured["gpu"] if on_gpu else measured)
+    ceiling_gflops = max(between)  # the highest rate measured before, between and after the rounds
+    adjacent_ceilings = [max(between[r : r + 2]) for r in range(args.rounds)] if not on_gpu else []
     memory = {} if args.no_memory else {name: peak_memory_mb(args, name) for name in systems}
     if not on_gpu:
         for probe in memory.values():
@@ -332,6 +343,14 @@ def main() -> None:
             "ceiling_fraction": round(gflops / ceiling_gflops, 3) if ceiling_gflops else None,
             "mean_tokens": round(sum(lengths) / len(lengths), 1),
         }
+        if adjacent_ceilings and all(adjacent_ceilings):
+            # each round at this system's mean FLOPs per document, over the rates just before and after it
+            shares = [
+                rate * flops / len(texts) / 1e9 / top
+                for rate, top in zip(round_rates[name], adjacent_ceilings, strict=True)
+            ]
+            row["ceiling_fraction_adjacent"] = round(statistics.median(shares), 3)
+            row["ceiling_fraction_adjacent_runs"] = [round(x, 3) for x in shares]
         rows.append(row)
     base = rows[0]["docs_per_s"]
     for row in rows:
@@ -367,7 +386,7 @@ def main() -> None:
                 "predictor_truncate": "head",
                 "rounds": args.rounds,
                 "seed": args.seed,
-                "ceiling": {"precision": ceiling_precision, "gflops": ceiling_gflops},
+                "ceiling": {"precision": ceiling_precision, "gflops": ceiling_gflops, "measured_gflops": between},
             },
             "notes": notes,
             "load_average_1min": {"start": round(load_before[0], 2), "end": round(os.getloadavg()[0], 2)},

@@ -17,8 +17,12 @@ Reported per system: training samples/s (the optimizer steps only: the Trainer's
 of the process, test accuracy on ``--test`` test reviews (the mean over the rounds, which use
 different seeds), and the share of the machine's ceiling: three forward passes' FLOPs (forward,
 and backward at twice the forward) on the real tokens per second, over the faster 2,048-square
-matrix-product rate in ``machine.matmul_gflops`` (bf16 on a CPU with AVX-512 BF16 or AMX, fp32 on
-one without: ``settings.ceiling`` says which).
+matrix-product rate (bf16 on a CPU with AVX-512 BF16 or AMX, fp32 on one without:
+``settings.ceiling`` says which), the highest measured before, between and after the runs. A shared
+host's speed can change several-fold within minutes (a 2-core Xeon with AMX: 784 to 3,243 GFLOP/s in
+bf16 in one session), so on a CPU the rate is measured again after every run, and each run is also set
+against the higher of the rates just before and just after it: ``ceiling_fraction_adjacent`` (the
+median run's), with every run's in ``ceiling_fraction_adjacent_runs``.
 
 With ``--device cuda`` both train on the GPU (the Trainer in bf16 where the GPU has it, hrlm with its
 defaults there), the ceiling is the GPU's 8,192-square product rate (``machine.matmul_gflops.gpu``),
@@ -280,6 +284,11 @@ def main() -> None:
         (work / "data.json").write_text(json.dumps(data))
         load_before = os.getloadavg()
         rates_before = machine(args.threads)["matmul_gflops"]
+        on_gpu = args.device == "cuda"
+        precision, first = ceiling(rates_before["gpu"] if on_gpu else rates_before)
+        # on a CPU the ceiling's rate again after every run: each run is set against the rates measured
+        # just before and just after it (a shared host's speed can change several-fold within minutes)
+        between = [first or 0.0]
         runs: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
         for r in range(args.rounds):
             order = systems[r % len(systems) :] + systems[: r % len(systems)]
@@ -292,19 +301,24 @@ def main() -> None:
                 proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
                 if proc.returncode != 0:
                     raise SystemExit(f"{name} round {r + 1} failed:\n{proc.stderr[-3000:]}")
-                runs[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                done = json.loads(proc.stdout.strip().splitlines()[-1])
+                if not on_gpu:
+                    between.append(matmul_gflops(threads=args.threads, precisions=(precision,))[precision] or 0.0)
+                done["ceiling_gflops"] = max(between[-2:])
+                runs[name].append(done)
                 print(
                     f"round {r + 1}/{args.rounds} {name}: {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True
                 )
-    # the ceiling: on a CPU 2,048-square products in its fastest native precision, measured before and
-    # after the runs, the higher kept; on a GPU its 8,192-square rate, measured once
-    if args.device == "cuda":  # the GPU's rates, measured once per process at 8,192 squared
-        precision, ceiling_gflops = ceiling(rates_before["gpu"])
-    else:
-        precision, before = ceiling(rates_before)
-        after = matmul_gflops(threads=args.threads, precisions=(precision,))[precision]
-        ceiling_gflops = max(before or 0.0, after or 0.0)
+    # the ceiling: on a CPU 2,048-square products in its fastest native precision, the highest rate
+    # measured before, between and after the runs; on a GPU its 8,192-square rate, measured once
+    ceiling_gflops = max(between)
     linear, attention = flops_per_token(base_path(args))
+
+    def flops_per_sample(d: dict[str, Any]) -> float:
+        tokens_per_sample = d["tokens"] / d["samples"]
+        # forward + backward (twice the forward) = three forward passes, linear layers and attention
+        return 3 * (tokens_per_sample * linear + tokens_per_sample**2 * attention)
+
     rows = []
     for name in systems:
         done = runs[name]
@@ -312,9 +326,12 @@ def main() -> None:
         median = statistics.median(rates)
         mid = done[rates.index(median)] if median in rates else done[0]
         tokens_per_sample = mid["tokens"] / mid["samples"]
-        # forward + backward (twice the forward) = three forward passes, linear layers and attention
-        flops_per_sample = 3 * (tokens_per_sample * linear + tokens_per_sample**2 * attention)
-        gflops = median * flops_per_sample / 1e9
+        gflops = median * flops_per_sample(mid) / 1e9
+        adjacent = [
+            rate * flops_per_sample(d) / 1e9 / d["ceiling_gflops"]
+            for rate, d in zip(rates, done, strict=True)
+            if d["ceiling_gflops"]
+        ]
         rows.append(
             {
                 "system": LABELS.get(name, name).format(bf16=mid.get("precision") == "bf16"),
@@ -331,6 +348,16 @@ def main() -> None:
                 "mean_tokens": round(tokens_per_sample, 1),
                 "gflops": round(gflops, 1),
                 "ceiling_fraction": round(gflops / ceiling_gflops, 3) if ceiling_gflops else None,
+                # each run over the higher of the rates measured just before and just after it (CPU)
+                **(
+                    {
+                        "ceiling_fraction_adjacent": round(statistics.median(adjacent), 3),
+                        "ceiling_fraction_adjacent_runs": [round(x, 3) for x in adjacent],
+                        "ceiling_gflops_adjacent_runs": [round(d["ceiling_gflops"], 1) for d in done],
+                    }
+                    if adjacent and not on_gpu
+                    else {}
+                ),
             }
         )
     base = rows[0]["train_samples_s"]
@@ -357,7 +384,7 @@ def main() -> None:
                 "lr": 1e-4,
                 "rounds": args.rounds,
                 "seed": args.seed,
-                "ceiling": {"precision": precision, "gflops": ceiling_gflops},
+                "ceiling": {"precision": precision, "gflops": ceiling_gflops, "measured_gflops": between},
                 "flops_per_token_linear": linear,
                 "load_average_1min": {"start": round(load_before[0], 2), "end": round(os.getloadavg()[0], 2)},
             },
