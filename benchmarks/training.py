@@ -27,11 +27,12 @@ median run's), with every run's in ``ceiling_fraction_adjacent_runs``.
 With ``--device cuda`` both train on the GPU (the Trainer in bf16 where the GPU has it, hrlm with its
 defaults there), the ceiling is the GPU's 8,192-square product rate (``machine.matmul_gflops.gpu``),
 and peak GPU memory is reported beside the process's. ``--base`` trains another local copy of the
-encoder (an fp16 copy carried to a GPU machine, say). ``--systems`` adds ``hrlm-autocast`` or
+encoder (an fp16 copy carried to a GPU machine, say). ``--systems`` adds ``hrlm-autocast``,
 ``hrlm-bf16-weights``: hrlm with its bf16 training path forced (``HRLM_TRAIN_WEIGHTS``, see
 :mod:`hrlm.training.weights`), to see what the measured choice of the defaults is worth in speed and
-accuracy; each hrlm row records the paths its run chose (``paths``). ``--keep-model DIR`` keeps the
-model of hrlm's last round, for ``benchmarks/inference.py``. Writes
+accuracy, or ``hrlm-attention-dropout``: hrlm with the encoder's attention dropout of 0.1, which the
+Trainer keeps and hrlm drops on a CPU; each hrlm row records the paths its run chose (``paths``).
+``--keep-model DIR`` keeps the model of hrlm's last round, for ``benchmarks/inference.py``. Writes
 ``benchmarks/results/training-imdb[-<variant>].json``.
 """
 
@@ -68,6 +69,7 @@ LABELS = {
     "hrlm": "hrlm train (defaults)",
     "hrlm-autocast": "hrlm train, HRLM_TRAIN_WEIGHTS=autocast",
     "hrlm-bf16-weights": "hrlm train, HRLM_TRAIN_WEIGHTS=bf16",
+    "hrlm-attention-dropout": "hrlm train, attention_dropout = 0.1 (the encoder's own)",
 }
 # hrlm with its bf16 training path forced one way (hrlm.training.weights), beside the defaults
 FORCED_WEIGHTS = {"hrlm-autocast": "autocast", "hrlm-bf16-weights": "bf16"}
@@ -213,6 +215,9 @@ def run_hrlm(work: Path, args: argparse.Namespace, seed: int) -> dict[str, Any]:
         threads=args.threads,
         device=args.device,
         base=str(args.base) if args.base else None,
+        # on a CPU hrlm trains without attention-probability dropout (hrlm.modeling.attention_dropout_for);
+        # this system keeps the encoder's, as the Trainer does
+        attention_dropout=0.1 if args.child == "hrlm-attention-dropout" else None,
     )
     out = Path(args.keep_model) if args.keep_model else work / f"hrlm-{seed}"
     t0 = time.perf_counter()
