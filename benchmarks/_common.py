@@ -7,7 +7,8 @@ in the shape of ``benchmarks/results.schema.json`` (``schema_version`` 2):
 - ``command`` and ``argv``: the command as run, with paths inside the project and ``../shared``
   written relative to the project root and any other absolute path as ``<local>/<its name>``;
 - ``notes``: the script's own notes, then every ``--note`` given on the command line;
-- ``git_commit`` and ``git_dirty`` (tracked files differ from that commit), read when the run started;
+- ``git_commit`` and ``git_dirty`` (tracked files other than results differ from that commit), read when
+  the run started;
 - ``versions`` of python, torch, transformers and hrlm;
 - ``machine``: CPU, its instruction sets that matter here (``flags``: AVX2, AVX-512, AVX-512 BF16, VNNI,
   AMX: CPUs of one model name differ in them), usable cores, native bf16, GPU, and ``matmul_gflops``,
@@ -193,7 +194,9 @@ def git_state() -> tuple[str | None, bool | None]:
     """The commit checked out and whether tracked files differ from it; (None, None) outside a git checkout.
 
     Read once per process, first by :func:`add_run_options`: a run of hours on a tree edited meanwhile ran
-    the code of its start. Untracked files do not count (scratch data and models live there).
+    the code of its start. Untracked files do not count (scratch data and models live there), nor do
+    results files (``benchmarks/results/``): one written by an earlier run leaves the code as it was, and
+    two benchmarks run one after the other in a script would otherwise record the second as dirty.
 
     ``HRLM_GIT_COMMIT`` overrides both, for a copy of the tree run elsewhere (a lent GPU machine, whose
     copy may carry the ``.git`` of an older commit beside newer files): the sender sets it to its own
@@ -208,7 +211,9 @@ def git_state() -> tuple[str | None, bool | None]:
 
     try:
         commit = git("rev-parse", "HEAD").strip()
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+        dirty = bool(
+            git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results").strip()
+        )
     except (OSError, subprocess.CalledProcessError):
         return None, None
     return commit, dirty

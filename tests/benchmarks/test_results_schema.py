@@ -11,6 +11,7 @@ import importlib
 import json
 import re
 import shlex
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -354,6 +355,37 @@ def test_a_commit_given_by_the_sender_overrides_the_copy_s_own_git(
     commit, _ = common.git_state()
     assert commit is None or re.fullmatch(r"[0-9a-f]{40}", commit)
     common.git_state.cache_clear()
+
+
+def test_dirty_means_code_changed_not_a_results_file(
+    common: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "inference.py").write_text("x = 1\n")
+    (tmp_path / "benchmarks" / "results" / "inference-imdb.json").write_text("{}\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "first")
+    monkeypatch.delenv("HRLM_GIT_COMMIT", raising=False)
+    monkeypatch.setattr(common, "PROJECT", tmp_path)
+
+    def state() -> bool | None:
+        common.git_state.cache_clear()
+        return common.git_state()[1]
+
+    try:
+        assert state() is False
+        (tmp_path / "benchmarks" / "results" / "inference-imdb.json").write_text('{"rows": []}\n')
+        assert state() is False  # a results file written by an earlier run: the code is as committed
+        (tmp_path / "scratch.csv").write_text("untracked\n")
+        assert state() is False
+        (tmp_path / "benchmarks" / "inference.py").write_text("x = 2\n")
+        assert state() is True
+    finally:
+        common.git_state.cache_clear()
 
 
 def test_matmul_gflops_reports_every_precision_asked(common: ModuleType) -> None:
