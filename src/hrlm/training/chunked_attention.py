@@ -116,14 +116,12 @@ def attention(
     with torch.autocast(query.device.type, enabled=False):
         q, k, v = query, key.to(dtype), value.to(dtype)
         mask = None if mask is None else mask.to(dtype)
-        if dropout and module.training:  # dropout on the probabilities: the plain form, whole batch
-            scores = torch.matmul(q, k.transpose(-1, -2)) * scale
-            if mask is not None:
-                scores = scores + mask
-            p = nn.functional.dropout(torch.softmax(scores, dim=-1), p=dropout, training=True)
-            out = torch.matmul(p, v)
-        else:
-            out = ChunkedAttention.apply(q, k, v, mask, scale)
+        if dropout and module.training:  # dropout on the probabilities: Hugging Face's eager form, whole batch
+            from transformers.models.bert.modeling_bert import eager_attention_forward
+
+            out, _ = eager_attention_forward(module, q, k, v, mask, scaling=scale, dropout=dropout)
+            return out, None
+        out = ChunkedAttention.apply(q, k, v, mask, scale)
     return out.transpose(1, 2).contiguous(), None
 
 
