@@ -176,6 +176,10 @@ class TrainConfig(_Settings):
         "Dropout of the attention probabilities. (default: 0 on a CPU, where it forces the unfused "
         "attention path, 2.7x the step time; the encoder's on CUDA)",
     )
+    group_by_length: bool = setting(
+        True,
+        "Batch samples of similar length together (less padding to compute); off: plain shuffled batches.",
+    )
     class_weights: str = setting("none", "none or balanced (weights classes by inverse frequency).")
     ema_epochs: float = setting(
         0.0,

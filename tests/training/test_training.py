@@ -13,7 +13,7 @@ from hrlm.config import TrainConfig
 from hrlm.data import dataset_from_records, split_dataset
 from hrlm.errors import ConfigError, LabelError
 from hrlm.training.fitting import fit, train
-from hrlm.training.loop import length_grouped_order, lr_factor
+from hrlm.training.loop import batches_forever, length_grouped_order, lr_factor
 from tests.conftest import make_texts, write_csv
 
 
@@ -49,6 +49,22 @@ def test_length_grouped_batches_cover_everything_with_little_padding() -> None:
     assert sorted(i for b in batches for i in b) == list(range(1000))
     padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
     assert padded < 1.1 * sum(lengths)  # random batches would pad far more
+
+
+def test_ungrouped_batches_mix_lengths_and_reshuffle_every_epoch() -> None:
+    rng = random.Random(0)
+    lengths = [rng.randint(5, 500) for _ in range(256)]
+    grouped = batches_forever(lengths, 16, seed=3)
+    plain = batches_forever(lengths, 16, seed=3, grouped=False)
+    first = [next(plain) for _ in range(16)]
+    second = [next(plain) for _ in range(16)]
+    assert sorted(i for b in first for i in b) == sorted(i for b in second for i in b) == list(range(256))
+    assert first != second  # a new order every epoch
+
+    def spread(batches: list[list[int]]) -> float:  # mean length range within a batch
+        return sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+
+    assert spread(first) > 5 * spread([next(grouped) for _ in range(16)])
 
 
 def test_trained_model_learns_and_writes_its_report(trained_model: Path) -> None:

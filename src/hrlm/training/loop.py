@@ -381,11 +381,27 @@ class TrainingRun:
     on_eval: Callable[[dict[str, Any]], None] | None
 
 
-def batches_forever(lengths: Sequence[int], batch_size: int, seed: int) -> Iterator[list[int]]:
-    """Index batches without end: length-grouped (:func:`length_grouped_order`), reshuffled every epoch."""
+def shuffled_order(n: int, batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Batches of ``batch_size`` samples in a random order, whatever their lengths.
+
+    Example:
+        >>> sorted(i for b in shuffled_order(5, 2, random.Random(0)) for i in b)
+        [0, 1, 2, 3, 4]
+    """
+    idx = list(range(n))
+    rng.shuffle(idx)
+    return [idx[j : j + batch_size] for j in range(0, n, batch_size)]
+
+
+def batches_forever(lengths: Sequence[int], batch_size: int, seed: int, *, grouped: bool = True) -> Iterator[list[int]]:
+    """Index batches without end, reshuffled every epoch: length-grouped (:func:`length_grouped_order`),
+    or with ``grouped=False`` plain shuffled ones (:func:`shuffled_order`)."""
     epoch = 0
     while True:
-        yield from length_grouped_order(lengths, batch_size, random.Random(seed + epoch))
+        rng = random.Random(seed + epoch)
+        yield from (
+            length_grouped_order(lengths, batch_size, rng) if grouped else shuffled_order(len(lengths), batch_size, rng)
+        )
         epoch += 1
 
 
@@ -456,7 +472,7 @@ def train_full(run: TrainingRun, replicas: Replicas | None = None) -> RunState:
         return replicas.agree(stop) if replicas is not None else stop
 
     trainable = [p for p in model.parameters() if p.requires_grad]
-    batches = batches_forever(enc.lengths, cfg.batch_size, cfg.seed)
+    batches = batches_forever(enc.lengths, cfg.batch_size, cfg.seed, grouped=cfg.group_by_length)
     eval_every = cfg.eval_steps or steps_per_epoch
     longest = max((len(w) for w in enc.windows), default=cfg.max_length)
     state.paths = {
