@@ -31,9 +31,9 @@ encoder (an fp16 copy carried to a GPU machine, say). ``--systems`` adds ``hrlm-
 ``hrlm-bf16-weights``: hrlm with its bf16 training path forced (``HRLM_TRAIN_WEIGHTS``, see
 :mod:`hrlm.training.weights`), to see what the measured choice of the defaults is worth in speed and
 accuracy, or ``hrlm-attention-dropout``: hrlm with the encoder's attention dropout of 0.1, which the
-Trainer keeps and hrlm drops on a CPU, or ``hrlm-ungrouped``: hrlm with plain shuffled batches as
-the Trainer draws them (``group_by_length = false``); each hrlm row records the paths its run chose
-(``paths``).
+Trainer keeps and hrlm drops on a CPU, or ``hrlm-padded`` and ``hrlm-grouped``: hrlm on padded
+shuffled batches (``packing = false``), or padded batches of similar lengths (``group_by_length``,
+hrlm's default before packing); each hrlm row records the paths its run chose (``paths``).
 ``--keep-model DIR`` keeps the model of hrlm's last round, for ``benchmarks/inference.py``. Writes
 ``benchmarks/results/training-imdb[-<variant>].json``.
 """
@@ -72,7 +72,8 @@ LABELS = {
     "hrlm-autocast": "hrlm train, HRLM_TRAIN_WEIGHTS=autocast",
     "hrlm-bf16-weights": "hrlm train, HRLM_TRAIN_WEIGHTS=bf16",
     "hrlm-attention-dropout": "hrlm train, attention_dropout = 0.1 (the encoder's own)",
-    "hrlm-ungrouped": "hrlm train, group_by_length = false (shuffled batches, as the Trainer's)",
+    "hrlm-padded": "hrlm train, packing = false (padded shuffled batches)",
+    "hrlm-grouped": "hrlm train, padded batches of similar lengths (group_by_length, no packing)",
 }
 # hrlm with its bf16 training path forced one way (hrlm.training.weights), beside the defaults
 FORCED_WEIGHTS = {"hrlm-autocast": "autocast", "hrlm-bf16-weights": "bf16"}
@@ -221,9 +222,9 @@ def run_hrlm(work: Path, args: argparse.Namespace, seed: int) -> dict[str, Any]:
         # on a CPU hrlm trains without attention-probability dropout (hrlm.modeling.attention_dropout_for);
         # this system keeps the encoder's, as the Trainer does
         attention_dropout=0.1 if args.child == "hrlm-attention-dropout" else None,
-        # hrlm batches reviews of similar length together; this system draws plain shuffled batches,
-        # as the Trainer does
-        group_by_length=args.child != "hrlm-ungrouped",
+        # hrlm packs shuffled batches; these systems pad them, shuffled or grouped by length
+        packing=args.child not in ("hrlm-padded", "hrlm-grouped"),
+        group_by_length=args.child == "hrlm-grouped",
     )
     out = Path(args.keep_model) if args.keep_model else work / f"hrlm-{seed}"
     t0 = time.perf_counter()

@@ -6,8 +6,11 @@ Hugging Face's BERT computes on a ``(rows, width)`` grid, padding included. Here
 padding never enters them. Only self-attention mixes tokens; it runs per attention group, the
 group's windows gathered side by side and padded to the longest, then scattered back.
 
-Inference only: dropout is not applied. :func:`supports` says which encoders this covers (BERT with
-absolute positions, the layout of ``transformers``' ``BertModel``); others keep padded batches.
+The modules' own dropout applies as in the padded encoder (none in eval mode; in training mode the
+embeddings' and every block's hidden-state dropout, not attention's: packed training,
+:mod:`hrlm.training.packed`, runs without attention dropout). :func:`supports` says which encoders
+this covers (BERT with absolute positions, the layout of ``transformers``' ``BertModel``); others keep
+padded batches.
 
 Two inference-only speed-ups live here too, for a backend to apply to its own copy of a model:
 :func:`fuse_qkv` (one matrix product for query, key and value instead of three) and
@@ -18,7 +21,7 @@ every forward pass; the results are bit for bit those of autocast).
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
@@ -92,18 +95,30 @@ def attend(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
+# attention of one group: (q, k, v, key mask or None, scale) -> (rows, heads, width, head_dim)
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None", float], torch.Tensor]
+
+
 def forward(
-    model: HrlmModel, batch: Packed, qkv: Sequence[nn.Module] | None = None, *, plain_up_to: int = SMALL_WIDTH
+    model: HrlmModel,
+    batch: Packed,
+    qkv: Sequence[nn.Module] | None = None,
+    *,
+    plain_up_to: int = SMALL_WIDTH,
+    attend_group: Attend | None = None,
 ) -> dict[str, torch.Tensor]:
     """Logits of every task for ``batch``'s windows, in ``batch.order``.
 
     ``qkv`` is one fused query-key-value projection per layer (see :func:`fuse_qkv`); without it
-    the layers' own three projections run. ``plain_up_to`` is :func:`attend`'s.
+    the layers' own three projections run. ``plain_up_to`` is :func:`attend`'s; ``attend_group``
+    replaces :func:`attend` for every group (training's choice of attention path).
     """
     encoder = model.encoder
     embeddings = encoder.embeddings
     x = embeddings.word_embeddings(batch.input_ids) + embeddings.token_type_embeddings.weight[0]
     x = embeddings.LayerNorm(x + embeddings.position_embeddings(batch.positions))
+    if model.training and isinstance(getattr(embeddings, "dropout", None), nn.Module):
+        x = embeddings.dropout(x)
     for i, layer in enumerate(encoder.encoder.layer):
         attention = layer.attention.self
         # per layer, not from the config: head pruning leaves layers with fewer heads
@@ -119,9 +134,12 @@ def forward(
             if g.gather is not None:
                 part = torch.cat([part, part.new_zeros((1, part.shape[1]))]).index_select(0, g.gather)
             q, k, v = part.view(g.rows, g.width, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
-            out = (
-                attend(q, k, v, g.mask, scale, plain_up_to).transpose(1, 2).reshape(g.rows * g.width, heads * head_dim)
+            attended_group = (
+                attend(q, k, v, g.mask, scale, plain_up_to)
+                if attend_group is None
+                else attend_group(q, k, v, g.mask, scale)
             )
+            out = attended_group.transpose(1, 2).reshape(g.rows * g.width, heads * head_dim)
             context[g.start : g.end] = out if g.scatter is None else out.index_select(0, g.scatter)
         attended = layer.attention.output(context, x)
         x = layer.output(layer.intermediate(attended), attended)

@@ -31,8 +31,9 @@ from hrlm.inference import (
     length_batches,
 )
 from hrlm.inference.packing import transfer
-from hrlm.modeling import HrlmModel
+from hrlm.modeling import HrlmModel, attention_dropout_for
 from hrlm.text import Encoded
+from hrlm.training import packed
 from hrlm.training.attention import choose as choose_attention
 from hrlm.training.attention import using as using_attention
 from hrlm.training.averaging import WeightAverage
@@ -424,6 +425,10 @@ def train_full(run: TrainingRun, replicas: Replicas | None = None) -> RunState:
     t_cache = time.perf_counter()
     cache = FrozenCache.build(model, enc.windows, cfg.freeze_layers, pad_id, device, precision)
     state.train_seconds += time.perf_counter() - t_cache
+    # shuffled batches laid end to end without padding (hrlm.training.packed), where they apply
+    pack = cache is None and packed.usable(
+        model, device, packing=cfg.packing, attention_dropout=attention_dropout_for(cfg.attention_dropout, device)
+    )
 
     def loss_of_batch(global_batch: list[int]) -> tuple[torch.Tensor, int]:
         batch, weight = shard(global_batch, replicas)
@@ -438,6 +443,11 @@ def train_full(run: TrainingRun, replicas: Replicas | None = None) -> RunState:
             hidden = hidden.to(dtype=compute_dtype(model))
             with autocast(device, precision):
                 out = model.upper(hidden, mask, cache.layers)
+        elif pack:
+            batch_packed, order = packed.collate(enc.windows, batch)
+            (batch_targets,) = transfer([targets[order]], device)
+            with autocast(device, precision):
+                out = packed.logits(model, batch_packed.to(device), state.paths.get("attention"))
         else:
             # ids, mask and targets in one copy that does not wait for the GPU (see transfer)
             ids, mask = collate([enc.windows[i] for i in batch], pad_id)
@@ -479,6 +489,7 @@ def train_full(run: TrainingRun, replicas: Replicas | None = None) -> RunState:
         "attention": choose_attention(model, device, precision, longest, cfg.batch_size),
         "dropout": choose_dropout(model, device, precision, longest),
         "weights": choose_weights(model, device, precision, longest),
+        "batches": "packed" if pack else "padded",
     }
     log.info("training paths on this machine: %s", state.paths)
     done = run_steps(

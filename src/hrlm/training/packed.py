@@ -1,0 +1,83 @@
+"""Packed training batches: a batch's texts laid end to end, with no padding, through the unpadded encoder.
+
+A padded batch of 32 IMDB reviews cut at 256 tokens is padded to 256 in almost every batch, since
+about half the reviews fill their window: a fifth of its token slots are padding, and the embeddings,
+every linear layer and every layer norm compute on them. Batches of similar lengths (the
+``group_by_length`` order) leave little padding, but they cost accuracy: on a 2-core Xeon with AMX,
+1,500 IMDB reviews, one epoch, six seeds, plain shuffled batches scored 83.8% against the grouped
+batches' 82.8%, higher for every seed (``benchmarks/results/training-imdb-amx-model167-6rounds.json``).
+
+Packed, a shuffled batch costs what its real tokens cost. Its texts run as in inference
+(:mod:`hrlm.inference.packing`, :func:`hrlm.inference.unpadded.forward`): every token-wise module
+on the flat sequence of real tokens, attention per group of windows of similar length. In training
+mode the modules apply their dropout; attention runs the path the machine's calibration chose for
+padded training (:func:`hrlm.training.attention.choose`), with no dropout on the probabilities.
+
+:func:`usable` says when a run trains on packed batches: BERT encoders (:func:`hrlm.inference.unpadded.supports`),
+on a CPU, without attention-probability dropout, with ``packing`` on (the default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from hrlm.inference import unpadded
+from hrlm.inference.packing import Packed, collate_packed
+from hrlm.training import chunked_attention
+
+
+def usable(model: Any, device: torch.device, *, packing: bool, attention_dropout: float | None) -> bool:
+    """Whether to train ``model`` on packed batches.
+
+    Not on CUDA (its packed training is unmeasured; padded batches there keep the fused kernels), not
+    with attention dropout (the packed groups do not apply it), and not for encoders the unpadded
+    forward does not cover.
+    """
+    if not packing or device.type != "cpu" or attention_dropout:
+        return False
+    return unpadded.supports(getattr(model, "encoder", None))
+
+
+def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """A key mask (True: attend) as the additive bias the chunked path takes."""
+    if mask is None:
+        return None
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+
+
+def attend_with(implementation: str | None) -> unpadded.Attend:
+    """One group's attention by the training path ``implementation`` (``hrlm_chunked``, ``sdpa``, or eager)."""
+
+    def chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float) -> Any:
+        with torch.autocast(q.device.type, enabled=False):
+            return chunked_attention.ChunkedAttention.apply(q, k, v, _additive(mask, q.dtype), scale)
+
+    def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float) -> Any:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+    def eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float) -> Any:
+        return unpadded.attend(q, k, v, mask, scale, plain_up_to=q.shape[-2])
+
+    if implementation == chunked_attention.NAME:
+        return chunked
+    return sdpa if implementation == "sdpa" else eager
+
+
+def collate(windows: Sequence[Sequence[int]], batch: Sequence[int]) -> tuple[Packed, list[int]]:
+    """The packed batch of ``batch``'s windows, and the windows in the order of its logits."""
+    packed = collate_packed(windows, batch)
+    return packed, list(packed.order)
+
+
+def logits(model: Any, packed: Packed, implementation: str | None) -> dict[str, torch.Tensor]:
+    """Every task's logits for ``packed``'s windows (in ``packed.order``), with gradients.
+
+    ``implementation`` None: the encoder's own attention implementation (no calibration ran).
+    """
+    if implementation is None:
+        implementation = getattr(getattr(model.encoder, "config", None), "_attn_implementation", None)
+    return unpadded.forward(model, packed, attend_group=attend_with(implementation))
