@@ -166,7 +166,9 @@ def test_frozen_layer_cache_trains_exactly_like_the_uncached_loop(
     from hrlm.modeling import HrlmModel
     from hrlm.training import frozen
 
-    cfg = _cfg(tiny_bert, freeze_layers=1, dropout=0.0, epochs=2, precision="fp32", early_stopping_patience=0)
+    cfg = _cfg(
+        tiny_bert, freeze_layers=1, dropout=0.0, epochs=2, precision="fp32", early_stopping_patience=0, packing=False
+    )
     monkeypatch.setattr(frozen, "CACHE_DTYPE", torch.float32)  # fp16 storage would round
     calls = {"forward": 0, "upper": 0}
     for name in calls:

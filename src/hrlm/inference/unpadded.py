@@ -102,7 +102,7 @@ Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | Non
 def forward(
     model: HrlmModel,
     batch: Packed,
-    qkv: Sequence[nn.Module] | None = None,
+    qkv: Sequence[Callable[[torch.Tensor], torch.Tensor]] | None = None,
     *,
     plain_up_to: int = SMALL_WIDTH,
     attend_group: Attend | None = None,
@@ -119,6 +119,10 @@ def forward(
     x = embeddings.LayerNorm(x + embeddings.position_embeddings(batch.positions))
     if model.training and isinstance(getattr(embeddings, "dropout", None), nn.Module):
         x = embeddings.dropout(x)
+    # A padded group's slots gather its rows; a padding slot takes the group's first row: its key is
+    # masked and its output dropped, so any finite row will do, and no zero row is appended per group.
+    gathers = [None if g.gather is None else g.gather.masked_fill(g.gather >= g.end - g.start, 0) for g in batch.groups]
+    sizes = [g.end - g.start for g in batch.groups]
     for i, layer in enumerate(encoder.encoder.layer):
         attention = layer.attention.self
         # per layer, not from the config: head pruning leaves layers with fewer heads
@@ -128,11 +132,12 @@ def forward(
         else:
             projected = torch.cat([attention.query(x), attention.key(x), attention.value(x)], dim=-1)
         scale = float(getattr(attention, "scaling", head_dim**-0.5))
-        context = projected.new_empty((x.shape[0], heads * head_dim))
-        for g in batch.groups:
-            part = projected[g.start : g.end]
-            if g.gather is not None:
-                part = torch.cat([part, part.new_zeros((1, part.shape[1]))]).index_select(0, g.gather)
+        # split once and the groups' outputs joined once: in a backward pass, a slice or a write into
+        # one fills a gradient of the whole sequence per group; split and cat pass slices through
+        outs: list[torch.Tensor] = []
+        for g, part, gather in zip(batch.groups, projected.split(sizes), gathers, strict=True):
+            if gather is not None:
+                part = part.index_select(0, gather)
             q, k, v = part.view(g.rows, g.width, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
             attended_group = (
                 attend(q, k, v, g.mask, scale, plain_up_to)
@@ -140,7 +145,8 @@ def forward(
                 else attend_group(q, k, v, g.mask, scale)
             )
             out = attended_group.transpose(1, 2).reshape(g.rows * g.width, heads * head_dim)
-            context[g.start : g.end] = out if g.scatter is None else out.index_select(0, g.scatter)
+            outs.append(out if g.scatter is None else out.index_select(0, g.scatter))
+        context = torch.cat(outs) if len(outs) > 1 else outs[0] if outs else projected.new_empty((0, heads * head_dim))
         attended = layer.attention.output(context, x)
         x = layer.output(layer.intermediate(attended), attended)
     hidden = x.shape[-1]

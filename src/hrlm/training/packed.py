@@ -19,11 +19,12 @@ on a CPU, without attention-probability dropout, with ``packing`` on (the defaul
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from hrlm.inference import unpadded
 from hrlm.inference.packing import Packed, collate_packed
@@ -73,6 +74,28 @@ def collate(windows: Sequence[Sequence[int]], batch: Sequence[int]) -> tuple[Pac
     return packed, list(packed.order)
 
 
+def joint_projections(encoder: Any) -> list[Callable[[torch.Tensor], torch.Tensor]] | None:
+    """Per layer, query, key and value as one matrix product over the layer's own weights, or None.
+
+    The three weight matrices are concatenated in every call (a few hundred kB), so gradients reach
+    the layer's parameters; one product of width 3 x hidden replaces three products and the copy that
+    joins their outputs. None when a layer's projections are not plain linear layers with biases.
+    """
+    joint: list[Callable[[torch.Tensor], torch.Tensor]] = []
+    for layer in encoder.encoder.layer:
+        parts = tuple(getattr(layer.attention.self, name) for name in ("query", "key", "value"))
+        if not all(type(p) is nn.Linear and p.bias is not None for p in parts):
+            return None
+
+        def project(x: torch.Tensor, parts: tuple[nn.Linear, ...] = parts) -> torch.Tensor:
+            weight = torch.cat([p.weight for p in parts])
+            bias = torch.cat([p.bias for p in parts])
+            return F.linear(x, weight, bias)
+
+        joint.append(project)
+    return joint
+
+
 def logits(model: Any, packed: Packed, implementation: str | None) -> dict[str, torch.Tensor]:
     """Every task's logits for ``packed``'s windows (in ``packed.order``), with gradients.
 
@@ -80,4 +103,5 @@ def logits(model: Any, packed: Packed, implementation: str | None) -> dict[str, 
     """
     if implementation is None:
         implementation = getattr(getattr(model.encoder, "config", None), "_attn_implementation", None)
-    return unpadded.forward(model, packed, attend_group=attend_with(implementation))
+    qkv = joint_projections(model.encoder)
+    return unpadded.forward(model, packed, qkv, attend_group=attend_with(implementation))
