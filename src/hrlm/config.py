@@ -181,9 +181,10 @@ class TrainConfig(_Settings):
         "Batch samples of similar length together: less padding where batches are padded, but a point "
         "of accuracy lost on IMDB; packed batches carry no padding anyway.",
     )
-    packing: bool = setting(
-        True,
-        "Lay each batch's texts end to end with no padding (BERT encoders on a CPU); off: padded batches.",
+    packing: bool | None = setting(
+        None,
+        "Lay each batch's texts end to end with no padding (BERT encoders on a CPU). (default: where "
+        "the run's batches, padded, would be more than a quarter padding)",
     )
     class_weights: str = setting("none", "none or balanced (weights classes by inverse frequency).")
     ema_epochs: float = setting(

@@ -88,3 +88,21 @@ def test_training_records_its_batches_and_learns_either_way(
     assert result.paths["batches"] == ("packed" if packing else "padded")
     metrics = json.loads((tmp_path / "m" / "report" / "metrics.json").read_text())
     assert metrics["accuracy"] >= 0.9
+
+
+def test_by_default_a_run_packs_only_batches_that_padding_would_fill_beyond_the_threshold() -> None:
+    lengths = [10, 10, 10, 40]
+    assert packed.padding_share(lengths, [[0, 1], [2, 3]]) == pytest.approx(30 / 100)
+    assert packed.padding_share(lengths, [[0, 1, 2], [3]]) == 0.0
+    assert packed.wanted(None, lengths, [[0, 1], [2, 3]])  # 30% padding: above the 25%
+    assert not packed.wanted(None, lengths, [[0, 1, 2], [3]])
+    assert packed.wanted(True, lengths, [[0, 1, 2], [3]]) and not packed.wanted(False, lengths, [[0, 1], [2, 3]])
+
+
+@pytest.mark.parametrize(("threshold", "batches"), [(0.0, "packed"), (1.0, "padded")])
+def test_training_by_default_packs_as_its_batches_padding_decides(
+    tiny_bert: Path, tickets_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threshold: float, batches: str
+) -> None:
+    monkeypatch.setattr(packed, "PACK_ABOVE", threshold)
+    result = train(tickets_csv, tmp_path / "m", tiny_train_config(tiny_bert, epochs=1), progress=False)
+    assert result.paths["batches"] == batches

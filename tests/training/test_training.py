@@ -12,8 +12,9 @@ import torch
 from hrlm.config import TrainConfig
 from hrlm.data import dataset_from_records, split_dataset
 from hrlm.errors import ConfigError, LabelError
+from hrlm.training.batching import batches_forever, length_grouped_order
 from hrlm.training.fitting import fit, train
-from hrlm.training.loop import batches_forever, length_grouped_order, lr_factor
+from hrlm.training.loop import lr_factor
 from tests.conftest import make_texts, write_csv
 
 

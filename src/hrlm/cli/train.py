@@ -62,7 +62,7 @@ def train(
     dropout: float | None = option(TrainConfig, "dropout"),
     attention_dropout: float | None = option(TrainConfig, "attention_dropout"),
     group_by_length: bool = option(TrainConfig, "group_by_length", "--group-by-length/--no-group-by-length"),
-    packing: bool = option(TrainConfig, "packing", "--packing/--no-packing"),
+    packing: bool | None = option(TrainConfig, "packing", "--packing/--no-packing"),
     class_weights: str = option(TrainConfig, "class_weights"),
     ema_epochs: float = option(TrainConfig, "ema_epochs"),
     early_stopping_patience: int = option(TrainConfig, "early_stopping_patience", "--patience"),

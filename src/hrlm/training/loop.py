@@ -9,6 +9,7 @@ the validation metric and stop early; :mod:`hrlm.training.fitting` calls them an
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import random
@@ -37,6 +38,7 @@ from hrlm.training import packed
 from hrlm.training.attention import choose as choose_attention
 from hrlm.training.attention import using as using_attention
 from hrlm.training.averaging import WeightAverage
+from hrlm.training.batching import batches_forever
 from hrlm.training.distributed import Replicas, shard
 from hrlm.training.dropout import choose as choose_dropout
 from hrlm.training.dropout import using as using_dropout
@@ -287,23 +289,6 @@ def run_steps(
     return done
 
 
-def length_grouped_order(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
-    """Shuffled batches of similar-length samples.
-
-    Samples are shuffled, cut into mega-batches of 50 batches, sorted by length inside each, and
-    the resulting batches are shuffled again: padding stays small while the order stays random.
-    """
-    idx = list(range(len(lengths)))
-    rng.shuffle(idx)
-    mega = batch_size * 50
-    batches: list[list[int]] = []
-    for start in range(0, len(idx), mega):
-        chunk = sorted(idx[start : start + mega], key=lambda i: lengths[i], reverse=True)
-        batches.extend(chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size))
-    rng.shuffle(batches)
-    return batches
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -382,30 +367,6 @@ class TrainingRun:
     on_eval: Callable[[dict[str, Any]], None] | None
 
 
-def shuffled_order(n: int, batch_size: int, rng: random.Random) -> list[list[int]]:
-    """Batches of ``batch_size`` samples in a random order, whatever their lengths.
-
-    Example:
-        >>> sorted(i for b in shuffled_order(5, 2, random.Random(0)) for i in b)
-        [0, 1, 2, 3, 4]
-    """
-    idx = list(range(n))
-    rng.shuffle(idx)
-    return [idx[j : j + batch_size] for j in range(0, n, batch_size)]
-
-
-def batches_forever(lengths: Sequence[int], batch_size: int, seed: int, *, grouped: bool = True) -> Iterator[list[int]]:
-    """Index batches without end, reshuffled every epoch: length-grouped (:func:`length_grouped_order`),
-    or with ``grouped=False`` plain shuffled ones (:func:`shuffled_order`)."""
-    epoch = 0
-    while True:
-        rng = random.Random(seed + epoch)
-        yield from (
-            length_grouped_order(lengths, batch_size, rng) if grouped else shuffled_order(len(lengths), batch_size, rng)
-        )
-        epoch += 1
-
-
 def train_full(run: TrainingRun, replicas: Replicas | None = None) -> RunState:
     """Fine-tune the (partly frozen) encoder and the heads with :func:`run_steps`, evaluating as it goes.
 
@@ -425,9 +386,15 @@ def train_full(run: TrainingRun, replicas: Replicas | None = None) -> RunState:
     t_cache = time.perf_counter()
     cache = FrozenCache.build(model, enc.windows, cfg.freeze_layers, pad_id, device, precision)
     state.train_seconds += time.perf_counter() - t_cache
-    # shuffled batches laid end to end without padding (hrlm.training.packed), where they apply
-    pack = cache is None and packed.usable(
-        model, device, packing=cfg.packing, attention_dropout=attention_dropout_for(cfg.attention_dropout, device)
+    # batches laid end to end without padding (hrlm.training.packed) where they apply and pay
+    order = batches_forever(enc.lengths, cfg.batch_size, cfg.seed, grouped=cfg.group_by_length)
+    first_epoch = list(itertools.islice(order, batches_per_epoch))  # the batches the run starts with
+    pack = (
+        cache is None
+        and packed.usable(
+            model, device, packing=cfg.packing, attention_dropout=attention_dropout_for(cfg.attention_dropout, device)
+        )
+        and packed.wanted(cfg.packing, enc.lengths, first_epoch)
     )
 
     def loss_of_batch(global_batch: list[int]) -> tuple[torch.Tensor, int]:

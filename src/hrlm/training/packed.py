@@ -7,14 +7,19 @@ every linear layer and every layer norm compute on them. Batches of similar leng
 1,500 IMDB reviews, one epoch, six seeds, plain shuffled batches scored 83.8% against the grouped
 batches' 82.8%, higher for every seed (``benchmarks/results/training-imdb-amx-model167-6rounds.json``).
 
-Packed, a shuffled batch costs what its real tokens cost. Its texts run as in inference
+Packed, a shuffled batch computes on its real tokens only. Its texts run as in inference
 (:mod:`hrlm.inference.packing`, :func:`hrlm.inference.unpadded.forward`): every token-wise module
 on the flat sequence of real tokens, attention per group of windows of similar length. In training
 mode the modules apply their dropout; attention runs the path the machine's calibration chose for
 padded training (:func:`hrlm.training.attention.choose`), with no dropout on the probabilities.
 
-:func:`usable` says when a run trains on packed batches: BERT encoders (:func:`hrlm.inference.unpadded.supports`),
-on a CPU, without attention-probability dropout, with ``packing`` on (the default).
+:func:`usable` says when a run can train on packed batches: BERT encoders
+(:func:`hrlm.inference.unpadded.supports`), on a CPU, without attention-probability dropout, unless
+``packing`` is off. :func:`wanted` says when it does by default: the gathers, scatters and per-group
+attention calls cost about what a fifth of padding does. On the same host and reviews, three
+interleaved rounds (``training-imdb-amx-model167-packed-speed.json``): packed 28.1 samples/s,
+padded shuffled batches 29.1 (a fifth of their slots padding), padded batches of similar lengths 33.2.
+So a run packs where its batches, padded, would be more than :data:`PACK_ABOVE` padding.
 """
 
 from __future__ import annotations
@@ -30,17 +35,38 @@ from hrlm.inference import unpadded
 from hrlm.inference.packing import Packed, collate_packed
 from hrlm.training import chunked_attention
 
+# Padding share of a run's padded batches above which it packs them by default (see the module's text).
+PACK_ABOVE = 0.25
 
-def usable(model: Any, device: torch.device, *, packing: bool, attention_dropout: float | None) -> bool:
-    """Whether to train ``model`` on packed batches.
+
+def usable(model: Any, device: torch.device, *, packing: bool | None, attention_dropout: float | None) -> bool:
+    """Whether ``model`` can train on packed batches here (``packing`` False: never).
 
     Not on CUDA (its packed training is unmeasured; padded batches there keep the fused kernels), not
     with attention dropout (the packed groups do not apply it), and not for encoders the unpadded
     forward does not cover.
     """
-    if not packing or device.type != "cpu" or attention_dropout:
+    if packing is False or device.type != "cpu" or attention_dropout:
         return False
     return unpadded.supports(getattr(model, "encoder", None))
+
+
+def padding_share(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
+    """The share of padding among the token slots of ``batches``, each padded to its longest sample.
+
+    Example:
+        >>> round(padding_share([2, 6, 4, 4], [[0, 1], [2, 3]]), 3)
+        0.2
+    """
+    slots = sum(len(b) * max(lengths[i] for i in b) for b in batches if b)
+    return 1.0 - sum(lengths[i] for b in batches for i in b) / slots if slots else 0.0
+
+
+def wanted(packing: bool | None, lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> bool:
+    """Whether to pack: as ``packing`` says, or by default where ``batches`` padded would exceed :data:`PACK_ABOVE`."""
+    if packing is not None:
+        return packing
+    return padding_share(lengths, batches) > PACK_ABOVE
 
 
 def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:

@@ -39,9 +39,10 @@ from hrlm.inference.packing import transfer
 from hrlm.modeling import attention_dropout_for, quiet_transformers, set_dropout
 from hrlm.text import normalize
 from hrlm.training.attention import choose as choose_attention
+from hrlm.training.batching import batches_forever
 from hrlm.training.distributed import Replicas, check_distributable, run_on_workers, shard
 from hrlm.training.dropout import choose as choose_dropout
-from hrlm.training.loop import Optimization, batches_forever, run_steps, seed_everything
+from hrlm.training.loop import Optimization, run_steps, seed_everything
 from hrlm.training.mlm_data import (
     IGNORE,
     Batch,
