@@ -31,9 +31,10 @@ encoder (an fp16 copy carried to a GPU machine, say). ``--systems`` adds ``hrlm-
 ``hrlm-bf16-weights``: hrlm with its bf16 training path forced (``HRLM_TRAIN_WEIGHTS``, see
 :mod:`hrlm.training.weights`), to see what the measured choice of the defaults is worth in speed and
 accuracy, or ``hrlm-attention-dropout``: hrlm with the encoder's attention dropout of 0.1, which the
-Trainer keeps and hrlm drops on a CPU, or ``hrlm-padded`` and ``hrlm-grouped``: hrlm on padded
-shuffled batches (``packing = false``), or padded batches of similar lengths (``group_by_length``,
-hrlm's default before packing); each hrlm row records the paths its run chose (``paths``).
+Trainer keeps and hrlm drops on a CPU, or ``hrlm-packed``, ``hrlm-padded`` and ``hrlm-grouped``:
+hrlm on shuffled batches laid end to end (``packing = true``), padded shuffled batches (``packing =
+false``), or padded batches of similar lengths (``group_by_length``, hrlm's default before); each hrlm
+row records the paths its run chose (``paths``).
 ``--keep-model DIR`` keeps the model of hrlm's last round, for ``benchmarks/inference.py``. Writes
 ``benchmarks/results/training-imdb[-<variant>].json``.
 """
@@ -72,6 +73,7 @@ LABELS = {
     "hrlm-autocast": "hrlm train, HRLM_TRAIN_WEIGHTS=autocast",
     "hrlm-bf16-weights": "hrlm train, HRLM_TRAIN_WEIGHTS=bf16",
     "hrlm-attention-dropout": "hrlm train, attention_dropout = 0.1 (the encoder's own)",
+    "hrlm-packed": "hrlm train, packing = true (shuffled batches laid end to end)",
     "hrlm-padded": "hrlm train, packing = false (padded shuffled batches)",
     "hrlm-grouped": "hrlm train, padded batches of similar lengths (group_by_length, no packing)",
 }
@@ -222,8 +224,13 @@ def run_hrlm(work: Path, args: argparse.Namespace, seed: int) -> dict[str, Any]:
         # on a CPU hrlm trains without attention-probability dropout (hrlm.modeling.attention_dropout_for);
         # this system keeps the encoder's, as the Trainer does
         attention_dropout=0.1 if args.child == "hrlm-attention-dropout" else None,
-        # hrlm packs shuffled batches; these systems pad them, shuffled or grouped by length
-        packing=args.child not in ("hrlm-padded", "hrlm-grouped"),
+        # by default hrlm packs its shuffled batches where padded ones would be more than a quarter
+        # padding (hrlm.training.packed); these systems force packing, or padding (shuffled or grouped)
+        packing=True
+        if args.child == "hrlm-packed"
+        else False
+        if args.child in ("hrlm-padded", "hrlm-grouped")
+        else None,
         group_by_length=args.child == "hrlm-grouped",
     )
     out = Path(args.keep_model) if args.keep_model else work / f"hrlm-{seed}"
