@@ -79,6 +79,8 @@ LABELS = {
 }
 # hrlm with its bf16 training path forced one way (hrlm.training.weights), beside the defaults
 FORCED_WEIGHTS = {"hrlm-autocast": "autocast", "hrlm-bf16-weights": "bf16"}
+# hrlm with packing forced one way (hrlm.training.packed); the defaults decide per run
+FORCED_PACKING = {"hrlm-packed": True, "hrlm-padded": False, "hrlm-grouped": False}
 
 
 def sample(folder: Path, n_train: int, n_val: int, n_test: int, seed: int) -> dict[str, list[dict[str, Any]]]:
@@ -226,11 +228,7 @@ def run_hrlm(work: Path, args: argparse.Namespace, seed: int) -> dict[str, Any]:
         attention_dropout=0.1 if args.child == "hrlm-attention-dropout" else None,
         # by default hrlm packs its shuffled batches where padded ones would be more than a quarter
         # padding (hrlm.training.packed); these systems force packing, or padding (shuffled or grouped)
-        packing=True
-        if args.child == "hrlm-packed"
-        else False
-        if args.child in ("hrlm-padded", "hrlm-grouped")
-        else None,
+        packing=FORCED_PACKING.get(args.child),
         group_by_length=args.child == "hrlm-grouped",
     )
     out = Path(args.keep_model) if args.keep_model else work / f"hrlm-{seed}"

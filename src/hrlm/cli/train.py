@@ -61,7 +61,7 @@ def train(
     max_grad_norm: float = option(TrainConfig, "max_grad_norm"),
     dropout: float | None = option(TrainConfig, "dropout"),
     attention_dropout: float | None = option(TrainConfig, "attention_dropout"),
-    group_by_length: bool = option(TrainConfig, "group_by_length", "--group-by-length/--no-group-by-length"),
+    group_by_length: bool = option(TrainConfig, "group_by_length", "--group-by-length"),
     packing: bool | None = option(TrainConfig, "packing", "--packing/--no-packing"),
     class_weights: str = option(TrainConfig, "class_weights"),
     ema_epochs: float = option(TrainConfig, "ema_epochs"),

@@ -387,8 +387,8 @@ def train_full(run: TrainingRun, replicas: Replicas | None = None) -> RunState:
     cache = FrozenCache.build(model, enc.windows, cfg.freeze_layers, pad_id, device, precision)
     state.train_seconds += time.perf_counter() - t_cache
     # batches laid end to end without padding (hrlm.training.packed) where they apply and pay
-    order = batches_forever(enc.lengths, cfg.batch_size, cfg.seed, grouped=cfg.group_by_length)
-    first_epoch = list(itertools.islice(order, batches_per_epoch))  # the batches the run starts with
+    planned = batches_forever(enc.lengths, cfg.batch_size, cfg.seed, grouped=cfg.group_by_length)
+    first_epoch = list(itertools.islice(planned, batches_per_epoch))  # the batches the run starts with
     pack = (
         cache is None
         and packed.usable(

@@ -105,12 +105,14 @@ def joint_projections(encoder: Any) -> list[Callable[[torch.Tensor], torch.Tenso
 
     The three weight matrices are concatenated in every call (a few hundred kB), so gradients reach
     the layer's parameters; one product of width 3 x hidden replaces three products and the copy that
-    joins their outputs. None when a layer's projections are not plain linear layers with biases.
+    joins their outputs. None when a layer's projections are not plain linear layers with biases, or
+    carry hooks: a pruned layer's weight is recomputed by a hook on its own forward call (pruning's
+    reparametrisation), which reading the weight here would skip.
     """
     joint: list[Callable[[torch.Tensor], torch.Tensor]] = []
     for layer in encoder.encoder.layer:
         parts = tuple(getattr(layer.attention.self, name) for name in ("query", "key", "value"))
-        if not all(type(p) is nn.Linear and p.bias is not None for p in parts):
+        if not all(type(p) is nn.Linear and p.bias is not None and not p._forward_pre_hooks for p in parts):
             return None
 
         def project(x: torch.Tensor, parts: tuple[nn.Linear, ...] = parts) -> torch.Tensor:
