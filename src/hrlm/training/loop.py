@@ -449,7 +449,7 @@ def train_full(run: TrainingRun, replicas: Replicas | None = None) -> RunState:
         return replicas.agree(stop) if replicas is not None else stop
 
     trainable = [p for p in model.parameters() if p.requires_grad]
-    batches = batches_forever(enc.lengths, cfg.batch_size, cfg.seed, grouped=cfg.group_by_length)
+    batches = itertools.chain(first_epoch, planned)  # the order judged above, continued
     eval_every = cfg.eval_steps or steps_per_epoch
     longest = max((len(w) for w in enc.windows), default=cfg.max_length)
     state.paths = {
