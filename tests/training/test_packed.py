@@ -96,13 +96,76 @@ def test_by_default_a_run_packs_only_batches_that_padding_would_fill_beyond_the_
     assert packed.padding_share(lengths, [[0, 1, 2], [3]]) == 0.0
     assert packed.wanted(None, lengths, [[0, 1], [2, 3]])  # 30% padding: above the 25%
     assert not packed.wanted(None, lengths, [[0, 1, 2], [3]])
+    assert not packed.wanted(None, lengths, [[0, 1], [2, 3]], above=0.4)  # a machine where packing pays less
+    assert packed.wanted(None, lengths, [[0, 1, 2], [3]], above=-0.1)  # packed faster even without padding
     assert packed.wanted(True, lengths, [[0, 1, 2], [3]]) and not packed.wanted(False, lengths, [[0, 1], [2, 3]])
+
+
+def test_the_threshold_is_measured_once_per_machine_and_shape_and_cached(
+    tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HRLM_CACHE_DIR", str(tmp_path))
+    model = _model(tiny_bert).float()
+    cpu = torch.device("cpu")
+    paths: dict[str, str | None] = {"attention": "eager", "dropout": None, "weights": None}
+    timed: list[list[int]] = []
+
+    def per_token(measured: nn.Module, windows: list[list[int]], *args: object) -> dict[str, float]:
+        assert measured is model
+        timed.append([len(w) for w in windows])
+        return {"padded": 1.0e-4, "packed": 1.25e-4}  # a token costs a quarter more packed
+
+    monkeypatch.setattr(packed, "measure", per_token)
+    assert packed.threshold(model, cpu, "fp32", 100, 0, paths) == pytest.approx(0.2)
+    assert timed == [[128, 119, 110, 101, 92, 83, 74, 64]]  # the width's bucket down to half of it
+    (cached,) = (tmp_path / "calibration").glob("train-batches-*.json")
+    record = json.loads(cached.read_text())
+    assert record["pack_above"] == 0.2 and record["shape"]["attention"] == "eager"
+    monkeypatch.setattr(packed, "measure", lambda *args: pytest.fail("measured again despite the cache"))
+    assert packed.threshold(model, cpu, "fp32", 120, 0, paths) == pytest.approx(0.2)
+    monkeypatch.setattr(packed, "measure", lambda *args: {"padded": 1.0e-4, "packed": 0.8e-4})
+    # other paths are another measurement; faster packed even without padding: below zero
+    assert packed.threshold(model, cpu, "fp32", 120, 0, {**paths, "attention": "sdpa"}) == pytest.approx(-0.25)
+    monkeypatch.setenv("HRLM_CALIBRATE", "off")
+    assert packed.threshold(model, cpu, "fp32", 120, 0, paths) == packed.PACK_ABOVE
+
+
+def test_measuring_times_both_layouts_and_leaves_the_model_as_it_was(tiny_bert: Path) -> None:
+    model = _model(tiny_bert).float()
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    windows = packed.timed_windows(32, model.config.vocab_size)
+    seconds = packed.measure(model, windows, 0, torch.device("cpu"), "bf16", {"attention": "eager", "weights": "bf16"})
+    assert set(seconds) == {"padded", "packed"} and all(0 < v < 1 for v in seconds.values())
+    assert not model.training and all(p.grad is None for p in model.parameters())
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # bf16 copies only while timed
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key])
+    assert torch.equal(torch.get_rng_state(), rng)
 
 
 @pytest.mark.parametrize(("threshold", "batches"), [(0.0, "packed"), (1.0, "padded")])
 def test_training_by_default_packs_as_its_batches_padding_decides(
     tiny_bert: Path, tickets_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threshold: float, batches: str
 ) -> None:
-    monkeypatch.setattr(packed, "PACK_ABOVE", threshold)
+    monkeypatch.setattr(packed, "threshold", lambda *args: threshold)
     result = train(tickets_csv, tmp_path / "m", tiny_train_config(tiny_bert, epochs=1), progress=False)
     assert result.paths["batches"] == batches
+
+
+def test_training_measures_where_packing_pays_with_its_own_paths(
+    tiny_bert: Path, tickets_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[dict[str, str | None]] = []
+
+    def never(model: nn.Module, device: torch.device, precision: str, width: int, pad_id: int, paths: dict) -> float:
+        asked.append(dict(paths))
+        return 1.0
+
+    monkeypatch.setattr(packed, "threshold", never)
+    result = train(tickets_csv, tmp_path / "m", tiny_train_config(tiny_bert, epochs=1), progress=False)
+    assert result.paths["batches"] == "padded"
+    assert asked == [{k: result.paths[k] for k in ("attention", "dropout", "weights")}]
+    train(tickets_csv, tmp_path / "m2", tiny_train_config(tiny_bert, epochs=1, packing=False), progress=False)
+    assert len(asked) == 1  # packing set: nothing to measure

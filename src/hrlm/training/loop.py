@@ -386,16 +386,28 @@ def train_full(run: TrainingRun, replicas: Replicas | None = None) -> RunState:
     t_cache = time.perf_counter()
     cache = FrozenCache.build(model, enc.windows, cfg.freeze_layers, pad_id, device, precision)
     state.train_seconds += time.perf_counter() - t_cache
+    longest = max((len(w) for w in enc.windows), default=cfg.max_length)
+    paths: dict[str, str | None] = {
+        "attention": choose_attention(model, device, precision, longest, cfg.batch_size),
+        "dropout": choose_dropout(model, device, precision, longest),
+        "weights": choose_weights(model, device, precision, longest),
+    }
     # batches laid end to end without padding (hrlm.training.packed) where they apply and pay
     planned = batches_forever(enc.lengths, cfg.batch_size, cfg.seed, grouped=cfg.group_by_length)
     first_epoch = list(itertools.islice(planned, batches_per_epoch))  # the batches the run starts with
-    pack = (
-        cache is None
-        and packed.usable(
-            model, device, packing=cfg.packing, attention_dropout=attention_dropout_for(cfg.attention_dropout, device)
-        )
-        and packed.wanted(cfg.packing, enc.lengths, first_epoch)
+    pack = cache is None and packed.usable(
+        model, device, packing=cfg.packing, attention_dropout=attention_dropout_for(cfg.attention_dropout, device)
     )
+    if pack and cfg.packing is None:
+        above = packed.threshold(model, device, precision, longest, pad_id, paths)
+        share = packed.padding_share(enc.lengths, first_epoch)
+        pack = packed.wanted(None, enc.lengths, first_epoch, above)
+        log.info(
+            "training on %s batches: padded, the first epoch's would be %.0f%% padding; packing pays above %.0f%% here",
+            "packed" if pack else "padded",
+            100 * share,
+            100 * above,
+        )
 
     def loss_of_batch(global_batch: list[int]) -> tuple[torch.Tensor, int]:
         batch, weight = shard(global_batch, replicas)
@@ -451,13 +463,7 @@ def train_full(run: TrainingRun, replicas: Replicas | None = None) -> RunState:
     trainable = [p for p in model.parameters() if p.requires_grad]
     batches = itertools.chain(first_epoch, planned)  # the order judged above, continued
     eval_every = cfg.eval_steps or steps_per_epoch
-    longest = max((len(w) for w in enc.windows), default=cfg.max_length)
-    state.paths = {
-        "attention": choose_attention(model, device, precision, longest, cfg.batch_size),
-        "dropout": choose_dropout(model, device, precision, longest),
-        "weights": choose_weights(model, device, precision, longest),
-        "batches": "packed" if pack else "padded",
-    }
+    state.paths = {**paths, "batches": "packed" if pack else "padded"}
     log.info("training paths on this machine: %s", state.paths)
     done = run_steps(
         model,

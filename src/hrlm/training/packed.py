@@ -15,15 +15,23 @@ padded training (:func:`hrlm.training.attention.choose`), with no dropout on the
 
 :func:`usable` says when a run can train on packed batches: BERT encoders
 (:func:`hrlm.inference.unpadded.supports`), on a CPU, without attention-probability dropout, unless
-``packing`` is off. :func:`wanted` says when it does by default: the gathers, scatters and per-group
-attention calls cost about what a fifth of padding does. On the same host and reviews, three
-interleaved rounds (``training-imdb-amx-model167-packed-speed.json``): packed 28.1 samples/s,
-padded shuffled batches 29.1 (a fifth of their slots padding), padded batches of similar lengths 33.2.
-So a run packs where its batches, padded, would be more than :data:`PACK_ABOVE` padding.
+``packing`` is off. Whether it does by default depends on the machine. The gathers, scatters and
+per-group attention calls cost time, the joint query-key-value product and the padding left out save
+it, and the balance differs by CPU: on a 2-core Xeon with AMX, three interleaved rounds
+(``training-imdb-amx-model167-packed-speed.json``) gave packed batches 28.1 samples/s against 29.1
+for padded shuffled batches with a fifth of their slots padding; on a 2-core AMD EPYC Zen 4, a step of
+32 IMDB reviews took 1.7 to 1.9 s packed against 2.3 s padded (a quarter padding), and even 32 reviews of
+256 tokens each, with no padding at all, 2.3 s packed against 2.6 s padded. So :func:`threshold` times
+one padded and one packed training pass of the model on this machine (:func:`measure`, once per
+machine and model shape, cached), as seconds per token slot and per real token: packed batches pay
+where the padding share exceeds ``1 - padded / packed``, and :func:`wanted` packs a run whose first
+epoch's batches, padded, would hold more padding than that. Without calibration
+(``HRLM_CALIBRATE=off``) the share is :data:`PACK_ABOVE`, measured on the Xeon.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,12 +39,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hrlm.inference import unpadded
+from hrlm.inference import autocast, unpadded
+from hrlm.inference import collate as collate_padded
+from hrlm.inference.calibrate import mode
 from hrlm.inference.packing import Packed, collate_packed
 from hrlm.training import chunked_attention
+from hrlm.training.attention import using as using_attention
+from hrlm.training.calibration import best_seconds, cached_seconds, width_bucket
+from hrlm.training.dropout import using as using_dropout
+from hrlm.training.weights import using as using_weights
 
-# Padding share of a run's padded batches above which it packs them by default (see the module's text).
+# Padding share of a run's padded batches above which it packs them, where no calibration says (see the
+# module's text).
 PACK_ABOVE = 0.25
+VERSION = 1
+# Rows of the timed batch: lengths spread evenly from the full width down to half of it.
+ROWS = 8
+# Token ids of the timed batch are drawn below this (and below the vocabulary's size).
+_IDS = 1000
 
 
 def usable(model: Any, device: torch.device, *, packing: bool | None, attention_dropout: float | None) -> bool:
@@ -62,11 +82,100 @@ def padding_share(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> f
     return 1.0 - sum(lengths[i] for b in batches for i in b) / slots if slots else 0.0
 
 
-def wanted(packing: bool | None, lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> bool:
-    """Whether to pack: as ``packing`` says, or by default where ``batches`` padded would exceed :data:`PACK_ABOVE`."""
+def wanted(
+    packing: bool | None, lengths: Sequence[int], batches: Sequence[Sequence[int]], above: float = PACK_ABOVE
+) -> bool:
+    """Whether to pack: as ``packing`` says, or by default where ``batches`` padded would exceed ``above``."""
     if packing is not None:
         return packing
-    return padding_share(lengths, batches) > PACK_ABOVE
+    return padding_share(lengths, batches) > above
+
+
+def timed_windows(width: int, vocab: int) -> list[list[int]]:
+    """The :data:`ROWS` windows :func:`measure` times: random tokens, lengths from ``width`` down to half of it."""
+    gen = torch.Generator().manual_seed(width)
+    lengths = [width - (width // 2) * i // (ROWS - 1) for i in range(ROWS)]
+    return [torch.randint(0, max(1, min(vocab, _IDS)), (n,), generator=gen).tolist() for n in lengths]
+
+
+def measure(
+    model: nn.Module,
+    windows: Sequence[Sequence[int]],
+    pad_id: int,
+    device: torch.device,
+    precision: str,
+    paths: dict[str, str | None],
+) -> dict[str, float]:
+    """Seconds of a training pass over ``windows`` per token slot padded and per real token packed.
+
+    One forward and backward pass each way, in the run's ``precision`` and with its ``paths``
+    (attention, dropout and weights as :func:`hrlm.training.loop.run_steps` would run them). The
+    gradients are discarded, the weights are not changed, and torch's random state is restored.
+    """
+    ids, mask = collate_padded(list(windows), pad_id)
+    batch = collate_packed(windows, range(len(windows)))
+    ids, mask, batch = ids.to(device), mask.to(device), batch.to(device)
+    training = model.training
+    model.train()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(using_attention(model, paths.get("attention")))
+        stack.enter_context(using_dropout(model, paths.get("dropout")))
+        bf16 = stack.enter_context(using_weights(model, paths.get("weights")))
+        computing = bf16.computing if bf16 is not None else contextlib.nullcontext
+
+        def timed(forward: Callable[[], dict[str, torch.Tensor]]) -> Callable[[], None]:
+            def one_pass() -> None:
+                with computing():
+                    with autocast(device, precision):
+                        out = forward()
+                    torch.stack([logit.float().sum() for logit in out.values()]).sum().backward()
+                model.zero_grad(set_to_none=True)
+
+            return one_pass
+
+        try:
+            with torch.random.fork_rng(devices=[]):
+                padded = best_seconds(timed(lambda: model(ids, mask)))
+                packed = best_seconds(timed(lambda: logits(model, batch, paths.get("attention"))))
+        finally:
+            model.train(training)
+    slots = len(windows) * max(len(w) for w in windows)
+    return {"padded": padded / slots, "packed": packed / sum(len(w) for w in windows)}
+
+
+def threshold(
+    model: nn.Module, device: torch.device, precision: str, max_length: int, pad_id: int, paths: dict[str, str | None]
+) -> float:
+    """The padding share above which packed batches train ``model`` faster than padded ones on this machine.
+
+    ``1 - padded / packed`` of :func:`measure`'s seconds per slot and per token, measured once per
+    machine, model shape, precision and training paths (cached, see
+    :func:`hrlm.training.calibration.cached_seconds`); below zero where packed batches are faster even
+    without padding. :data:`PACK_ABOVE` with ``HRLM_CALIBRATE=off``.
+    """
+    config = getattr(getattr(model, "encoder", None), "config", None)
+    if config is None or mode() == "off":
+        return PACK_ABOVE
+    width = min(width_bucket(max_length), int(getattr(config, "max_position_embeddings", 512) or 512))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    shape: dict[str, Any] = {"width": width, "rows": ROWS, "precision": precision, "trainable": trainable}
+    for key in ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size"):
+        shape[key] = getattr(config, key, None)
+    shape.update({key: paths.get(key) for key in ("attention", "dropout", "weights")})
+    windows = timed_windows(width, int(getattr(config, "vocab_size", _IDS) or _IDS))
+
+    def share(seconds: dict[str, float]) -> float:
+        return 1.0 - seconds["padded"] / seconds["packed"]
+
+    seconds = cached_seconds(
+        "train-batches",
+        shape,
+        VERSION,
+        ("padded", "packed"),
+        lambda: measure(model, windows, pad_id, device, precision, paths),
+        summary=lambda s: {"pack_above": round(share(s), 3)},
+    )
+    return share(seconds)
 
 
 def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
