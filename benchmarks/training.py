@@ -226,8 +226,9 @@ def run_hrlm(work: Path, args: argparse.Namespace, seed: int) -> dict[str, Any]:
         # on a CPU hrlm trains without attention-probability dropout (hrlm.modeling.attention_dropout_for);
         # this system keeps the encoder's, as the Trainer does
         attention_dropout=0.1 if args.child == "hrlm-attention-dropout" else None,
-        # by default hrlm packs its shuffled batches where padded ones would be more than a quarter
-        # padding (hrlm.training.packed); these systems force packing, or padding (shuffled or grouped)
+        # by default hrlm packs its shuffled batches where their padding would cost more than packing
+        # does on this machine (hrlm.training.packed); these systems force packing, or padding
+        # (shuffled or grouped)
         packing=FORCED_PACKING.get(args.child),
         group_by_length=args.child == "hrlm-grouped",
     )

@@ -184,7 +184,7 @@ class TrainConfig(_Settings):
     packing: bool | None = setting(
         None,
         "Lay each batch's texts end to end with no padding (BERT encoders on a CPU). (default: where "
-        "the run's batches, padded, would be more than a quarter padding)",
+        "the run's padding would cost more than packing does, as measured once on this machine)",
     )
     class_weights: str = setting("none", "none or balanced (weights classes by inverse frequency).")
     ema_epochs: float = setting(

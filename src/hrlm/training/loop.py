@@ -426,7 +426,7 @@ def train_full(run: TrainingRun, replicas: Replicas | None = None) -> RunState:
             batch_packed, order = packed.collate(enc.windows, batch)
             (batch_targets,) = transfer([targets[order]], device)
             with autocast(device, precision):
-                out = packed.logits(model, batch_packed.to(device), state.paths.get("attention"))
+                out = packed.logits(model, batch_packed.to(device), paths["attention"])
         else:
             # ids, mask and targets in one copy that does not wait for the GPU (see transfer)
             ids, mask = collate([enc.windows[i] for i in batch], pad_id)
