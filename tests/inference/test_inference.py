@@ -167,6 +167,10 @@ def test_auto_without_checks_is_the_unquantized_reference() -> None:
         ({**PASSING, "n": 40}, "torch-fp32"),  # too few documents to tell
         ({**PASSING, "passed": True, "label_agreement": 0.5}, "torch-fp32"),  # the numbers decide, not the verdict
         ({**PASSING, "docs_per_s": 5.0}, "torch-fp32"),  # passed, but slower than fp32
+        # every document's log-odds moved one way: certain and large enough to move labels
+        ({**PASSING, "margin_shift": {"label": "b", "mean": -0.024, "se": 0.004, "t": -5.9}}, "torch-fp32"),
+        ({**PASSING, "margin_shift": {"label": "b", "mean": 0.004, "se": 0.0025, "t": 1.6}}, "torch-int8"),  # noise
+        ({**PASSING, "margin_shift": {"label": "b", "mean": 0.003, "se": 0.0001, "t": 30.0}}, "torch-int8"),  # tiny
     ],
 )
 def test_auto_uses_a_quantized_backend_only_after_a_passing_check(check: dict, chosen: str) -> None:

@@ -130,6 +130,10 @@ def test_data_alone_checks_the_backends_and_keeps_the_weights(
         assert checks[name]["docs_per_s"] == round(statistics.median(runs), 2)
     fastest = max(passed, key=lambda name: checks[name]["docs_per_s"])
     assert any(f"auto serves the fastest, {fastest}" in note for note in result.notes)
+    # each check records how far the backend moved the log-odds, against fp32 itself (no shift at all)
+    assert checks["torch-fp32"]["margin_shift"] == {"label": checks["torch-fp32"]["margin_shift"]["label"],
+                                                    "mean": 0.0, "se": 0.0, "t": 0.0}  # fmt: skip
+    assert all(set(check["margin_shift"]) == {"label", "mean", "se", "t"} for check in checks.values())
 
 
 @pytest.mark.parametrize(
@@ -219,3 +223,36 @@ def test_the_race_interleaves_the_backends_after_warming_each() -> None:
     assert [len(v) for v in runs.values()] == [3, 3, 3]
     medians = {name: statistics.median(v) for name, v in runs.items()}
     assert medians["b"] > medians["c"] > medians["a"]
+
+
+def test_margin_shift_tells_a_systematic_shift_from_noise() -> None:
+    # int8 moved every IMDB review's log-odds by -0.024 on average (sd 0.1): on 600 reviews the labels
+    # cannot show it, the mean can
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0.0, 3.0, 600)
+    reference = np.stack([1 / (1 + np.exp(logits)), 1 / (1 + np.exp(-logits))], axis=1)
+
+    def moved(shift: float) -> np.ndarray:
+        moved_logits = logits + shift + rng.normal(0.0, 0.1, 600)
+        return np.stack([1 / (1 + np.exp(moved_logits)), 1 / (1 + np.exp(-moved_logits))], axis=1)
+
+    shifted = checks.margin_shift(moved(-0.024), reference, ["neg", "pos"])
+    assert abs(abs(shifted["mean"]) - 0.024) < 0.01 and abs(shifted["t"]) > 4
+    assert shifted["label"] in {"neg", "pos"} and np.sign(shifted["mean"]) == (1 if shifted["label"] == "neg" else -1)
+    noise = checks.margin_shift(moved(0.0), reference, ["neg", "pos"])
+    assert abs(noise["t"]) < 3
+    # saturated probabilities (0 and 1 in float32) do not make the shift infinite
+    saturated = checks.margin_shift(np.array([[0.0, 1.0], [1.0, 0.0]]), np.array([[1e-9, 1.0], [1.0, 0.0]]), ["a", "b"])
+    assert np.isfinite(saturated["mean"])
+
+
+def test_a_shifted_check_fails_and_says_why() -> None:
+    reference = checks.Measured(["a"] * 200, {"accuracy": 0.8}, 10.0, np.tile([0.4, 0.6], (200, 1)), ("a", "b"))
+    rng = np.random.default_rng(1)
+    p = np.clip(0.6 - 0.01 + rng.normal(0, 0.01, 200), 0.01, 0.99)  # every document 0.01 less "b"
+    result = checks.Measured(["a"] * 200, {"accuracy": 0.8}, 20.0, np.stack([1 - p, p], axis=1), ("a", "b"))
+    ds = Dataset(texts=["x"] * 200, labels=["a"] * 200)
+    check = checks.agreement_check(result, reference, ds, "held_out.csv", 2)
+    assert check["label_agreement"] == 1.0 and check["accuracy_delta"] == 0.0
+    assert check["passed"] is False and abs(check["margin_shift"]["t"]) > 4
+    assert "standard errors from zero" in checks.verdict(check)

@@ -58,6 +58,11 @@ ONNX_FILES = {"onnx-fp32": "model.onnx", "onnx-int8": "model.int8.onnx"}
 MIN_LABEL_AGREEMENT = 0.99
 MAX_ACCURACY_DROP = 0.003
 MIN_CHECK_DOCS = 100
+# ... and no systematic shift of the documents' log-odds (see hrlm.training.checks.margin_shift): a check
+# fails where the mean shift of one label's log-odds lies this many standard errors from zero ...
+MAX_SHIFT_T = 4.0
+# ... and is at least this large (smaller shifts move a negligible share of labels, however certain)
+MIN_HARMFUL_SHIFT = 0.01
 
 
 @functools.cache
@@ -442,14 +447,21 @@ def check_passes(check: dict[str, Any]) -> bool:
     """Whether a recorded agreement check allows ``auto`` to use its backend.
 
     At least :data:`MIN_CHECK_DOCS` held-out documents, label agreement with fp32 of at least 99%,
-    and accuracy no more than 0.3 points below fp32. The thresholds are applied here, to the recorded
-    numbers, rather than trusting a stored verdict.
+    accuracy no more than 0.3 points below fp32, and no systematic shift of the log-odds: a mean shift
+    of at least :data:`MIN_HARMFUL_SHIFT` that lies :data:`MAX_SHIFT_T` or more standard errors from zero
+    fails (checks recorded before hrlm measured the shift have none and are judged without it). The
+    thresholds are applied here, to the recorded numbers, rather than trusting a stored verdict.
     """
     try:
+        shift = check.get("margin_shift")
+        shifted = shift is not None and (
+            abs(float(shift["t"])) >= MAX_SHIFT_T and abs(float(shift["mean"])) >= MIN_HARMFUL_SHIFT
+        )
         return (
             int(check["n"]) >= MIN_CHECK_DOCS
             and float(check["label_agreement"]) >= MIN_LABEL_AGREEMENT
             and float(check["accuracy_delta"]) >= -MAX_ACCURACY_DROP - 1e-12
+            and not shifted
         )
     except (KeyError, TypeError, ValueError):
         return False

@@ -76,6 +76,7 @@ from hrlm.training.checks import (
     openvino_int8_search,
     race,
     row,
+    verdict,
 )
 
 log = logging.getLogger("hrlm")
@@ -275,7 +276,7 @@ def compress(
                         f"torch-int8 of every linear layer failed the agreement check; with the {kept} layers "
                         f"whose int8 output drifted most kept in float32 it "
                         f"{'passed' if check_passes(checks[name]) else 'still failed'} "
-                        f"({checks[name]['label_agreement']:.2%} of labels agree with fp32)."
+                        f"({verdict(checks[name])})."
                     )
             run = Checking(model, tokenizer, held_out, data, threads, tmp, measured, rows, notes)
             if mixed:

@@ -110,6 +110,7 @@ def search(
                 "fp32_layers": keep,
                 "label_agreement": found["label_agreement"],
                 "accuracy_delta": found["accuracy_delta"],
+                "shift_t": found.get("margin_shift", {}).get("t"),
                 "docs_per_s": found["docs_per_s"],
                 "passed": check_passes(found),
             }
