@@ -145,16 +145,31 @@ class System:
             self.precision = precisions.get(chosen, "fp32")
 
     def labels(self, texts: list[str]) -> list[str]:
+        return [label for label, _ in self.scored(texts)]
+
+    def scored(self, texts: list[str]) -> list[tuple[str, dict[str, float] | None]]:
+        """Each text's label and, from the Predictor, its probability of every label (the pipeline: None)."""
         if hasattr(self, "pipe"):
             out = self.pipe(texts, batch_size=self.batch_size, truncation=True, max_length=self.max_length)
-            return [str(o["label"]) for o in out]
-        return [str(p.label) for p in self.predictor.predict(texts)]
+            return [(str(o["label"]), None) for o in out]
+        return [(str(p.label), p.probabilities) for p in self.predictor.predict(texts)]
 
     def token_counts(self, texts: list[str]) -> list[int]:
         if hasattr(self, "pipe"):
             enc = self.pipe.tokenizer(texts, truncation=True, max_length=self.max_length)
             return [len(ids) for ids in enc["input_ids"]]
         return [len(w) for w in self.predictor.encode(texts).windows]
+
+
+def log_odds_shift(probs: list[Any], reference: list[Any]) -> dict[str, Any]:
+    """:func:`hrlm.training.checks.margin_shift` of one system's probabilities against the reference's."""
+    import numpy as np
+
+    from hrlm.training.checks import margin_shift
+
+    labels = sorted(reference[0])
+    as_array = [np.array([[p[k] for k in labels] for p in ps]) for ps in (probs, reference)]
+    return margin_shift(as_array[0], as_array[1], labels)
 
 
 def flops_per_sequence(model_dir: Path) -> Any:
@@ -290,18 +305,19 @@ def main() -> None:
     seconds = dict.fromkeys(systems, 0.0)
     round_rates: dict[str, list[float]] = {name: [] for name in systems}
     predicted: dict[str, list[str]] = {name: [""] * len(texts) for name in systems}
+    probabilities: dict[str, list[dict[str, float] | None]] = {name: [None] * len(texts) for name in systems}
     for r, chunk in enumerate(rounds):
         running = list(systems)
         running = running[r % len(running) :] + running[: r % len(running)]  # rotate who goes first
         for name in running:
             batch = [texts[i] for i in chunk]
             t0 = time.perf_counter()
-            labels = systems[name].labels(batch)
+            scored = systems[name].scored(batch)
             spent = time.perf_counter() - t0
             seconds[name] += spent
             round_rates[name].append(len(batch) / spent)
-            for i, label in zip(chunk, labels, strict=True):
-                predicted[name][i] = label
+            for i, (label, probs) in zip(chunk, scored, strict=True):
+                predicted[name][i], probabilities[name][i] = label, probs
         if not on_gpu:
             rate = matmul_gflops(threads=args.threads, precisions=(ceiling_precision,))[ceiling_precision]
             between.append(rate or 0.0)
@@ -312,6 +328,7 @@ def main() -> None:
     rates = {k: max(v, after[k]) for k, v in rates.items()}
     flops_of = flops_per_sequence(args.model)
     reference = predicted.get("torch-fp32:padded") or predicted.get("torch-fp32")
+    reference_name = next((n for n in ("torch-fp32:padded", "torch-fp32") if n in systems), None)
     ceiling_gflops = max(between)  # the highest rate measured before, between and after the rounds
     adjacent_ceilings = [max(between[r : r + 2]) for r in range(args.rounds)] if not on_gpu else []
     memory = {} if args.no_memory else {name: peak_memory_mb(args, name) for name in systems}
@@ -343,6 +360,9 @@ def main() -> None:
             "ceiling_fraction": round(gflops / ceiling_gflops, 3) if ceiling_gflops else None,
             "mean_tokens": round(sum(lengths) / len(lengths), 1),
         }
+        if reference_name is not None and probabilities[name][0] is not None:
+            # the agreement check's test for a systematic shift of the log-odds, on these documents
+            row["margin_shift_fp32"] = log_odds_shift(probabilities[name], probabilities[reference_name])
         if adjacent_ceilings and all(adjacent_ceilings):
             # each round at this system's mean FLOPs per document, over the rates just before and after it
             shares = [
