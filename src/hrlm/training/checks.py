@@ -1,7 +1,8 @@
 """Agreement checks: how a backend of a model folder compares with fp32 of the same weights, on held-out data.
 
-``hrlm compress --data`` measures every backend of the folder it writes (labels, accuracy, docs/s) and
-records each check in ``hrlm.json``; ``--backend auto`` uses a backend only where its check passed
+``hrlm compress --data`` measures every backend of the folder it writes (labels, accuracy, docs/s, and how
+far it moves the documents' log-odds one way: :func:`margin_shift`) and records each check in
+``hrlm.json``; ``--backend auto`` uses a backend only where its check passed
 (:func:`hrlm.inference.backends.check_passes`). Where int8 in every layer fails, the searches here look
 for the int8 variant that keeps the labels:
 
