@@ -17,9 +17,11 @@ them; docs/s is the median round's.
 Reported per system: docs/s and tokens/s (each system's own token count), peak resident memory
 (the peak of a fresh subprocess that loads the system and scores the first 256 documents: one
 process holds every system, so its own peak says nothing per system), accuracy, label agreement
-with the Predictor's padded torch-fp32, the fraction of this machine's limit (the encoder's FLOPs
-on the real, unpadded tokens per second over the matrix-product rate torch reaches here at the
-encoder's shapes on the same threads in the same precision; int8: torch's dynamic int8 linear),
+with the Predictor's padded torch-fp32 (and, for the Predictor's rows, ``margin_shift_fp32``: how far
+the system moves the documents' log-odds one way against it, the agreement check's shift test), the
+fraction of this machine's limit (the encoder's FLOPs on the real, unpadded tokens per second over the
+matrix-product rate torch reaches here at the encoder's shapes on the same threads in the same
+precision; int8: torch's dynamic int8 linear),
 and ``ceiling_fraction``: the same FLOPs over the machine's ceiling, the faster 2,048-square
 product rate (bf16 where the CPU has AVX-512 BF16 or AMX, fp32 where it has not: ``settings.ceiling``
 says which), the highest measured before the rounds and after each. A shared host's speed can change
