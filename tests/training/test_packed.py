@@ -169,3 +169,30 @@ def test_training_measures_where_packing_pays_with_its_own_paths(
     assert asked == [{k: result.paths[k] for k in ("attention", "dropout", "weights")}]
     train(tickets_csv, tmp_path / "m2", tiny_train_config(tiny_bert, epochs=1, packing=False), progress=False)
     assert len(asked) == 1  # packing set: nothing to measure
+
+
+def test_the_heap_guard_hands_memory_back_only_once_the_process_has_grown(monkeypatch: pytest.MonkeyPatch) -> None:
+    # packed batches' activations come in ever different sizes: the kept heap grows unless handed back
+    resident = iter([1000, 1100, 1300, 1000, 1200, 1300, 1250])  # what /proc/self/statm would say
+    released: list[int] = []
+    monkeypatch.setattr(packed, "HEAP_GROWTH", 1.25)
+    monkeypatch.setattr(packed, "resident_bytes", lambda: next(resident))
+    monkeypatch.setattr(packed, "release_freed_memory", lambda: released.append(guard.steps))
+    guard = packed.HeapGuard()
+    for _ in range(6):
+        guard.after_step()
+    # step 1 warms up; step 2 sets the baseline (1000); 1100 is within a quarter; 1300 is past it, and
+    # the hand-back brings it to 1000; 1200 is within; 1300 again past it: handed back, 1250 stays
+    assert released == [4, 6] and guard.releases == 2 and guard.baseline == 1250
+
+
+def test_packed_training_runs_the_heap_guard_after_every_step(
+    tiny_bert: Path, tickets_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps: list[int] = []
+    monkeypatch.setattr(packed.HeapGuard, "after_step", lambda self: steps.append(1))
+    train(tickets_csv, tmp_path / "m", tiny_train_config(tiny_bert, epochs=1, packing=True), progress=False)
+    assert len(steps) > 0
+    packed_steps = len(steps)
+    train(tickets_csv, tmp_path / "m2", tiny_train_config(tiny_bert, epochs=1, packing=False), progress=False)
+    assert len(steps) == packed_steps  # padded batches: no guard

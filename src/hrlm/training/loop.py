@@ -478,7 +478,7 @@ def train_full(run: TrainingRun, replicas: Replicas | None = None) -> RunState:
         attention=state.paths["attention"],
         dropout=state.paths["dropout"],
         weights=state.paths["weights"],
-        after_step=(lambda: average.update(model)) if average is not None else None,
+        after_step=_after_step(model, average, pack),
     )
     state.train_seconds += done.seconds
     state.samples += done.samples
@@ -488,6 +488,20 @@ def train_full(run: TrainingRun, replicas: Replicas | None = None) -> RunState:
         if not state.history:  # stopped before the first evaluation: record where it stopped
             state.record(scored, *history_entry(done.steps, done.train_loss), 0)
     return state
+
+
+def _after_step(model: nn.Module, average: WeightAverage | None, pack: bool) -> Callable[[], None] | None:
+    """What follows every optimizer step: the weight average's update, and on packed batches the guard
+    that keeps the heap from growing (:class:`hrlm.training.packed.HeapGuard`)."""
+    guard = packed.HeapGuard() if pack else None
+
+    def after() -> None:
+        if average is not None:
+            average.update(model)
+        if guard is not None:
+            guard.after_step()
+
+    return after if average is not None or guard is not None else None
 
 
 def train_head_only(run: TrainingRun) -> RunState:
