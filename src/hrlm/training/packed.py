@@ -195,7 +195,8 @@ class HeapGuard:
     against 166 (padded: 177-193), since every step then refills the pages. So the guard hands them back
     only when the process has grown to :data:`HEAP_GROWTH` times what it held after its first two steps
     (or after the last hand-back, where that could not bring it lower): 5.1 GB and 170 s for the 113 steps.
-    Memory stays within a bound however many steps a run takes, at little cost in speed.
+    Between hand-backs the process grows at most twofold, at little cost in speed (what a hand-back cannot
+    return raises the next threshold; a run of thousands of steps is not measured).
     """
 
     def __init__(self) -> None:
