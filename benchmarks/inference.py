@@ -329,8 +329,8 @@ def main() -> None:
     after = matmul_rates(args.threads, hidden, intermediate, precisions, args.device)
     rates = {k: max(v, after[k]) for k, v in rates.items()}
     flops_of = flops_per_sequence(args.model)
-    reference = predicted.get("torch-fp32:padded") or predicted.get("torch-fp32")
     reference_name = next((n for n in ("torch-fp32:padded", "torch-fp32") if n in systems), None)
+    reference = predicted[reference_name] if reference_name is not None else None
     ceiling_gflops = max(between)  # the highest rate measured before, between and after the rounds
     adjacent_ceilings = [max(between[r : r + 2]) for r in range(args.rounds)] if not on_gpu else []
     memory = {} if args.no_memory else {name: peak_memory_mb(args, name) for name in systems}
