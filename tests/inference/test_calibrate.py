@@ -216,3 +216,42 @@ def test_a_calibration_disturbed_by_another_process_is_measured_again_and_not_ca
     chosen = cal.measure_budget(windows, run)
     assert passes[0] == 1 + per_attempt and chosen.noise == 0.0 and chosen.max_tokens == 2048
     assert Calibrator(backend, 64, folder=tmp_path).budget([60] * 10) == chosen
+
+
+def test_a_backend_with_streams_has_each_count_timed_at_the_chosen_budget_on_a_longer_sample(
+    tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # OpenVINO can run two batches at once on a 2-core machine: after the budget, the calibration times
+    # one and two at that budget on the sample repeated, leaves the backend with the faster, and keeps it
+    clock = [0.0]
+    monkeypatch.setattr(calibrate.time, "perf_counter", lambda: clock[0])
+    backend = _backend(tiny_bert)
+    monkeypatch.setattr(backend, "stream_choices", lambda: (1, 2))
+    seen: list[tuple[int, int, int]] = []
+    cost = {1: 1.0, 2: 0.9}
+
+    def run(sample: Sequence[Sequence[int]], max_tokens: int, packing: bool) -> None:
+        seen.append((max_tokens, backend.streams, len(sample)))
+        budget = 1.0 if max_tokens == 2048 else 1.2
+        clock[0] += len(sample) * cost[backend.streams] * budget * (1.0 if packing else 1.1)
+
+    cal = Calibrator(backend, 64, folder=tmp_path)
+    windows = _windows(200, 60)
+    chosen = cal.measure_budget(windows, run)
+    n = seen[0][2]  # the windows of the sample, which the first (warm-up) pass scores
+    assert {(b, s) for b, s, size in seen if size == n} == {(b, 1) for b in calibrate.CPU_BUDGETS} | {(2048, 2)}
+    timed = {(b, s) for b, s, size in seen if size == n * calibrate.STREAM_REPEATS}
+    assert timed == {(2048, 1), (2048, 2)}
+    assert (chosen.max_tokens, chosen.packing, chosen.streams, backend.streams) == (2048, True, 2, 2)
+    threads = torch.get_num_threads()
+    assert chosen.seconds[f"packed@2048/t{threads}/s2x{calibrate.STREAM_REPEATS}"] == pytest.approx(0.9 * n * 4)
+    assert Calibrator(backend, 64, folder=tmp_path).budget([60] * 10).streams == 2  # kept in the file
+    cost[2] = 0.99  # 1% faster in two streams: within the margin, one, and the backend is set back to it
+    chosen = cal.measure_budget(windows, run)
+    assert (chosen.streams, backend.streams) == (1, 1)
+    # a calibration file written before streams were measured reads as one stream
+    data = json.loads(cal.path.read_text())
+    for entry in data["buckets"].values():
+        entry.pop("streams")
+    cal.path.write_text(json.dumps(data))
+    assert Calibrator(backend, 64, folder=tmp_path).budget([60] * 10).streams == 1

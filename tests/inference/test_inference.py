@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
@@ -11,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from hrlm.errors import ConfigError
+from hrlm.errors import ConfigError, ModelError
 from hrlm.inference.backends import check_passes, choose_backend, cpu_has_fast_bf16
 from hrlm.inference.predictor import Prediction, Predictor, aggregate, length_batches, resolve_precision
-from hrlm.modeling import ModelMeta, TaskSpec
+from hrlm.modeling import ModelMeta, TaskSpec, load_model
 from tests.conftest import make_texts
 
 
@@ -266,3 +267,23 @@ def test_threads_and_max_length_can_be_set(trained_model: Path) -> None:
         Predictor.from_dir(trained_model, max_length=4096)
     with pytest.raises(ConfigError, match="threads"):
         Predictor.from_dir(trained_model, threads=0)
+
+
+def test_the_predictor_adds_the_offset_its_backend_check_recorded(trained_model: Path) -> None:
+    model, tokenizer, meta = load_model(trained_model)
+    texts = ["my payslip is wrong", "reset my password please", "holiday request"]
+    plain = Predictor(model, tokenizer, meta, backend="torch-fp32").logits(texts)["label"]
+    labels = meta.tasks[0].labels
+    offset = [0.5 * (i + 1) for i in range(len(labels))]
+    checked = copy.deepcopy(meta)
+    checked.backend_checks = {"torch-fp32": {"output_offset": {"label": offset}}}
+    got = Predictor(model, tokenizer, checked, backend="torch-fp32").logits(texts)["label"]
+    np.testing.assert_allclose(got - plain, np.tile(offset, (len(texts), 1)), atol=1e-5)
+    # the probabilities, the labels and the embeddings' logits read the same offset
+    p = Predictor(model, tokenizer, checked, backend="torch-fp32")
+    np.testing.assert_allclose(p.embed_with_logits(texts)[1]["label"], got, atol=1e-5)
+    checked.backend_checks = {"torch-fp32": {"output_offset": {"label": offset[:-1]}}}
+    with pytest.raises(
+        ModelError, match=r"output_offset for task 'label' has shape .* run `hrlm compress --data` again"
+    ):
+        Predictor(model, tokenizer, checked, backend="torch-fp32")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -131,6 +132,55 @@ def test_threads_share_one_backend_safely(trained_model: Path) -> None:
         np.testing.assert_array_equal(results[i], expected)
 
 
+def test_batches_run_in_streams_give_the_same_logits_in_their_order(trained_model: Path) -> None:
+    # two threads, two streams: the queued batches come back in the windows' order, and from several
+    # caller threads at once each gets its own
+    texts = _texts(30, seed=5, length=(1, 60))
+    p = Predictor.from_dir(trained_model, backend="openvino-fp32", calibrate=False, threads=2, max_tokens=64)
+    assert p.backend.stream_choices() == (1, 2) and not p.backend.asynchronous
+    one = p.logits(texts)["label"]
+    p.backend.streams = 2
+    assert p.backend.asynchronous
+    np.testing.assert_allclose(p.logits(texts)["label"], one, atol=1e-5)
+    np.testing.assert_allclose(p.logits(texts[:1])["label"], one[:1], atol=1e-5)  # one batch: not queued
+    results: dict[int, np.ndarray] = {}
+
+    def score(i: int) -> None:
+        results[i] = p.logits(texts[i::3])["label"]
+
+    workers = [threading.Thread(target=score, args=(i,)) for i in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    for i in range(3):
+        np.testing.assert_allclose(results[i], one[i::3], atol=1e-5)
+    single = Predictor.from_dir(trained_model, backend="openvino-fp32", calibrate=False, threads=1)
+    assert single.backend.stream_choices() == (1,)
+
+
+def test_hrlm_calibrate_times_the_streams_apart_from_the_budgets(
+    trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from hrlm.cli import app
+    from hrlm.inference import calibrate
+
+    monkeypatch.setenv("HRLM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(calibrate, "NOISE_LIMIT", math.inf)  # whatever else runs beside the tests: cached
+    result = CliRunner().invoke(
+        app, ["calibrate", str(trained_model), "--backend", "openvino-fp32", "--threads", "2"], terminal_width=200
+    )
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if "padded@" in line]
+    assert any("/s1x4" in row for row in rows) and any("/s2x4" in row for row in rows)
+    assert sum("chosen" in row for row in rows) == 2  # a budget, and a stream count at that budget
+    assert sum("fastest" in row for row in rows) >= 2  # one of each group, more where the tiny model ties
+    budget = json.loads(next((tmp_path / "cache" / "calibration").glob("*.json")).read_text())["buckets"]
+    assert all(entry["streams"] in (1, 2) for entry in budget.values())
+
+
 def test_missing_openvino_says_how_to_install_and_auto_skips_its_checks(
     trained_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -240,6 +290,13 @@ def test_compress_calibrates_openvino_int8_into_the_folder_and_it_agrees_with_fp
     np.testing.assert_allclose(got, reference, atol=0.25)
     assert (got.argmax(1) == reference.argmax(1)).mean() >= 0.9
     assert "openvino-int8" in (int8_model_dir / "compress.md").read_text()
+    # the check fitted an offset to the logits (one per label, summing to zero for softmax) and the
+    # Predictor adds it: without it, the logits of the same int8 model are the offset apart
+    offset = np.asarray(check["output_offset"]["label"])
+    assert offset.shape == (got.shape[1],) and abs(offset.sum()) < 1e-5 and check["offset_folds"] == 2
+    assert set(check["uncorrected"]) >= {"label_agreement", "accuracy_delta", "margin_shift"}
+    p.output_offset = {}
+    np.testing.assert_allclose(got - p.logits(texts)["label"], np.tile(offset, (len(texts), 1)), atol=1e-5)
 
 
 @needs_nncf

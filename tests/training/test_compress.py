@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from hrlm.cli import app
 from hrlm.data import Dataset
 from hrlm.errors import ConfigError
-from hrlm.inference.backends import cpu_has_fast_bf16
+from hrlm.inference.backends import check_passes, cpu_has_fast_bf16
 from hrlm.inference.predictor import Predictor
 from hrlm.modeling import TaskSpec, attention_heads, encoder_layers, load_model
 from hrlm.training import checks
@@ -194,9 +194,13 @@ def test_compress_times_a_backend_after_its_calibration(monkeypatch: pytest.Monk
             calls.append(f"predict {len(texts)}")
             return {"label": np.tile([0.9, 0.1], (len(texts), 1))}
 
+        def logits(self, texts: list[str]) -> dict[str, np.ndarray]:
+            calls.append(f"logits {len(texts)}")
+            return {"label": np.tile([2.0, 0.0], (len(texts), 1))}
+
     ds = Dataset(texts=["x"] * 50, labels=["a"] * 50)
     measured = checks.measure(Slow(), ds)  # type: ignore[arg-type]
-    assert calls == ["calibrate", "predict 8", "predict 50"]
+    assert calls == ["calibrate", "predict 8", "logits 50"]
     assert measured.docs_per_s > 1000 and measured.metrics["accuracy"] == 1.0
 
 
@@ -256,3 +260,70 @@ def test_a_shifted_check_fails_and_says_why() -> None:
     assert check["label_agreement"] == 1.0 and check["accuracy_delta"] == 0.0
     assert check["passed"] is False and abs(check["margin_shift"]["t"]) > 4
     assert "standard errors from zero" in checks.verdict(check)
+
+
+def _two_class(logits: np.ndarray) -> checks.Measured:
+    """A Measured of binary documents' logits (label "b" where the second is larger), all labelled "a"."""
+    ds = Dataset(texts=["x"] * len(logits), labels=["a"] * len(logits))
+    return checks.scored({"label": logits.astype(np.float32)}, TaskSpec(name="label", labels=["a", "b"]), ds, 10.0)
+
+
+def test_the_output_offset_cancels_a_systematic_shift_judged_out_of_fold() -> None:
+    # the Zen 4 int8 case: every document's log-odds of "b" 0.024 lower (noise sd 0.1) fails the shift
+    # test; with the offset fitted on the other half of the documents, each half passes it
+    rng = np.random.default_rng(0)
+    fp32 = np.stack([np.zeros(600), rng.normal(0.0, 3.0, 600)], axis=1)
+    shifted = fp32 + np.stack([np.zeros(600), -0.024 + rng.normal(0.0, 0.1, 600)], axis=1)
+    ds = Dataset(texts=["x"] * 600, labels=["a"] * 600)
+    task = TaskSpec(name="label", labels=["a", "b"])
+    reference, result = _two_class(fp32), _two_class(shifted)
+    assert checks.agreement_check(result, reference, ds, "held_out.csv", 2)["passed"] is False
+    offsets, corrected = checks.fit_offset(result, reference, [task], ds)
+    offset = np.asarray(offsets["label"])
+    assert abs(offset.sum()) < 1e-6 and abs((offset[1] - offset[0]) - 0.024) < 0.012
+    check = checks.agreement_check(corrected, reference, ds, "held_out.csv", 2)
+    assert abs(check["margin_shift"]["t"]) < 4 and check["label_agreement"] >= 0.99
+    # document 0 (fold 0) is corrected by the offset of the odd documents, not by one it helped fit
+    diff = fp32 - shifted
+    odd = diff[1::2].mean(axis=0) - diff[1::2].mean()
+    np.testing.assert_allclose(corrected.logits["label"][0] - shifted[0], odd, atol=1e-5)
+    assert not np.allclose(odd, offset, atol=1e-9)
+
+
+def test_an_offset_fitted_on_too_few_documents_fails() -> None:
+    # the same shift on 150 documents: the offset is known to within 0.008 (its standard error), too
+    # little to vouch for a shift below 0.01 after the correction
+    rng = np.random.default_rng(3)
+    fp32 = np.stack([np.zeros(150), rng.normal(0.0, 3.0, 150)], axis=1)
+    moved = fp32 + np.stack([np.zeros(150), -0.024 + rng.normal(0.0, 0.1, 150)], axis=1)
+    ds = Dataset(texts=["x"] * 150, labels=["a"] * 150)
+    raw = checks.agreement_check(_two_class(moved), _two_class(fp32), ds, "d.csv", 2)
+    offsets, corrected = checks.fit_offset(
+        _two_class(moved), _two_class(fp32), [TaskSpec(name="label", labels=["a", "b"])], ds
+    )
+    check = checks.agreement_check(corrected, _two_class(fp32), ds, "d.csv", 2)
+    check.update(label_agreement=1.0, accuracy_delta=0.0)  # the labels aside: this is about the shift
+    assert check_passes(check) is True  # the cancelled mean shift alone would pass
+    check.update(output_offset=offsets, uncorrected={"margin_shift": raw["margin_shift"]})
+    assert raw["margin_shift"]["se"] > 0.005 and check_passes(check) is False
+    check["uncorrected"]["margin_shift"] = {**raw["margin_shift"], "se": 0.004}
+    assert check_passes(check) is True
+    assert "with an output offset fitted out of fold" in checks.verdict(
+        {**check, "uncorrected": {**raw, **check["uncorrected"]}}
+    )
+
+
+def test_a_multi_label_offset_is_per_label_and_not_centred() -> None:
+    rng = np.random.default_rng(5)
+    fp32 = rng.normal(0.0, 2.0, (300, 3))
+    moved = fp32 + np.array([0.05, -0.02, 0.0]) + rng.normal(0.0, 0.01, (300, 3))
+    task = TaskSpec(name="skills", labels=["x", "y", "z"], multi_label=True)
+    ds = Dataset(texts=["t"] * 300, labels=[["x"]] * 300, multi_label=True)
+    reference = checks.scored({"skills": fp32.astype(np.float32)}, task, ds, 1.0)
+    result = checks.scored({"skills": moved.astype(np.float32)}, task, ds, 1.0)
+    offsets, corrected = checks.fit_offset(result, reference, [task], ds)
+    np.testing.assert_allclose(offsets["skills"], [-0.05, 0.02, 0.0], atol=0.004)
+    np.testing.assert_allclose(corrected.logits["skills"], fp32, atol=0.05)
+    assert "with an output offset fitted out of fold" not in checks.verdict(
+        checks.agreement_check(corrected, reference, ds, "d.csv", 2)
+    )

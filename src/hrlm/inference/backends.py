@@ -63,6 +63,9 @@ MIN_CHECK_DOCS = 100
 MAX_SHIFT_T = 4.0
 # ... and is at least this large (smaller shifts move a negligible share of labels, however certain)
 MIN_HARMFUL_SHIFT = 0.01
+# A backend whose shift hrlm compress cancels with an output offset keeps the offset's error: its standard
+# error (the uncorrected shift's) may be at most this, half the harmful size
+MAX_OFFSET_SE = MIN_HARMFUL_SHIFT / 2
 
 
 @functools.cache
@@ -127,6 +130,18 @@ class Backend:
     def start_packed(self, batch: Packed) -> dict[str, torch.Tensor]:
         """:meth:`packed`, with float32 logits left where they were computed."""
         return {name: torch.from_numpy(value) for name, value in self.packed(batch).items()}
+
+    def gather(self, pending: list[Any]) -> dict[str, np.ndarray]:
+        """The logits of every batch :meth:`start` or :meth:`start_packed` queued, concatenated in their order."""
+        return {name: torch.cat([p[name] for p in pending]).cpu().numpy() for name in pending[0]}
+
+    def stream_choices(self) -> tuple[int, ...]:
+        """The numbers of batches the backend can compute at once on this machine (see :attr:`streams`)."""
+        return (1,)
+
+    # Batches computed at once when several are queued: one (the default) uses every thread on one
+    # batch; a runtime with streams (OpenVINO) can split the threads among several batches
+    streams: int = 1
 
 
 class TorchBackend(Backend):
@@ -449,14 +464,20 @@ def check_passes(check: dict[str, Any]) -> bool:
     At least :data:`MIN_CHECK_DOCS` held-out documents, label agreement with fp32 of at least 99%,
     accuracy no more than 0.3 points below fp32, and no systematic shift of the log-odds: a mean shift
     of at least :data:`MIN_HARMFUL_SHIFT` that lies :data:`MAX_SHIFT_T` or more standard errors from zero
-    fails (checks recorded before hrlm measured the shift have none and are judged without it). The
-    thresholds are applied here, to the recorded numbers, rather than trusting a stored verdict.
+    fails (checks recorded before hrlm measured the shift have none and are judged without it). A check
+    whose backend gets an output offset (``output_offset``: the mean shift measured on the check's
+    documents, cancelled) is judged on cross-fitted labels, and what is left of its shift is the offset's
+    error: the uncorrected shift's standard error must be at most :data:`MAX_OFFSET_SE`, so that an
+    error of two standard errors stays below the harmful size. The thresholds are applied here, to the
+    recorded numbers, rather than trusting a stored verdict.
     """
     try:
         shift = check.get("margin_shift")
         shifted = shift is not None and (
             abs(float(shift["t"])) >= MAX_SHIFT_T and abs(float(shift["mean"])) >= MIN_HARMFUL_SHIFT
         )
+        if "output_offset" in check:  # what is left of a corrected shift is the offset's error
+            shifted = shifted or float(check["uncorrected"]["margin_shift"]["se"]) > MAX_OFFSET_SE
         return (
             int(check["n"]) >= MIN_CHECK_DOCS
             and float(check["label_agreement"]) >= MIN_LABEL_AGREEMENT
@@ -465,6 +486,26 @@ def check_passes(check: dict[str, Any]) -> bool:
         )
     except (KeyError, TypeError, ValueError):
         return False
+
+
+def output_offset(meta: ModelMeta, name: str) -> dict[str, np.ndarray]:
+    """What to add to each task's logits when backend ``name`` serves the model: the offsets ``hrlm compress``
+    fitted where the backend moved the log-odds of fp32 one way (``output_offset`` in its check; see
+    :func:`hrlm.training.checks.fit_offset`). Empty where the check recorded none.
+    """
+    check = (meta.backend_checks or {}).get(name) or {}
+    offsets = check.get("output_offset") or {}
+    sizes = {t.name: len(t.labels) for t in meta.tasks}
+    out = {}
+    for task, values in offsets.items():
+        offset = np.asarray(values, dtype=np.float32)
+        if offset.shape != (sizes.get(task, -1),):
+            raise ModelError(
+                f"hrlm.json: the {name} check's output_offset for task {task!r} has shape {offset.shape}, "
+                f"not one value per label of a task of this model; run `hrlm compress --data` again."
+            )
+        out[task] = offset
+    return out
 
 
 def _onnx_available() -> bool:

@@ -248,38 +248,95 @@ def _check_precision(precision: str) -> None:
 class OpenVinoBackend(Backend):
     """A model compiled by OpenVINO's CPU plugin in ``precision`` on ``threads`` threads (padded batches).
 
-    Safe to call from several threads: each thread gets its own inference request.
+    A batch at a time runs on every thread (one stream). Where the Predictor queues several batches and
+    :attr:`streams` is above one (the calibration's choice, :mod:`hrlm.inference.calibrate`), they run
+    that many at once, the threads shared among them: a second copy of the model compiled with
+    OpenVINO's streams, fed by a queue of inference requests. Small ops between the matrix products
+    (layer norms, softmax, the GELU) then keep every core busy instead of waiting for each other.
+
+    Safe to call from several threads: each thread gets its own inference request and queue.
     """
 
     def __init__(
         self, ov_model: Any, task_names: list[str], *, precision: str, threads: int, config: Any = None
     ) -> None:
         _check_precision(precision)
-        properties = {
-            "INFERENCE_PRECISION_HINT": _hint(precision),
-            "INFERENCE_NUM_THREADS": threads,
-            "PERFORMANCE_HINT": "LATENCY",
-            "NUM_STREAMS": 1,
-        }
-        self.compiled = _core().compile_model(ov_model, "CPU", properties)
+        self.ov_model = ov_model
         self.task_names = task_names
         self.precision = precision
         self.threads = threads
+        self.compiled = self._compile(1)
         self.name = f"openvino-{precision}"
         self.config = config  # the model's, for the calibration's cache key
+        self.streams = 1
+        self._parallel: dict[int, Any] = {}  # streams -> the model compiled for them, made on first use
+        self._lock = threading.Lock()
         self._local = threading.local()
+
+    def _compile(self, streams: int) -> Any:
+        properties = {
+            "INFERENCE_PRECISION_HINT": _hint(self.precision),
+            "INFERENCE_NUM_THREADS": self.threads,
+            "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
+            "NUM_STREAMS": streams,
+        }
+        return _core().compile_model(self.ov_model, "CPU", properties)
+
+    def stream_choices(self) -> tuple[int, ...]:
+        return (1, self.threads) if self.threads > 1 else (1,)
+
+    @property
+    def asynchronous(self) -> bool:
+        return self.streams > 1
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, np.ndarray]:
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self.compiled.create_infer_request()
-        ids_np = np.ascontiguousarray(ids.numpy(), dtype=np.int64)
-        mask_np = np.ascontiguousarray(mask.numpy(), dtype=np.int64)
-        outputs = request.infer([ids_np, mask_np], share_outputs=False)
+        outputs = request.infer(_inputs(ids, mask), share_outputs=False)
         return {
             name: np.asarray(outputs[self.compiled.output(i)], dtype=np.float32)
             for i, name in enumerate(self.task_names)
         }
+
+    def start(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
+        """Queue a batch on the model compiled for :attr:`streams`; :meth:`gather` returns its logits."""
+        queue = self._queue()
+        slot: dict[str, Any] = {}
+        queue.start_async(_inputs(ids, mask), userdata=slot)
+        return slot
+
+    def gather(self, pending: list[Any]) -> dict[str, np.ndarray]:
+        self._queue().wait_all()
+        if any(name not in slot for slot in pending for name in self.task_names):
+            raise ModelError(f"{self.name}: OpenVINO returned no logits for a queued batch; use --backend torch-fp32.")
+        return {name: np.concatenate([slot[name] for slot in pending]) for name in self.task_names}
+
+    def _queue(self) -> Any:
+        """This thread's queue of inference requests on the model compiled for :attr:`streams`."""
+        streams = self.streams
+        queues = getattr(self._local, "queues", None)
+        if queues is None:
+            queues = self._local.queues = {}
+        if streams not in queues:
+            with self._lock:
+                if streams not in self._parallel:
+                    self._parallel[streams] = self._compile(streams)
+            queue = openvino().AsyncInferQueue(self._parallel[streams], streams)
+            names = self.task_names
+
+            def done(request: Any, slot: dict[str, Any]) -> None:
+                # runs on OpenVINO's thread when the batch is done: copy the logits out of the request
+                for i, name in enumerate(names):
+                    slot[name] = np.array(request.get_output_tensor(i).data, dtype=np.float32)
+
+            queue.set_callback(done)
+            queues[streams] = queue
+        return queues[streams]
+
+
+def _inputs(ids: torch.Tensor, mask: torch.Tensor) -> list[np.ndarray]:
+    return [np.ascontiguousarray(ids.numpy(), dtype=np.int64), np.ascontiguousarray(mask.numpy(), dtype=np.int64)]
 
 
 def int8_model(folder: Path | None) -> Any:

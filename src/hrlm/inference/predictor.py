@@ -22,7 +22,14 @@ from hrlm._alloc import keep_freed_memory
 from hrlm._progress import ProgressBar
 from hrlm.config import AGGREGATIONS, DEVICES, PRECISIONS, TRUNCATE_MODES, check_choice
 from hrlm.errors import ConfigError
-from hrlm.inference.backends import Backend, TorchBackend, build_backend, choose_backend, warn_emulated_bf16
+from hrlm.inference.backends import (
+    Backend,
+    TorchBackend,
+    build_backend,
+    choose_backend,
+    output_offset,
+    warn_emulated_bf16,
+)
 from hrlm.inference.backends import autocast as autocast  # re-exported: training and pretraining use it
 from hrlm.inference.backends import cpu_has_fast_bf16 as cpu_has_fast_bf16
 from hrlm.inference.calibrate import CPU_SAMPLE_TOKENS, GPU_SAMPLE_TOKENS, Calibrator, thread_choices
@@ -102,14 +109,17 @@ def window_logits(
     only to its own longest window.
 
     On a device that computes asynchronously (CUDA) every batch is queued and the logits are read
-    back once at the end, so the host lays out the next batch while the device computes this one.
+    back once at the end, so the host lays out the next batch while the device computes this one; so
+    are they where an OpenVINO backend runs several batches at once (``streams``).
     """
     use_packed = packing and backend.supports_packing
-    queued = backend.asynchronous
+    batches = list(plan([len(w) for w in windows], max_tokens=max_tokens, max_batch=max_batch, packing=use_packed))
+    # one batch gains nothing from a queue, and a runtime's streams would give it only their share of threads
+    queued = backend.asynchronous and len(batches) > 1
     out: dict[str, np.ndarray] = {}
     orders: list[int] = []
-    pending: list[dict[str, torch.Tensor]] = []
-    for batch in plan([len(w) for w in windows], max_tokens=max_tokens, max_batch=max_batch, packing=use_packed):
+    pending: list[Any] = []
+    for batch in batches:
         if use_packed:
             packed = collate_packed(windows, batch)
             order: Sequence[int] = packed.order
@@ -126,8 +136,7 @@ def window_logits(
         if progress is not None:
             progress(len(order))
     if pending:
-        gathered = {name: torch.cat([p[name] for p in pending]).cpu().numpy() for name in pending[0]}
-        _place(out, gathered, orders, len(windows))
+        _place(out, backend.gather(pending), orders, len(windows))
     return out
 
 
@@ -257,6 +266,8 @@ class Predictor:
             choice, model, meta, folder=Path(folder) if folder else None, threads=self.threads, scratch=self._scratch
         )
         self.backend_reason = choice.reason
+        # added to the logits of each task: what compress fitted where this backend shifts fp32's log-odds
+        self.output_offset = output_offset(meta, self.backend.name)
         self.device = choice.device
         self.model = model
         self.tokenizer = tokenizer
@@ -335,7 +346,15 @@ class Predictor:
             )
         finally:
             bar.close()
-        return {name: aggregate(v, enc.doc_index, enc.n_docs, self.meta.aggregate) for name, v in per_window.items()}
+        return {
+            name: self._offset(name, aggregate(v, enc.doc_index, enc.n_docs, self.meta.aggregate))
+            for name, v in per_window.items()
+        }
+
+    def _offset(self, task: str, logits: np.ndarray) -> np.ndarray:
+        """``logits`` with the backend's recorded offset for ``task`` added (see :func:`output_offset`)."""
+        offset = self.output_offset.get(task)
+        return logits if offset is None else logits + offset
 
     def batching(self, windows: Sequence[Sequence[int]]) -> tuple[int, bool]:
         """The token budget and packing to score ``windows`` with: given, calibrated, or the defaults.
@@ -357,6 +376,8 @@ class Predictor:
         if found.threads != torch.get_num_threads() and self.device.type == "cpu" and not self._threads_given:
             torch.set_num_threads(found.threads)
             self.threads = found.threads
+        if found.streams in self.backend.stream_choices():
+            self.backend.streams = found.streams
         return self._max_tokens_given or found.max_tokens, found.packing if self._packing_given is None else packing
 
     def _sample_tokens(self) -> int:
@@ -443,7 +464,10 @@ class Predictor:
                 pooled[batch] = vectors.float().cpu().numpy()
                 for name, value in backend.model.head_logits(vectors).items():
                     logits[name][batch] = value.float().cpu().numpy()
-        docs = {name: aggregate(v, enc.doc_index, enc.n_docs, self.meta.aggregate) for name, v in logits.items()}
+        docs = {
+            name: self._offset(name, aggregate(v, enc.doc_index, enc.n_docs, self.meta.aggregate))
+            for name, v in logits.items()
+        }
         return aggregate(pooled, enc.doc_index, enc.n_docs, "mean"), docs
 
     @overload
