@@ -362,10 +362,10 @@ def main() -> None:
             "ceiling_fraction": round(gflops / ceiling_gflops, 3) if ceiling_gflops else None,
             "mean_tokens": round(sum(lengths) / len(lengths), 1),
         }
-        calibrator = getattr(getattr(system, "predictor", None), "calibrator", None)
-        chosen = calibrator.budget(lengths) if calibrator is not None else None
-        if chosen is not None:  # what the Predictor's calibration chose on this machine
-            row["batching"] = {"max_tokens": chosen.max_tokens, "packing": chosen.packing, "streams": chosen.streams}
+        if hasattr(system, "predictor"):  # how the Predictor batched: calibrated on this machine, or as given
+            predictor = system.predictor
+            max_tokens, packing = predictor.batching(predictor.encode(texts).windows)
+            row["batching"] = {"max_tokens": max_tokens, "packing": packing, "streams": predictor.backend.streams}
         if reference_name is not None and probabilities[name][0] is not None:
             # the agreement check's test for a systematic shift of the log-odds, on these documents
             row["margin_shift_fp32"] = log_odds_shift(probabilities[name], probabilities[reference_name])

@@ -241,10 +241,20 @@ def test_a_backend_with_streams_has_each_count_timed_at_the_chosen_budget_on_a_l
     n = seen[0][2]  # the windows of the sample, which the first (warm-up) pass scores
     assert {(b, s) for b, s, size in seen if size == n} == {(b, 1) for b in calibrate.CPU_BUDGETS} | {(2048, 2)}
     timed = {(b, s) for b, s, size in seen if size == n * calibrate.STREAM_REPEATS}
-    assert timed == {(2048, 1), (2048, 2)}
+    assert timed == {(2048, 1), (1024, 2), (2048, 2), (4096, 2)}  # streams at the budget and beside it
     assert (chosen.max_tokens, chosen.packing, chosen.streams, backend.streams) == (2048, True, 2, 2)
     threads = torch.get_num_threads()
     assert chosen.seconds[f"packed@2048/t{threads}/s2x{calibrate.STREAM_REPEATS}"] == pytest.approx(0.9 * n * 4)
+    # streams may move the budget: one batch per thread can want larger batches than all threads on one
+    cost.update({1: 1.0, 2: 0.9})
+    wider = {4096: 0.8}
+
+    def run_wider(sample: Sequence[Sequence[int]], max_tokens: int, packing: bool) -> None:
+        factor = wider.get(max_tokens, 1.0) if backend.streams == 2 else 1.0
+        clock[0] += len(sample) * cost[backend.streams] * factor * (1.0 if max_tokens == 2048 else 1.2)
+
+    chosen = cal.measure_budget(windows, run_wider)
+    assert (chosen.max_tokens, chosen.streams) == (4096, 2)
     assert Calibrator(backend, 64, folder=tmp_path).budget([60] * 10).streams == 2  # kept in the file
     cost[2] = 0.99  # 1% faster in two streams: within the margin, one, and the backend is set back to it
     chosen = cal.measure_budget(windows, run)

@@ -65,12 +65,14 @@ def calibrate(
     # the budgets on the sample, then the stream counts (OpenVINO) on the sample repeated: each compared among its own
     budgets = {k: v for k, v in chosen.seconds.items() if "/s" not in k}
     streams = {k: v for k, v in chosen.seconds.items() if "/s" in k}
-    for rows, mine in ((budgets, picked), (streams, f"{picked}/s{chosen.streams}x{STREAM_REPEATS}")):
+    # with streams timed (OpenVINO), the choice is one of their rows, which may have another budget
+    chosen_row = f"{picked}/s{chosen.streams}x{STREAM_REPEATS}" if streams else picked
+    for rows in (budgets, streams):
         best = min(rows.values(), default=0.0)
         for choice, seconds in sorted(rows.items(), key=lambda kv: kv[1]):
             # the fastest unless packed batches (or streams) won by less than the margin
             note = "fastest" if seconds == best else f"+{seconds / best - 1:.0%}"
-            table.add_row(choice, f"{seconds:.3f}", f"{note}, chosen" if choice == mine else note)
+            table.add_row(choice, f"{seconds:.3f}", f"{note}, chosen" if choice == chosen_row else note)
     out_console.print(table)
     if cal.attention_ms:
         widths = ", ".join(

@@ -13,7 +13,7 @@ a sample of that text and keeps the fastest:
   want different budgets);
 - the thread count, where the machine has more logical than physical cores;
 - for OpenVINO, one batch at a time on every thread, or as many at once as there are threads, one
-  thread each (OpenVINO's streams), timed at the chosen budget on the sample repeated
+  thread each (OpenVINO's streams), timed at the chosen budget and the two beside it on the sample repeated
   :data:`STREAM_REPEATS` times: a run of a few batches in two streams ends with one of them idle and
   starts with their first batches' shapes unseen, so the short sample that times the budgets hides
   what streams give a large call. On a 2-core Zen 4, openvino-int8 scored 600 IMDB reviews at 256
@@ -276,39 +276,47 @@ class Calibrator:
         sample: Sequence[Sequence[int]],
         run: Callable[[Sequence[Sequence[int]], int, bool], Any],
         budget: int,
+        budgets: Sequence[int],
         packing: bool,
         threads: int,
-    ) -> tuple[int, dict[str, float]]:
-        """Time each of the backend's stream counts at ``budget`` on ``sample`` repeated
-        :data:`STREAM_REPEATS` times, in interleaved rounds after a warm-up of each; leave the backend
-        with the fastest (more than one only where it beats one by :data:`PACKED_MARGIN`).
+    ) -> tuple[int, int, dict[str, float]]:
+        """Time one stream at ``budget`` against each larger stream count at ``budget`` and the budgets
+        beside it in ``budgets`` (half and twice), on ``sample`` repeated :data:`STREAM_REPEATS` times, in
+        interleaved rounds after a warm-up of each; leave the backend with the fastest (streams only
+        where they beat one by :data:`PACKED_MARGIN`).
+
+        One batch per thread runs each at a thread's pace, so the budget that suits one stream of all
+        the threads need not suit several: on a 2-core Zen 4, openvino-int8 on IMDB reviews at 256
+        tokens in two streams ran 2,048-token batches at 106 docs/s against 104 at 1,024 and 100 at 512.
 
         Returns:
-            The count chosen, and each count's fastest pass as ``"padded@1024/t2/s2x4"``.
+            The budget and stream count chosen, and each choice's fastest pass as ``"padded@1024/t2/s2x4"``.
         """
         long = list(sample) * STREAM_REPEATS
-        counts = self.backend.stream_choices()
+        near = [b for b in budgets if b in (budget // 2, budget, budget * 2)]
+        choices = [(budget, 1), *((b, s) for s in self.backend.stream_choices() if s > 1 for b in near)]
         before = torch.get_num_threads()
-        times: dict[int, list[float]] = {s: [] for s in counts}
+        times: dict[tuple[int, int], list[float]] = {c: [] for c in choices}
         try:
             torch.set_num_threads(threads)
-            for s in counts:  # warm-up: the streams' own copy of the model, and the sample's shapes in each
+            for s in dict.fromkeys(s for _, s in choices):  # warm-up: each count's own copy of the model
                 self.backend.streams = s
                 run(sample, budget, packing)
             for _ in range(ROUNDS):
-                for s in counts:
+                for b, s in choices:
                     self.backend.streams = s
                     t0 = time.perf_counter()
-                    run(long, budget, packing)
-                    times[s].append(time.perf_counter() - t0)
+                    run(long, b, packing)
+                    times[(b, s)].append(time.perf_counter() - t0)
         finally:
             torch.set_num_threads(before)
-        best = {s: min(seconds) for s, seconds in times.items()}
-        fastest = min(best, key=lambda s: best[s])
-        chosen = fastest if best[fastest] <= (1.0 - PACKED_MARGIN) * best[1] else 1
-        self.backend.streams = chosen
+        best = {c: min(seconds) for c, seconds in times.items()}
+        fastest = min(best, key=lambda c: best[c])
+        chosen = fastest if best[fastest] <= (1.0 - PACKED_MARGIN) * best[(budget, 1)] else (budget, 1)
+        self.backend.streams = chosen[1]
         path = "packed" if packing else "padded"
-        return chosen, {f"{path}@{budget}/t{threads}/s{s}x{STREAM_REPEATS}": round(v, 4) for s, v in best.items()}
+        named = {f"{path}@{b}/t{threads}/s{s}x{STREAM_REPEATS}": round(v, 4) for (b, s), v in best.items()}
+        return chosen[0], chosen[1], named
 
     def measure_budget(
         self,
@@ -372,7 +380,7 @@ class Calibrator:
         named = {f"{'packed' if p else 'padded'}@{b}/t{t}": round(s, 4) for (b, p, t), s in best.items()}
         streaming, timed = 1, {}
         if len(self.backend.stream_choices()) > 1:
-            streaming, timed = self._measure_streams(sample, run, budget, packing, n)
+            budget, streaming, timed = self._measure_streams(sample, run, budget, budgets, packing, n)
         chosen = Budget(
             max_tokens=budget,
             packing=packing,
