@@ -11,7 +11,8 @@ for the int8 variant that keeps the labels:
 - :func:`mixed_search`: ``torch-bf16-int8``'s smoothing maxima, then int8 in both kinds of layer, else
   in the feed-forward inputs only (:mod:`hrlm.inference.mixed`);
 - :func:`openvino_int8_search`: ``openvino-int8`` calibrated by NNCF, in every layer, else with the
-  feed-forward outputs in float32 (:mod:`hrlm.inference.openvino_backend`).
+  most-drifting feed-forward outputs in float32, one, two, three, then all
+  (:mod:`hrlm.inference.openvino_backend`).
 
 The candidates of the last two get an output offset (:func:`fit_offset`): int8 with static or smoothed
 scales can move every document's log-odds a little one way, which costs accuracy wherever borderline
@@ -402,8 +403,8 @@ def openvino_int8_search(run: Checking, meta: ModelMeta) -> dict[str, Any] | Non
         for name, module in block.named_modules()
         if isinstance(module, nn.Linear) and module.in_features > module.out_features
     ]
-    # between every layer and all of them: the narrowing layers whose int8 output drifts most first,
-    # as torch's dynamic int8 measures it (the static scales' drift follows the same outlier channels)
+    # between every layer and all of them: the narrowing layers whose int8 output drifts most first, as
+    # torch's dynamic int8 measures it (a proxy: NNCF's static int8 is not measured layer by layer)
     drift = dict(sensitivity(run.model, run.tokenizer, meta, texts, threads=run.threads))
     ranked = sorted(narrowing, key=lambda name: -drift.get(name, 0.0))
     candidates = [[], *(ranked[:k] for k in OPENVINO_KEEP_STEPS if k < len(ranked)), narrowing]
