@@ -251,9 +251,12 @@ class OpenVinoBackend(Backend):
     A batch at a time runs on every thread (one stream). Where the Predictor queues several batches and
     :attr:`streams` is above one (the calibration's choice, :mod:`hrlm.inference.calibrate`), they run
     that many at once, the threads shared among them: a second copy of the model compiled with
-    OpenVINO's streams, fed by a queue of inference requests. On a 2-core Zen 4, two streams of one
-    thread scored 600 IMDB reviews at 256 tokens in 1,024-token batches 14% faster than one stream of
-    two in int8 (95-97 against 84 docs/s) and 6-8% faster in bf16; a call of one batch is not queued.
+    OpenVINO's streams, fed by a queue of inference requests; a call of one batch is not queued. On a
+    2-core Zen 4 two streams of one thread and one stream of two tied when each ran alone (openvino-int8,
+    643 IMDB reviews at 256 tokens: 104.0-105.1 against 101.5-104.5 docs/s), but where other work shared
+    the process the single stream's pace dropped and the two streams' held (95.0-105.0 against
+    105.8-106.7 in rounds interleaved with other backends), which is why the calibration keeps streams
+    on a tie.
 
     Safe to call from several threads: each thread gets its own inference request and queue.
     """
