@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +51,7 @@ from hrlm.inference import unpadded
 from hrlm.inference.backends import Backend, TorchBackend, cache_dir, cpu_flags
 
 log = logging.getLogger("hrlm")
+Choice = TypeVar("Choice")
 
 # Bump when what is measured or how changes: older cache files are then ignored.
 VERSION = 3  # 2: packed must beat padded by PACKED_MARGIN; 3: OpenVINO's streams
@@ -297,18 +298,14 @@ class Calibrator:
         near = [b for b in budgets if b in (budget // 2, budget, budget * 2)]
         choices = [(budget, 1), *((b, s) for s in self.backend.stream_choices() if s > 1 for b in near)]
         before = torch.get_num_threads()
-        times: dict[tuple[int, int], list[float]] = {c: [] for c in choices}
         try:
             torch.set_num_threads(threads)
             for s in dict.fromkeys(s for _, s in choices):  # warm-up: each count's own copy of the model
                 self.backend.streams = s
                 run(sample, budget, packing)
-            for _ in range(ROUNDS):
-                for b, s in choices:
-                    self.backend.streams = s
-                    t0 = time.perf_counter()
-                    run(long, b, packing)
-                    times[(b, s)].append(time.perf_counter() - t0)
+            times = _interleaved(
+                choices, lambda c: setattr(self.backend, "streams", c[1]), lambda c: run(long, c[0], packing)
+            )
         finally:
             torch.set_num_threads(before)
         best = {c: min(seconds) for c, seconds in times.items()}
@@ -347,15 +344,9 @@ class Calibrator:
         try:
             run(sample, budgets[0], paths[0])  # warm-up: first-call costs belong to no choice
             for attempt in (1, 2):
-                times: dict[tuple[int, bool, int], list[float]] = {c: [] for c in choices}
-                for _ in range(ROUNDS):  # rounds interleave the choices, so a slow spell falls on all
-                    for choice in choices:
-                        budget, packing, n = choice
-                        torch.set_num_threads(n)
-                        t0 = time.perf_counter()
-                        run(sample, budget, packing)
-                        sync()
-                        times[choice].append(time.perf_counter() - t0)
+                times = _interleaved(
+                    choices, lambda c: torch.set_num_threads(c[2]), lambda c: (run(sample, c[0], c[1]), sync())
+                )
                 noise = timing_noise(times.values())
                 if noise <= NOISE_LIMIT:
                     break
@@ -379,7 +370,7 @@ class Calibrator:
             if seconds > (1.0 - PACKED_MARGIN) * plain_seconds:
                 (budget, packing, n), seconds = plain, plain_seconds
         named = {f"{'packed' if p else 'padded'}@{b}/t{t}": round(s, 4) for (b, p, t), s in best.items()}
-        streaming, timed = 1, {}
+        streaming, timed = 1, dict[str, float]()
         if len(self.backend.stream_choices()) > 1:
             budget, streaming, timed = self._measure_streams(sample, run, budget, budgets, packing, n)
         chosen = Budget(
@@ -409,6 +400,21 @@ class Calibrator:
         else:
             self.unsaved[key] = chosen
         return chosen
+
+
+def _interleaved(
+    choices: Sequence[Choice], prepare: Callable[[Choice], Any], timed: Callable[[Choice], Any]
+) -> dict[Choice, list[float]]:
+    """Seconds of ``timed(choice)`` for every choice in :data:`ROUNDS` rounds that interleave the choices,
+    so that a slow spell of the machine falls on all of them; ``prepare(choice)`` runs before, off the clock."""
+    times: dict[Choice, list[float]] = {c: [] for c in choices}
+    for _ in range(ROUNDS):
+        for choice in choices:
+            prepare(choice)
+            t0 = time.perf_counter()
+            timed(choice)
+            times[choice].append(time.perf_counter() - t0)
+    return times
 
 
 def timing_noise(rounds: Iterable[Sequence[float]], floor: float = NOISE_FLOOR_S) -> float:
