@@ -572,7 +572,9 @@ def choose_backend(requested: str, meta: ModelMeta, device: torch.device, *, dev
         reference = "torch-bf16" if cpu_has_fast_bf16() else "torch-fp32"
         if not passing:
             return Choice(reference, cpu, "no backend has passed an agreement check for this model")
-        best = max(passing, key=lambda k: float(passing[k].get("docs_per_s") or 0.0))
+        # compress's race compares them in the same rounds (race_relative); older folders have docs/s only
+        key = "race_relative" if all("race_relative" in c for c in passing.values()) else "docs_per_s"
+        best = max(passing, key=lambda k: float(passing[k].get(key) or 0.0))
         check = passing[best]
         return Choice(
             best,

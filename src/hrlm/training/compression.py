@@ -20,8 +20,8 @@ folder's own fp32 predictions, and against the original model: size on disk, doc
 label agreement. The results are the table ``compress.md`` in the new folder and the agreement
 checks in its ``hrlm.json``; ``--backend auto`` uses a backend other than fp32 only when its check
 passed (see :func:`hrlm.inference.backends.check_passes`), and of those the fastest: the backends that
-passed are timed again in interleaved rounds (:func:`hrlm.training.checks.race`), and their checks
-record the median.
+passed are timed again in interleaved rounds (:func:`hrlm.training.checks.race`), their checks record
+the median and the speed against the others in the same rounds (``race_relative``), which picks.
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ from hrlm.training.checks import (
     mixed_search,
     openvino_int8_search,
     race,
+    relative_speeds,
     row,
     verdict,
 )
@@ -330,14 +331,18 @@ def _race(
         for name in passing
     }
     texts = held_out.texts[:RACE_DOCS]
-    for name, speeds in race(predictors, texts).items():
+    runs = race(predictors, texts)
+    relative = relative_speeds(runs)
+    for name, speeds in runs.items():
         checks[name]["docs_per_s"] = round(statistics.median(speeds), 2)
         checks[name]["docs_per_s_runs"] = [round(x, 2) for x in speeds]
-    fastest = max(passing, key=lambda name: checks[name]["docs_per_s"])
+        checks[name]["race_relative"] = round(relative[name], 4)
+    fastest = max(passing, key=lambda name: relative[name])
     notes.append(
         f"the {len(passing)} backends that passed were timed again in {RACE_ROUNDS} interleaved rounds on "
-        f"{len(texts)} documents; --backend auto serves the fastest, {fastest} "
-        f"({checks[fastest]['docs_per_s']:.1f} docs/s, median)."
+        f"{len(texts)} documents; --backend auto serves the fastest against the others in the same rounds, "
+        f"{fastest} ({checks[fastest]['docs_per_s']:.1f} docs/s, median; {relative[fastest]:.2f} times the others "
+        "in the same rounds, geometric mean)."
     )
 
 
