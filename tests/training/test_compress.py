@@ -235,7 +235,7 @@ def test_the_race_interleaves_the_backends_after_warming_each() -> None:
 
 def test_relative_speeds_compare_the_backends_round_by_round() -> None:
     # measured on a 2-core Xeon with AMX whose speed changed between rounds: by its median docs/s torch-bf16
-    # led by 0.4%; openvino-bf16 was as fast or faster in every round (1.5x on 2,000 test reviews)
+    # led by 0.4%; openvino-bf16 was within 0.4% of it or faster in every round (1.5x on 2,000 test reviews)
     runs = {
         "torch-bf16": [133.07, 134.52, 104.92],
         "openvino-bf16": [132.52, 159.56, 106.21],

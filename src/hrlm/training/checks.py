@@ -233,7 +233,7 @@ def relative_speeds(runs: dict[str, list[float]]) -> dict[str, float]:
     Comparing each backend's median docs/s instead lets the host's speed from round to round decide: on a
     2-core Xeon with AMX whose speed changed within minutes, torch-bf16 ran 133.1, 134.5 and 104.9 docs/s
     in three rounds and openvino-bf16 132.5, 159.6 and 106.2, so the medians put torch-bf16 first by 0.4%
-    although openvino-bf16 was as fast or faster in the rounds (by 1.5x on 2,000 test reviews later).
+    although openvino-bf16 was within 0.4% of it or faster in every round (1.5x on 2,000 test reviews later).
     Round by round, openvino-bf16 leads (median ratio 1.012). Medians of ratios keep one round that a
     neighbour's burst slowed for one backend only from deciding.
     """
