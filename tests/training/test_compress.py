@@ -18,7 +18,7 @@ from hrlm.inference.backends import check_passes, cpu_has_fast_bf16
 from hrlm.inference.predictor import Predictor
 from hrlm.modeling import TaskSpec, attention_heads, encoder_layers, load_model
 from hrlm.training import checks
-from hrlm.training.checks import RACE_ROUNDS
+from hrlm.training.checks import RACE_ROUNDS, relative_speeds
 from hrlm.training.compression import compress, head_magnitudes, make_permanent, prune_attention_heads, prune_linear
 from tests.conftest import make_texts
 
@@ -121,15 +121,19 @@ def test_data_alone_checks_the_backends_and_keeps_the_weights(
     bf16 = ["torch-bf16", "openvino-bf16"] if cpu_has_fast_bf16() else []
     assert set(checks) == set(result.checks) == {"torch-fp32", "openvino-fp32", *bf16}
     assert all(check["n"] == 120 for check in checks.values())
-    # the backends that passed were timed again in interleaved rounds: auto picks by their medians
+    # the backends that passed were timed again in interleaved rounds: auto picks by their speeds against
+    # each other in the same rounds
     passed = [name for name, check in checks.items() if check["passed"]]
     assert len(passed) >= 2
     for name in passed:
         runs = checks[name]["docs_per_s_runs"]
         assert len(runs) == RACE_ROUNDS and all(r > 0 for r in runs)
         assert checks[name]["docs_per_s"] == round(statistics.median(runs), 2)
-    fastest = max(passed, key=lambda name: checks[name]["docs_per_s"])
-    assert any(f"auto serves the fastest, {fastest}" in note for note in result.notes)
+    relative = relative_speeds({name: checks[name]["docs_per_s_runs"] for name in passed})
+    assert all(checks[name]["race_relative"] == round(relative[name], 4) for name in passed)
+    fastest = max(passed, key=lambda name: relative[name])
+    assert any(f"in the same rounds, {fastest} (" in note for note in result.notes)
+    assert Predictor.from_dir(out).backend_name == fastest
     # each check records how far the backend moved the log-odds, against fp32 itself (no shift at all)
     assert checks["torch-fp32"]["margin_shift"] == {"label": checks["torch-fp32"]["margin_shift"]["label"],
                                                     "mean": 0.0, "se": 0.0, "t": 0.0}  # fmt: skip
