@@ -209,8 +209,8 @@ def race(predictors: dict[str, Predictor], texts: list[str], rounds: int = RACE_
     from one pass, measured minutes apart from the others; on a host whose speed changes within minutes
     (a 2-core Xeon with AMX: 2,048-square bf16 products at 784 to 3,243 GFLOP/s in one session) that
     ordered openvino-int8 before openvino-bf16 (127 against 77 docs/s) where interleaved rounds of the
-    same backends measured 152 against 187. The median of interleaved rounds compares them at the same
-    moments.
+    same backends measured 152 against 187. Interleaved rounds time them at the same moments, and
+    :func:`relative_speeds` compares them round by round.
     """
     for predictor in predictors.values():
         predictor.calibrate_once(texts)
