@@ -156,11 +156,11 @@ class System:
             return [(str(o["label"]), None) for o in out]
         return [(str(p.label), p.probabilities) for p in self.predictor.predict(texts)]
 
-    def token_counts(self, texts: list[str]) -> list[int]:
+    def windows(self, texts: list[str]) -> list[Any]:
+        """The token ids of every window the system runs: the pipeline's truncated texts, the Predictor's windows."""
         if hasattr(self, "pipe"):
-            enc = self.pipe.tokenizer(texts, truncation=True, max_length=self.max_length)
-            return [len(ids) for ids in enc["input_ids"]]
-        return [len(w) for w in self.predictor.encode(texts).windows]
+            return list(self.pipe.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"])
+        return list(self.predictor.encode(texts).windows)
 
 
 def log_odds_shift(probs: list[Any], reference: list[Any]) -> dict[str, Any]:
@@ -339,7 +339,8 @@ def main() -> None:
             probe.pop("peak_gpu_mb", None)
     rows = []
     for name, system in systems.items():
-        lengths = system.token_counts(texts)
+        windows = system.windows(texts)  # tokenised once, for the FLOPs and the batching record
+        lengths = [len(w) for w in windows]
         flops = sum(flops_of(n) for n in lengths)
         docs_per_s = statistics.median(round_rates[name])  # the median round: a slow spell of the host counts once
         secs = len(texts) / docs_per_s
@@ -364,7 +365,7 @@ def main() -> None:
         }
         if hasattr(system, "predictor"):  # how the Predictor batched: calibrated on this machine, or as given
             predictor = system.predictor
-            max_tokens, packing = predictor.batching(predictor.encode(texts).windows)
+            max_tokens, packing = predictor.batching(windows)
             row["batching"] = {"max_tokens": max_tokens, "packing": packing, "streams": predictor.backend.streams}
         if reference_name is not None and probabilities[name][0] is not None:
             # the agreement check's test for a systematic shift of the log-odds, on these documents
