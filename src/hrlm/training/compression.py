@@ -331,11 +331,12 @@ def _race(
         for name in passing
     }
     texts = held_out.texts[:RACE_DOCS]
-    runs = race(predictors, texts)
+    # rounded as the checks record them, so that race_relative can be computed again from docs_per_s_runs
+    runs = {name: [round(x, 2) for x in speeds] for name, speeds in race(predictors, texts).items()}
     relative = relative_speeds(runs)
     for name, speeds in runs.items():
         checks[name]["docs_per_s"] = round(statistics.median(speeds), 2)
-        checks[name]["docs_per_s_runs"] = [round(x, 2) for x in speeds]
+        checks[name]["docs_per_s_runs"] = speeds
         checks[name]["race_relative"] = round(relative[name], 4)
     fastest = max(passing, key=lambda name: relative[name])
     notes.append(
